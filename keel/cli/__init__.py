@@ -1,0 +1,43 @@
+"""The `keel` command. Core subcommands live here; components add theirs through the
+`keel.commands` entry point (a typer app, mounted under the entry's name)."""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import entry_points
+
+import typer
+
+from keel.cli.broker import broker_app
+from keel.cli.stack import register_stack_commands
+from keel.errors import KeelError
+
+app = typer.Typer(
+    name="keel",
+    help="Keel: an event-driven streaming backbone on Apache Kafka.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(broker_app, name="broker")
+register_stack_commands(app)
+
+
+def _mount_components() -> None:
+    for entry in entry_points(group="keel.commands"):
+        sub = entry.load()
+        if isinstance(sub, typer.Typer):
+            app.add_typer(sub, name=entry.name)
+        else:  # a plain function: one command
+            app.command(name=entry.name)(sub)
+
+
+_mount_components()
+
+
+def main() -> None:
+    """Entry point: a KeelError becomes one line on stderr and exit status 1."""
+    try:
+        app()
+    except KeelError:
+        sys.exit(1)

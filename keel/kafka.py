@@ -1,0 +1,124 @@
+"""Thin factories over confluent-kafka: every Keel client is built here with safe defaults.
+
+Durability defaults (see DESIGN.md): producers use `acks=all` with idempotence;
+consumers read committed data only and never auto-commit, so offsets move after the
+side effect is done.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from keel.errors import KafkaEdgeError
+from keel.settings import KeelSettings, get_settings
+
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "acks": "all",
+    "enable.idempotence": True,
+    "linger.ms": 5,
+    "compression.type": "lz4",
+}
+
+CONSUMER_DEFAULTS: dict[str, Any] = {
+    "enable.auto.commit": False,
+    "auto.offset.reset": "earliest",
+    "isolation.level": "read_committed",
+}
+
+
+def make_producer(settings: KeelSettings | None = None, **overrides: Any) -> Producer:
+    settings = settings or get_settings()
+    return Producer(settings.kafka_config(**{**PRODUCER_DEFAULTS, **overrides}))
+
+
+def make_consumer(
+    group_id: str, settings: KeelSettings | None = None, **overrides: Any
+) -> Consumer:
+    settings = settings or get_settings()
+    config = {**CONSUMER_DEFAULTS, "group.id": group_id, **overrides}
+    return Consumer(settings.kafka_config(**config))
+
+
+def make_admin(settings: KeelSettings | None = None, **overrides: Any) -> AdminClient:
+    settings = settings or get_settings()
+    return AdminClient(settings.kafka_config(**overrides))
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic as code: name, partitions, replication and per-topic configs."""
+
+    name: str
+    partitions: int = 1
+    replication_factor: int = -1  # -1: the broker's default.replication.factor
+    config: dict[str, str] = field(default_factory=dict)
+
+    def to_new_topic(self) -> NewTopic:
+        return NewTopic(
+            self.name,
+            num_partitions=self.partitions,
+            replication_factor=self.replication_factor,
+            config=dict(self.config),
+        )
+
+
+def ensure_topics(
+    admin: AdminClient, specs: Iterable[TopicSpec], timeout: float = 30.0
+) -> list[str]:
+    """Create the topics that do not exist yet; return the names created.
+
+    An existing topic is left as it is (it may hold data); any other error is raised.
+    """
+    specs = list(specs)
+    if not specs:
+        return []
+    futures = admin.create_topics([s.to_new_topic() for s in specs], request_timeout=timeout)
+    created = []
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout)
+            created.append(name)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise KafkaEdgeError.from_kafka_error(err, f"creating topic {name}") from exc
+    return created
+
+
+def wait_for_topics(admin: AdminClient, names: Iterable[str], timeout: float = 30.0) -> None:
+    """Block until every named topic has a leader for each partition (metadata settled)."""
+    wanted = set(names)
+    deadline = time.monotonic() + timeout
+    while True:
+        metadata = admin.list_topics(timeout=max(0.1, deadline - time.monotonic()))
+        ready = {
+            name
+            for name, topic in metadata.topics.items()
+            if topic.error is None
+            and topic.partitions
+            and all(p.leader >= 0 for p in topic.partitions.values())
+        }
+        if wanted <= ready:
+            return
+        if time.monotonic() > deadline:
+            raise KafkaEdgeError(f"topics not ready after {timeout}s: {sorted(wanted - ready)}")
+        time.sleep(0.1)
+
+
+def delete_topics(admin: AdminClient, names: Iterable[str], timeout: float = 30.0) -> None:
+    names = list(names)
+    if not names:
+        return
+    for name, future in admin.delete_topics(names, request_timeout=timeout).items():
+        try:
+            future.result(timeout=timeout)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise KafkaEdgeError.from_kafka_error(err, f"deleting topic {name}") from exc

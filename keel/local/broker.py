@@ -1,0 +1,345 @@
+"""A real Apache Kafka 4 cluster (KRaft, combined broker+controller nodes) on this host.
+
+One node, or three on distinct ports for fault tests. Node N listens for clients on
+`base_port + 100*(N-1)` and for the controller quorum on the port after it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from keel.errors import KafkaEdgeError, LocalStackError
+from keel.kafka import TopicSpec, ensure_topics, wait_for_topics
+from keel.local import kafka_dist
+from keel.local.process import ManagedProcess
+
+Progress = Callable[[str], None]
+READY_TOPIC = "__keel_ready"
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class BrokerNode:
+    node_id: int
+    port: int
+    controller_port: int
+    process: ManagedProcess
+    data_dir: Path
+    config_file: Path
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    node_id: int
+    port: int
+    pid: int | None
+    log_file: Path
+
+
+class LocalKafka:
+    """The local cluster under `root`: its layout file, node configs, data, pids and logs."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        libs_home: Path,
+        version: str,
+        brokers: int = 1,
+        base_port: int = 9092,
+        heap: str = "512m",
+        die_with_parent: bool = False,
+    ) -> None:
+        if brokers not in (1, 3):
+            raise LocalStackError(f"--brokers must be 1 or 3, not {brokers}")
+        self.root = root
+        self.libs_home = libs_home
+        self.version = version
+        self.brokers = brokers
+        self.base_port = base_port
+        self.heap = heap
+        self.die_with_parent = die_with_parent
+
+    # -- layout ---------------------------------------------------------------------------
+    @property
+    def layout_file(self) -> Path:
+        return self.root / "cluster.json"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "logs"
+
+    def nodes(self, count: int | None = None) -> list[BrokerNode]:
+        count = count or self.brokers
+        result = []
+        for n in range(1, count + 1):
+            port = self.base_port + 100 * (n - 1)
+            node_dir = self.root / f"node-{n}"
+            result.append(
+                BrokerNode(
+                    node_id=n,
+                    port=port,
+                    controller_port=port + 1,
+                    process=ManagedProcess(f"broker-{n}", node_dir, self.log_dir),
+                    data_dir=node_dir / "data",
+                    config_file=node_dir / "server.properties",
+                )
+            )
+        return result
+
+    def recorded_layout(self) -> dict[str, object] | None:
+        try:
+            data: dict[str, object] = json.loads(self.layout_file.read_text())
+            return data
+        except (OSError, ValueError):
+            return None
+
+    def bootstrap(self, count: int | None = None) -> str:
+        return ",".join(f"{HOST}:{n.port}" for n in self.nodes(count))
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def running_nodes(self) -> list[BrokerNode]:
+        layout = self.recorded_layout()
+        count = int(str(layout["brokers"])) if layout else 3
+        return [n for n in self.nodes(count) if n.process.is_running()]
+
+    def up(self, progress: Progress = print, timeout: float = 120.0) -> str:
+        """Start the cluster (or reuse the one running) and return its bootstrap address."""
+        running = self.running_nodes()
+        layout = self.recorded_layout()
+        if running and layout and int(str(layout["brokers"])) != self.brokers:
+            raise LocalStackError(
+                f"a {layout['brokers']}-broker cluster already runs from {self.root}; "
+                "stop it first with `keel broker down`"
+            )
+        if len(running) == self.brokers:
+            progress(f"Kafka already running ({self.brokers} broker(s)) at {self.bootstrap()}")
+            self._wait_ready(timeout)
+            return self.bootstrap()
+
+        java = kafka_dist.java_binary()
+        libs = kafka_dist.kafka_libs(self.libs_home, self.version, progress)
+        cluster_id = self._cluster_id(libs, java)
+        running_ids = {n.node_id for n in running}
+        for node in self.nodes():
+            if node.node_id in running_ids:
+                continue
+            for port in (node.port, node.controller_port):
+                _check_port_free(port)
+            self._write_config(node)
+            if not (node.data_dir / "meta.properties").exists():
+                self._format(node, libs, java, cluster_id)
+            progress(
+                f"starting Kafka broker {node.node_id} on {HOST}:{node.port} (log: {node.process.log_file})"
+            )
+            node.process.start(
+                self._java_argv(java, libs, node),
+                env=self._env(),
+                die_with_parent=self.die_with_parent,
+            )
+        self._wait_ready(timeout)
+        progress(f"Kafka {self.version} ready: bootstrap servers {self.bootstrap()}")
+        return self.bootstrap()
+
+    def down(self, progress: Progress = print) -> int:
+        stopped = 0
+        for node in reversed(self.nodes(3)):
+            if node.process.stop():
+                progress(f"stopped Kafka broker {node.node_id}")
+                stopped += 1
+        return stopped
+
+    def status(self) -> list[NodeStatus]:
+        layout = self.recorded_layout()
+        count = int(str(layout["brokers"])) if layout else self.brokers
+        return [
+            NodeStatus(n.node_id, n.port, n.process.pid(), n.process.log_file)
+            for n in self.nodes(count)
+        ]
+
+    def kill_node(self, node_id: int) -> None:
+        """SIGKILL one node, as a crash would."""
+        self.nodes()[node_id - 1].process.kill()
+
+    def start_node(self, node_id: int, timeout: float = 60.0) -> None:
+        """Start one stopped node of an existing cluster again."""
+        node = self.nodes()[node_id - 1]
+        if node.process.is_running():
+            return
+        java = kafka_dist.java_binary()
+        libs = kafka_dist.kafka_libs(self.libs_home, self.version)
+        node.process.start(
+            self._java_argv(java, libs, node), env=self._env(), die_with_parent=self.die_with_parent
+        )
+        _wait_port(node.port, timeout, node.process)
+
+    # -- internals ------------------------------------------------------------------------
+    def _cluster_id(self, libs: Path, java: str) -> str:
+        layout = self.recorded_layout()
+        if (
+            layout
+            and int(str(layout["brokers"])) == self.brokers
+            and layout.get("base_port") == self.base_port
+        ):
+            return str(layout["cluster_id"])
+        # A different layout: its data cannot be reused.
+        for node in self.nodes(3):
+            shutil.rmtree(node.data_dir, ignore_errors=True)
+        # A KRaft cluster id is a base64url UUID, as `kafka-storage random-uuid` prints.
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.layout_file.write_text(
+            json.dumps(
+                {
+                    "cluster_id": cluster_id,
+                    "brokers": self.brokers,
+                    "base_port": self.base_port,
+                    "version": self.version,
+                }
+            )
+        )
+        return cluster_id
+
+    def _write_config(self, node: BrokerNode) -> None:
+        rf = self.brokers
+        min_isr = min(2, rf)
+        voters = ",".join(f"{n.node_id}@{HOST}:{n.controller_port}" for n in self.nodes())
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": node.node_id,
+            "controller.quorum.voters": voters,
+            "listeners": f"PLAINTEXT://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{node.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": node.data_dir,
+            "num.partitions": 3,
+            "default.replication.factor": rf,
+            "min.insync.replicas": min_isr,
+            "offsets.topic.replication.factor": rf,
+            "offsets.topic.num.partitions": 12,
+            "transaction.state.log.replication.factor": rf,
+            "transaction.state.log.min.isr": min_isr,
+            "transaction.state.log.num.partitions": 12,
+            "share.coordinator.state.topic.replication.factor": rf,
+            "share.coordinator.state.topic.min.isr": min_isr,
+            # Durability first: never elect a replica that may have lost acknowledged writes.
+            "unclean.leader.election.enable": "false",
+            # Topics are code: a typo in a topic name fails instead of creating a topic.
+            "auto.create.topics.enable": "false",
+            # A developer machine: no reason to wait for more members before the first rebalance.
+            "group.initial.rebalance.delay.ms": 0,
+        }
+        node.config_file.parent.mkdir(parents=True, exist_ok=True)
+        node.config_file.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+
+    def _format(self, node: BrokerNode, libs: Path, java: str, cluster_id: str) -> None:
+        cmd = [
+            java,
+            "-cp",
+            kafka_dist.classpath(libs),
+            f"-Dlog4j2.configurationFile={kafka_dist.log4j_config()}",
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(node.config_file),
+            "--ignore-formatted",
+        ]
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            reason = (result.stderr or result.stdout).strip().splitlines()
+            raise LocalStackError(
+                f"formatting storage of broker {node.node_id} failed: {reason[-1] if reason else '?'}"
+            )
+
+    def _java_argv(self, java: str, libs: Path, node: BrokerNode) -> list[str]:
+        return [
+            java,
+            f"-Xms{self.heap}",
+            f"-Xmx{self.heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={kafka_dist.log4j_config()}",
+            "-cp",
+            kafka_dist.classpath(libs),
+            "kafka.Kafka",
+            str(node.config_file),
+        ]
+
+    @staticmethod
+    def _env() -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("CLASSPATH", None)
+        return env
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Return once a client can create a topic replicated on every node."""
+        deadline = time.monotonic() + timeout
+        for node in self.nodes():  # a closed port would only make librdkafka log noise
+            _wait_port(node.port, timeout, node.process)
+        admin = AdminClient(
+            {"bootstrap.servers": self.bootstrap(), "socket.timeout.ms": 5000, "log_level": 0}
+        )
+        last_error = ""
+        while time.monotonic() < deadline:
+            for node in self.nodes():
+                if node.process.exited_early():
+                    raise LocalStackError(
+                        f"Kafka broker {node.node_id} exited during start-up; last log lines "
+                        f"({node.process.log_file}):\n{node.process.tail(8)}"
+                    )
+            try:
+                metadata = admin.list_topics(timeout=5)
+                if len(metadata.brokers) >= self.brokers:
+                    ensure_topics(admin, [TopicSpec(READY_TOPIC, 1, self.brokers)], timeout=10)
+                    wait_for_topics(admin, [READY_TOPIC], timeout=10)
+                    return
+                last_error = f"{len(metadata.brokers)} of {self.brokers} brokers registered"
+            except (KafkaException, KafkaEdgeError) as exc:
+                last_error = str(exc)
+            time.sleep(0.5)
+        raise LocalStackError(
+            f"Kafka did not become ready within {timeout:.0f}s ({last_error}); logs in {self.log_dir}"
+        )
+
+
+def _check_port_free(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            raise LocalStackError(
+                f"port {port} on {HOST} is taken by another process; stop it or choose "
+                "another base port (KEEL_BROKER_PORT or --port)"
+            ) from None
+
+
+def _wait_port(port: int, timeout: float, process: ManagedProcess) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.exited_early():
+            raise LocalStackError(f"{process.name} exited during start-up; see {process.log_file}")
+        with socket.socket() as sock:
+            if sock.connect_ex((HOST, port)) == 0:
+                return
+        time.sleep(0.2)
+    raise LocalStackError(f"{process.name} did not open port {port} within {timeout:.0f}s")

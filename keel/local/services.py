@@ -1,0 +1,335 @@
+"""The services of the local stack: each starts (or reuses what runs), stops and reports.
+
+Components add their own through the `keel.services` entry point: a callable taking the
+settings and returning a list of `Service`, usually `ProcessService`s.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from glob import glob
+from pathlib import Path
+from urllib.parse import urlparse
+
+from keel.errors import LocalStackError
+from keel.local.broker import LocalKafka
+from keel.local.process import ManagedProcess
+from keel.local.system import ensure_command, install_packages
+from keel.settings import KeelSettings
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    running: bool
+    healthy: bool
+    detail: str
+
+
+class Service(ABC):
+    """One part of the local stack. `order` decides start order (stop is the reverse)."""
+
+    name: str
+    order: int = 50
+
+    @abstractmethod
+    def start(self, progress: Progress) -> bool:
+        """Start, or reuse what runs; True if this call started it."""
+
+    @abstractmethod
+    def stop(self, progress: Progress) -> bool:
+        """Stop; True if something was stopped."""
+
+    @abstractmethod
+    def status(self) -> ServiceStatus: ...
+
+
+def local_kafka(
+    settings: KeelSettings, brokers: int = 1, base_port: int | None = None
+) -> LocalKafka:
+    return LocalKafka(
+        settings.home / "broker",
+        libs_home=settings.home,
+        version=settings.kafka_version,
+        brokers=brokers,
+        base_port=base_port or settings.broker_port,
+        heap=settings.broker_heap,
+    )
+
+
+class KafkaService(Service):
+    name = "kafka"
+    order = 10
+
+    def __init__(self, settings: KeelSettings) -> None:
+        self.cluster = local_kafka(settings)
+
+    def start(self, progress: Progress) -> bool:
+        layout = self.cluster.recorded_layout()
+        running = self.cluster.running_nodes()
+        if running and layout:  # keep whatever cluster size `keel broker up` chose
+            self.cluster = local_kafka_like(self.cluster, int(str(layout["brokers"])))
+        was_running = len(running) == self.cluster.brokers
+        self.cluster.up(progress)
+        return not was_running
+
+    def stop(self, progress: Progress) -> bool:
+        return self.cluster.down(progress) > 0
+
+    def status(self) -> ServiceStatus:
+        nodes = self.cluster.status()
+        up = [n for n in nodes if n.pid is not None]
+        healthy = bool(up) and len(up) == len(nodes) and all(_port_open(n.port) for n in up)
+        detail = ", ".join(
+            f"broker {n.node_id} 127.0.0.1:{n.port} pid {n.pid or '-'}" for n in nodes
+        )
+        return ServiceStatus(self.name, bool(up), healthy, detail)
+
+
+def local_kafka_like(cluster: LocalKafka, brokers: int) -> LocalKafka:
+    return LocalKafka(
+        cluster.root,
+        libs_home=cluster.libs_home,
+        version=cluster.version,
+        brokers=brokers,
+        base_port=cluster.base_port,
+        heap=cluster.heap,
+    )
+
+
+class ProcessService(Service):
+    """A long-running process of the stack, healthy when its port (or health URL) answers."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        settings: KeelSettings,
+        *,
+        port: int,
+        health_url: str | None = None,
+        env: Mapping[str, str] | None = None,
+        order: int = 50,
+        user: str | None = None,
+        start_timeout: float = 60.0,
+    ) -> None:
+        self.name = name
+        self.order = order
+        self.argv = list(argv)
+        self.port = port
+        self.health_url = health_url
+        self.env = {**os.environ, **(env or {})}
+        self.user = user
+        self.start_timeout = start_timeout
+        self.process = ManagedProcess(name, settings.home / "run", settings.home / "logs")
+
+    def start(self, progress: Progress) -> bool:
+        if self.process.is_running():
+            progress(f"{self.name} already running (pid {self.process.pid()})")
+            return False
+        _check_port(self.port, self.name)
+        self.prepare(progress)
+        progress(f"starting {self.name} on 127.0.0.1:{self.port} (log: {self.process.log_file})")
+        self.process.start(self.argv, env=self.env, user=self.user)
+        deadline = time.monotonic() + self.start_timeout
+        while not self.healthy():
+            if self.process.exited_early():
+                raise LocalStackError(
+                    f"{self.name} exited during start-up:\n{self.process.tail(8)}"
+                )
+            if time.monotonic() > deadline:
+                raise LocalStackError(
+                    f"{self.name} not healthy after {self.start_timeout:.0f}s; see {self.process.log_file}"
+                )
+            time.sleep(0.2)
+        return True
+
+    def prepare(self, progress: Progress) -> None:
+        """Hook run before the first start (install, initialise data)."""
+
+    def stop(self, progress: Progress) -> bool:
+        if self.process.stop():
+            progress(f"stopped {self.name}")
+            return True
+        return False
+
+    def healthy(self) -> bool:
+        if self.health_url:
+            try:
+                with urllib.request.urlopen(self.health_url, timeout=2) as response:
+                    return bool(200 <= response.status < 300)
+            except (urllib.error.URLError, OSError):
+                return False
+        return _port_open(self.port)
+
+    def status(self) -> ServiceStatus:
+        pid = self.process.pid()
+        healthy = pid is not None and self.healthy()
+        return ServiceStatus(
+            self.name, pid is not None, healthy, f"127.0.0.1:{self.port} pid {pid or '-'}"
+        )
+
+
+class RedisService(ProcessService):
+    def __init__(self, settings: KeelSettings) -> None:
+        url = urlparse(settings.redis_url)
+        port = url.port or 6379
+        self.data_dir = settings.home / "redis"
+        argv = [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+        ]
+        super().__init__("redis", argv, settings, port=port, order=20)
+
+    def prepare(self, progress: Progress) -> None:
+        self.argv[0] = ensure_command("redis-server", "redis-server", progress)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+
+class PostgresService(ProcessService):
+    """PostgreSQL from Debian's binaries with its own data folder, role and database.
+
+    As root it runs as the `postgres` user (PostgreSQL refuses root), with data under
+    that user's home since root's home is not readable by it.
+    """
+
+    def __init__(self, settings: KeelSettings) -> None:
+        dsn = urlparse(settings.postgres_dsn.get_secret_value())
+        self.db_user = dsn.username or "keel"
+        self.db_password = dsn.password or "keel"
+        self.db_name = (dsn.path or "/keel").lstrip("/") or "keel"
+        port = dsn.port or 5432
+        as_root = os.geteuid() == 0
+        self.run_as = "postgres" if as_root else None
+        self.data_dir = Path("/var/lib/postgresql/keel") if as_root else settings.home / "postgres"
+        super().__init__("postgres", [], settings, port=port, order=20, user=self.run_as)
+
+    def _bin(self, name: str) -> str:
+        found = sorted(glob(f"/usr/lib/postgresql/*/bin/{name}"), key=_version_key)
+        return found[-1] if found else ""
+
+    def prepare(self, progress: Progress) -> None:
+        if not self._bin("postgres"):
+            install_packages(["postgresql"], progress)
+        # Debian's package starts its own cluster on 5432; ours owns the port instead.
+        if shutil.which("pg_ctlcluster") and _port_open(self.port):
+            subprocess.run(
+                [
+                    "sh",
+                    "-c",
+                    "pg_lsclusters -h | awk '{print $1, $2}' | "
+                    "while read v c; do pg_ctlcluster $v $c stop; done",
+                ],
+                check=False,
+            )
+        if not (self.data_dir / "PG_VERSION").exists():
+            progress(f"initialising PostgreSQL data in {self.data_dir}")
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            if self.run_as:
+                info = pwd.getpwnam(self.run_as)
+                os.chown(self.data_dir, info.pw_uid, info.pw_gid)
+            _run_checked(
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                ],
+                self.run_as,
+            )
+        self.argv = [
+            self._bin("postgres"),
+            "-D",
+            str(self.data_dir),
+            "-p",
+            str(self.port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "unix_socket_directories=/tmp",
+        ]
+
+    def start(self, progress: Progress) -> bool:
+        started = super().start(progress)
+        self._ensure_database()
+        return started
+
+    def _ensure_database(self) -> None:
+        psql = [
+            self._bin("psql") or "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-tAc",
+        ]
+        role = f"DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname='{self.db_user}') THEN CREATE ROLE {self.db_user} LOGIN PASSWORD '{self.db_password}'; END IF; END$$;"
+        _run_checked([*psql, role], None)
+        exists = subprocess.run(
+            [*psql, f"SELECT 1 FROM pg_database WHERE datname='{self.db_name}'"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if exists.stdout.strip() != "1":
+            _run_checked([*psql, f"CREATE DATABASE {self.db_name} OWNER {self.db_user}"], None)
+
+
+def _version_key(path: str) -> int:
+    try:
+        return int(Path(path).parts[4])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _run_checked(cmd: list[str], user: str | None) -> None:
+    result = subprocess.run(cmd, capture_output=True, text=True, user=user, check=False)
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        raise LocalStackError(f"`{Path(cmd[0]).name}` failed: {lines[-1] if lines else '?'}")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _check_port(port: int, name: str) -> None:
+    if _port_open(port):
+        raise LocalStackError(f"port {port} is taken by another process; {name} cannot start there")
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """argv that runs a module with this interpreter (the virtualenv's)."""
+    return [sys.executable, "-m", module, *args]

@@ -1,0 +1,124 @@
+"""The test harness: one real Kafka for the whole session, and topics owned by each test.
+
+Where the broker comes from, in order: `KEEL_BOOTSTRAP_SERVERS` when set; a testcontainers
+Kafka when a Docker engine answers; otherwise the local JVM broker that `keel broker up`
+runs, on its own ports and folder, dying with the test run if the run is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from keel.kafka import TopicSpec, delete_topics, ensure_topics, wait_for_topics
+from keel.local.broker import LocalKafka
+from keel.settings import get_settings
+
+TEST_BROKER_PORT = 39092
+KAFKA_IMAGE = "apache/kafka:4.1.0"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that touches the broker is an integration test; every other one is a unit test."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "kafka_bootstrap" in fixtures:
+            item.add_marker(pytest.mark.integration)
+        elif not item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.unit)
+
+
+def _docker_engine_answers() -> bool:
+    if not shutil.which("docker"):
+        return False
+    try:
+        return (
+            subprocess.run(
+                ["docker", "info"], capture_output=True, timeout=10, check=False
+            ).returncode
+            == 0
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap servers of a real Kafka 4 broker, exported as KEEL_BOOTSTRAP_SERVERS so that
+    Keel's settings and any subprocess a test starts use it too."""
+    given = os.environ.get("KEEL_BOOTSTRAP_SERVERS")
+    if given:
+        yield given
+        return
+    if _docker_engine_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer(KAFKA_IMAGE).with_kraft() as container:
+            yield from _exported(container.get_bootstrap_server())
+        return
+    settings = get_settings()
+    cluster = LocalKafka(
+        settings.home / "test-broker",
+        libs_home=settings.home,
+        version=settings.kafka_version,
+        base_port=TEST_BROKER_PORT,
+        die_with_parent=True,
+    )
+    # A run killed midway may have left its broker (or its data) behind: start clean.
+    cluster.down(progress=lambda _m: None)
+    shutil.rmtree(cluster.root, ignore_errors=True)
+    bootstrap = cluster.up(progress=lambda _m: None)
+    try:
+        yield from _exported(bootstrap)
+    finally:
+        cluster.down(progress=lambda _m: None)
+
+
+def _exported(bootstrap: str) -> Iterator[str]:
+    previous = os.environ.get("KEEL_BOOTSTRAP_SERVERS")
+    os.environ["KEEL_BOOTSTRAP_SERVERS"] = bootstrap
+    get_settings.cache_clear()
+    try:
+        yield bootstrap
+    finally:
+        if previous is None:
+            os.environ.pop("KEEL_BOOTSTRAP_SERVERS", None)
+        else:
+            os.environ["KEEL_BOOTSTRAP_SERVERS"] = previous
+        get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def admin(kafka_bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def new_topic(admin: AdminClient) -> Iterator[Callable[..., str]]:
+    """Factory: `new_topic("orders", partitions=3)` creates a topic only this test uses."""
+    created: list[str] = []
+
+    def create(prefix: str = "test", partitions: int = 1, **config: str) -> str:
+        name = unique(f"test-{prefix}")
+        ensure_topics(admin, [TopicSpec(name, partitions, -1, config)])
+        wait_for_topics(admin, [name])
+        created.append(name)
+        return name
+
+    yield create
+    delete_topics(admin, created)
+
+
+@pytest.fixture
+def group_id() -> str:
+    return unique("test-group")
