@@ -42,6 +42,9 @@ class KeelSettings(BaseSettings):
     kafka_version: str = "4.4.0"
     broker_port: int = 9092
     broker_heap: str = "512m"
+    maven_settings: Path | None = Field(
+        None, description="A Maven settings.xml for fetching Kafka's jars (e.g. a company mirror)."
+    )
 
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"

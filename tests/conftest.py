@@ -2,16 +2,19 @@
 
 Where the broker comes from, in order: `KEEL_BOOTSTRAP_SERVERS` when set; a testcontainers
 Kafka when a Docker engine answers; otherwise the local JVM broker that `keel broker up`
-runs, on its own ports and folder, dying with the test run if the run is killed.
+runs, on free ports and its own folder, dying with the test run if the run is killed.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient
@@ -20,7 +23,6 @@ from keel.kafka import TopicSpec, delete_topics, ensure_topics, wait_for_topics
 from keel.local.broker import LocalKafka
 from keel.settings import get_settings
 
-TEST_BROKER_PORT = 39092
 KAFKA_IMAGE = "apache/kafka:4.1.0"
 
 
@@ -63,21 +65,43 @@ def kafka_bootstrap() -> Iterator[str]:
             yield from _exported(container.get_bootstrap_server())
         return
     settings = get_settings()
+    runs = settings.home / "test-brokers"
+    _remove_dead_runs(runs)
     cluster = LocalKafka(
-        settings.home / "test-broker",
+        runs / str(os.getpid()),
         libs_home=settings.home,
         version=settings.kafka_version,
-        base_port=TEST_BROKER_PORT,
-        die_with_parent=True,
+        base_port=_free_port_pair(),
+        die_with_parent=True,  # a killed test run takes its broker with it
     )
-    # A run killed midway may have left its broker (or its data) behind: start clean.
-    cluster.down(progress=lambda _m: None)
-    shutil.rmtree(cluster.root, ignore_errors=True)
     bootstrap = cluster.up(progress=lambda _m: None)
     try:
         yield from _exported(bootstrap)
     finally:
         cluster.down(progress=lambda _m: None)
+        shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+def _remove_dead_runs(runs: Path) -> None:
+    """Data left by test runs that were killed (their broker died with them)."""
+    for run in runs.glob("*"):
+        if run.name.isdigit() and not Path(f"/proc/{run.name}").exists():
+            shutil.rmtree(run, ignore_errors=True)
+
+
+def _free_port_pair() -> int:
+    """A port whose next port is free too (client and controller listeners), so that
+    concurrent test runs on one machine never share a broker."""
+    for _ in range(100):
+        port = random.randrange(40000, 60000, 2)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no two consecutive free ports found for the test broker")
 
 
 def _exported(bootstrap: str) -> Iterator[str]:

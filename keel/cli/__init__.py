@@ -39,5 +39,6 @@ def main() -> None:
     """Entry point: a KeelError becomes one line on stderr and exit status 1."""
     try:
         app()
-    except KeelError:
+    except KeelError as exc:
+        sys.stderr.write(f"keel: error: {exc}\n")
         sys.exit(1)

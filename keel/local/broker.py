@@ -62,6 +62,7 @@ class LocalKafka:
         base_port: int = 9092,
         heap: str = "512m",
         die_with_parent: bool = False,
+        maven_settings: Path | None = None,
     ) -> None:
         if brokers not in (1, 3):
             raise LocalStackError(f"--brokers must be 1 or 3, not {brokers}")
@@ -72,6 +73,7 @@ class LocalKafka:
         self.base_port = base_port
         self.heap = heap
         self.die_with_parent = die_with_parent
+        self.maven_settings = maven_settings
 
     # -- layout ---------------------------------------------------------------------------
     @property
@@ -130,15 +132,15 @@ class LocalKafka:
             self._wait_ready(timeout)
             return self.bootstrap()
 
-        java = kafka_dist.java_binary()
-        libs = kafka_dist.kafka_libs(self.libs_home, self.version, progress)
-        cluster_id = self._cluster_id(libs, java)
         running_ids = {n.node_id for n in running}
-        for node in self.nodes():
-            if node.node_id in running_ids:
-                continue
+        to_start = [n for n in self.nodes() if n.node_id not in running_ids]
+        for node in to_start:  # before any download: a taken port is the likelier mistake
             for port in (node.port, node.controller_port):
                 _check_port_free(port)
+        java = kafka_dist.java_binary()
+        libs = kafka_dist.kafka_libs(self.libs_home, self.version, progress, self.maven_settings)
+        cluster_id = self._cluster_id()
+        for node in to_start:
             self._write_config(node)
             if not (node.data_dir / "meta.properties").exists():
                 self._format(node, libs, java, cluster_id)
@@ -180,14 +182,16 @@ class LocalKafka:
         if node.process.is_running():
             return
         java = kafka_dist.java_binary()
-        libs = kafka_dist.kafka_libs(self.libs_home, self.version)
+        libs = kafka_dist.kafka_libs(
+            self.libs_home, self.version, maven_settings=self.maven_settings
+        )
         node.process.start(
             self._java_argv(java, libs, node), env=self._env(), die_with_parent=self.die_with_parent
         )
         _wait_port(node.port, timeout, node.process)
 
     # -- internals ------------------------------------------------------------------------
-    def _cluster_id(self, libs: Path, java: str) -> str:
+    def _cluster_id(self) -> str:
         layout = self.recorded_layout()
         if (
             layout

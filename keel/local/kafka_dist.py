@@ -44,7 +44,9 @@ def java_binary() -> str:
     return java
 
 
-def kafka_libs(home: Path, version: str, progress: Progress = print) -> Path:
+def kafka_libs(
+    home: Path, version: str, progress: Progress = print, maven_settings: Path | None = None
+) -> Path:
     """The folder of jars for this Kafka version, fetching them on first use."""
     libs = home / "kafka" / version / "libs"
     marker = libs / ".complete"
@@ -61,6 +63,7 @@ def kafka_libs(home: Path, version: str, progress: Progress = print) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     cmd = [
         mvn,
+        *(["-s", str(maven_settings)] if maven_settings else []),
         "-B",
         "-q",
         "-f",

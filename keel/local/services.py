@@ -67,6 +67,7 @@ def local_kafka(
         brokers=brokers,
         base_port=base_port or settings.broker_port,
         heap=settings.broker_heap,
+        maven_settings=settings.maven_settings,
     )
 
 
@@ -75,14 +76,14 @@ class KafkaService(Service):
     order = 10
 
     def __init__(self, settings: KeelSettings) -> None:
+        self.settings = settings
         self.cluster = local_kafka(settings)
 
     def start(self, progress: Progress) -> bool:
         layout = self.cluster.recorded_layout()
-        running = self.cluster.running_nodes()
-        if running and layout:  # keep whatever cluster size `keel broker up` chose
-            self.cluster = local_kafka_like(self.cluster, int(str(layout["brokers"])))
-        was_running = len(running) == self.cluster.brokers
+        if layout and self.cluster.running_nodes():  # keep the size `keel broker up` chose
+            self.cluster = local_kafka(self.settings, brokers=int(str(layout["brokers"])))
+        was_running = len(self.cluster.running_nodes()) == self.cluster.brokers
         self.cluster.up(progress)
         return not was_running
 
@@ -97,17 +98,6 @@ class KafkaService(Service):
             f"broker {n.node_id} 127.0.0.1:{n.port} pid {n.pid or '-'}" for n in nodes
         )
         return ServiceStatus(self.name, bool(up), healthy, detail)
-
-
-def local_kafka_like(cluster: LocalKafka, brokers: int) -> LocalKafka:
-    return LocalKafka(
-        cluster.root,
-        libs_home=cluster.libs_home,
-        version=cluster.version,
-        brokers=brokers,
-        base_port=cluster.base_port,
-        heap=cluster.heap,
-    )
 
 
 class ProcessService(Service):
@@ -225,7 +215,9 @@ class PostgresService(ProcessService):
         port = dsn.port or 5432
         as_root = os.geteuid() == 0
         self.run_as = "postgres" if as_root else None
-        self.data_dir = Path("/var/lib/postgresql/keel") if as_root else settings.home / "postgres"
+        self.data_dir = (
+            Path(f"/var/lib/postgresql/keel-{port}") if as_root else settings.home / "postgres"
+        )
         super().__init__("postgres", [], settings, port=port, order=20, user=self.run_as)
 
     def _bin(self, name: str) -> str:

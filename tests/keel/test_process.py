@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from keel.local.process import ManagedProcess
+
+
+def test_start_status_stop_across_instances(tmp_path: Path) -> None:
+    proc = ManagedProcess("sleeper", tmp_path / "run", tmp_path / "logs")
+    pid = proc.start([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"])
+    # A second handle (as a later `keel status` would build) finds the same process.
+    again = ManagedProcess("sleeper", tmp_path / "run", tmp_path / "logs")
+    assert again.pid() == pid
+    assert again.stop(timeout=5)
+    assert not proc.is_running()
+    assert not proc.pid_file.exists()
+
+
+def test_a_recycled_pid_is_not_taken_for_ours(tmp_path: Path) -> None:
+    proc = ManagedProcess("ghost", tmp_path / "run", tmp_path / "logs")
+    proc.run_dir.mkdir(parents=True)
+    # pid 1 runs, but with another start time than the one recorded.
+    proc.pid_file.write_text("1 999999999\n")
+    assert proc.pid() is None
+    assert not proc.pid_file.exists()
