@@ -8,9 +8,7 @@ runs, on free ports and its own folder, dying with the test run if the run is ki
 from __future__ import annotations
 
 import os
-import random
 import shutil
-import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,7 +18,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from keel.kafka import TopicSpec, delete_topics, ensure_topics, wait_for_topics
-from keel.local.broker import LocalKafka
+from keel.local.broker import LocalKafka, free_base_port
 from keel.settings import get_settings
 
 KAFKA_IMAGE = "apache/kafka:4.1.0"
@@ -71,7 +69,7 @@ def kafka_bootstrap() -> Iterator[str]:
         runs / str(os.getpid()),
         libs_home=settings.home,
         version=settings.kafka_version,
-        base_port=_free_port_pair(),
+        base_port=free_base_port(),
         die_with_parent=True,  # a killed test run takes its broker with it
     )
     bootstrap = cluster.up(progress=lambda _m: None)
@@ -87,21 +85,6 @@ def _remove_dead_runs(runs: Path) -> None:
     for run in runs.glob("*"):
         if run.name.isdigit() and not Path(f"/proc/{run.name}").exists():
             shutil.rmtree(run, ignore_errors=True)
-
-
-def _free_port_pair() -> int:
-    """A port whose next port is free too (client and controller listeners), so that
-    concurrent test runs on one machine never share a broker."""
-    for _ in range(100):
-        port = random.randrange(40000, 60000, 2)
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no two consecutive free ports found for the test broker")
 
 
 def _exported(bootstrap: str) -> Iterator[str]:
