@@ -29,7 +29,9 @@ def test_up_status_down(tmp_path: Path) -> None:
     }
 
     def keel(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([KEEL, *args], env=env, capture_output=True, text=True, timeout=300, check=False)
+        return subprocess.run(
+            [KEEL, *args], env=env, capture_output=True, text=True, timeout=300, check=False
+        )
 
     try:
         up = keel("up", "--detach")
