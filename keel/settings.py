@@ -46,6 +46,36 @@ class KeelSettings(BaseSettings):
         None, description="A Maven settings.xml for fetching Kafka's jars (e.g. a company mirror)."
     )
 
+    # Job workers (consumers/)
+    jobs_retry_ladder: str = Field(
+        "10s,1m,10m", description="Delays before each retry of a failed job (s, m, h units)."
+    )
+    jobs_retry_jitter: float = Field(0.2, ge=0, le=1, description="Random +/- share of a delay.")
+    jobs_concurrency: int = Field(4, ge=1, description="Jobs run at once per job type.")
+    jobs_max_in_flight: int = Field(1000, ge=1, description="Jobs polled but not committed.")
+    jobs_commit_interval_ms: int = Field(500, ge=0, description="How often offsets are committed.")
+    jobs_shutdown_timeout_s: float = Field(20.0, ge=0, description="Grace for in-flight jobs.")
+    jobs_session_timeout_ms: int = Field(
+        10000, ge=1000, description="How soon a dead worker's jobs move to the others."
+    )
+    jobs_idempotency_store: Literal["redis", "postgres"] = "redis"
+    jobs_done_ttl_days: int = Field(30, ge=1, description="How long done keys are kept (Redis).")
+    jobs_http_port: int = Field(8095, description="Worker /healthz, /readyz, /metrics port.")
+    jobs_report_dir: Path | None = Field(None, description="Report store; default KEEL_HOME/reports.")
+    jobs_views_url: str = Field(
+        "http://127.0.0.1:8083", description="Streams query API the reports read views from."
+    )
+    jobs_outbox_dir: Path | None = Field(
+        None, description="Where the local SMTP server keeps mail; default KEEL_HOME/outbox."
+    )
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 2525
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    smtp_timeout_s: float = 10.0
+    smtp_from: str = "Keel <no-reply@keel.localhost>"
+
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 

@@ -1,0 +1,95 @@
+"""What a handler sees (`Job`) and what it implements (`JobHandler`).
+
+A handler is registered for one job type: it reads the Avro job events of its source topic
+(plus its retry topic), does one side effect per job and returns the outcome, which is
+recorded with the job's idempotency key so that a redelivered job is not done twice.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
+
+from consumers.retry import Origin
+
+
+@dataclass(frozen=True)
+class JobTopics:
+    """The three topics of a job type: where jobs come from, wait for a retry, and die."""
+
+    source: str
+    retry: str
+    dlq: str
+
+    @classmethod
+    def for_job(cls, name: str, source: str | None = None) -> JobTopics:
+        """`jobs.<name>` by default, with `jobs.<name>.retry` and `jobs.<name>.dlq`."""
+        return cls(source or f"jobs.{name}", f"jobs.{name}.retry", f"jobs.{name}.dlq")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job as a handler sees it: the decoded record and where it was read."""
+
+    job_type: str
+    record: Mapping[str, Any]
+    key: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    attempt: int  # this run's attempt number, 1 for a fresh job
+    origin: Origin
+
+    @property
+    def idempotency_key(self) -> str:
+        """The originating event id (jobs carry it; events are their own key)."""
+        for field in ("idempotency_key", "event_id"):
+            value = self.record.get(field)
+            if value:
+                return str(value)
+        return f"{self.origin.topic}:{self.origin.partition}:{self.origin.offset}"
+
+    @property
+    def created_at(self) -> datetime | None:
+        """When the trigger created the job (or the event was received), for latency."""
+        for field in ("created_at", "received_at"):
+            value = self.record.get(field)
+            if isinstance(value, datetime):
+                return value
+        return None
+
+
+class JobHandler(ABC):
+    """One job type. Subclasses set `name` and implement `handle`.
+
+    `handle` raises `RetriableJobError` / `PermanentJobError` (or anything else, which is
+    retried) and returns a small JSON-able outcome recorded with the done key.
+    """
+
+    name: ClassVar[str]
+    # Only records with this full Avro name are handled (for job types that read a shared
+    # topic such as `events`); the others are skipped as not ours.
+    record_name: ClassVar[str | None] = None
+    # Record a done key per job and skip a job whose key is already done.
+    idempotent: ClassVar[bool] = True
+
+    def __init__(self, topics: JobTopics | None = None) -> None:
+        self.topics = topics or JobTopics.for_job(self.name, self.default_source())
+
+    @classmethod
+    def default_source(cls) -> str | None:
+        return None
+
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Open what the handler needs (called once, before the first job)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release it (called once, at shutdown)."""
+
+    @abstractmethod
+    def handle(self, job: Job) -> Mapping[str, Any] | None:
+        """Do the job's side effect; return its outcome."""

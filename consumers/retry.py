@@ -1,0 +1,204 @@
+"""Retry scheduling as pure functions: the ladder of delays with jitter, the decision for a
+failed job (retry when, or dead letters why), and the headers that carry a job's history
+through the retry and dead-letter topics. No Kafka imports: tested on plain values."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from consumers.errors import JobConfigError
+
+# Headers on retry and dead-letter messages (values are UTF-8 strings).
+H_JOB_TYPE = "keel.job.type"
+H_ATTEMPT = "keel.job.attempt"  # attempts made so far (1 after the first failure)
+H_DUE_AT = "keel.job.due_at_ms"  # when a retry becomes due (epoch milliseconds)
+H_ERROR = "keel.error"  # the last error's message
+H_ERROR_CLASS = "keel.error.class"
+H_REASON = "keel.dlq.reason"  # permanent | retries_exhausted | undecodable
+H_ORIG_TOPIC = "keel.original.topic"
+H_ORIG_PARTITION = "keel.original.partition"
+H_ORIG_OFFSET = "keel.original.offset"
+H_ORIG_TIMESTAMP = "keel.original.timestamp_ms"
+H_FAILED_AT = "keel.failed_at_ms"
+
+REASON_PERMANENT = "permanent"
+REASON_EXHAUSTED = "retries_exhausted"
+REASON_UNDECODABLE = "undecodable"
+
+MAX_ERROR_CHARS = 2000
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
+_STEP = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|)\s*$")
+
+HeaderList = list[tuple[str, str | bytes | None]]
+
+
+def parse_ladder(text: str) -> tuple[float, ...]:
+    """`"10s,1m,10m"` -> (10.0, 60.0, 600.0). Bare numbers are seconds; empty means no retry."""
+    if not text.strip():
+        return ()
+    steps = []
+    for part in text.split(","):
+        match = _STEP.match(part)
+        if not match:
+            raise JobConfigError(
+                f"bad retry ladder step {part.strip()!r} in {text!r}: use e.g. 10s, 1m, 10m, 500ms"
+            )
+        steps.append(float(match.group(1)) * _UNITS[match.group(2)])
+    return tuple(steps)
+
+
+@dataclass(frozen=True)
+class RetryDecision:
+    """What to do with a failed job: retry at `due_at_ms`, or dead-letter with `reason`."""
+
+    attempt: int  # attempts made, including the one that just failed
+    retry: bool
+    due_at_ms: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """A ladder of delays (one per retry) with symmetric jitter (a share of each delay)."""
+
+    ladder: tuple[float, ...] = (10.0, 60.0, 600.0)
+    jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        if any(step < 0 for step in self.ladder):
+            raise JobConfigError(f"retry delays must not be negative: {self.ladder}")
+        if not 0 <= self.jitter <= 1:
+            raise JobConfigError(f"retry jitter must be between 0 and 1, got {self.jitter}")
+
+    @classmethod
+    def from_text(cls, ladder: str, jitter: float) -> RetryPolicy:
+        return cls(parse_ladder(ladder), jitter)
+
+    @property
+    def max_attempts(self) -> int:
+        return len(self.ladder) + 1
+
+    def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based), with jitter."""
+        base = self.ladder[attempt - 1]
+        return max(0.0, base * (1 + self.jitter * (2 * rand() - 1)))
+
+    def decide(
+        self,
+        attempt: int,
+        retriable: bool,
+        now_ms: int,
+        rand: Callable[[], float] = random.random,
+    ) -> RetryDecision:
+        """The fate of a job whose attempt number `attempt` just failed."""
+        if not retriable:
+            return RetryDecision(attempt, retry=False, reason=REASON_PERMANENT)
+        if attempt >= self.max_attempts:
+            return RetryDecision(attempt, retry=False, reason=REASON_EXHAUSTED)
+        due = now_ms + round(self.delay(attempt, rand) * 1000)
+        return RetryDecision(attempt, retry=True, due_at_ms=due)
+
+
+def header_map(
+    headers: Mapping[str, str | bytes | None] | Iterable[tuple[str, str | bytes | None]] | None,
+) -> dict[str, str]:
+    """Kafka headers as a dict of strings (the last value wins for repeated names)."""
+    out: dict[str, str] = {}
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    for name, value in pairs:
+        if value is None:
+            out[name] = ""
+        elif isinstance(value, bytes):
+            out[name] = value.decode("utf-8", "replace")
+        else:
+            out[name] = value
+    return out
+
+
+def attempts_of(headers: Mapping[str, str]) -> int:
+    """Attempts already made for a message (0 for a fresh job)."""
+    try:
+        return max(0, int(headers.get(H_ATTEMPT, "0")))
+    except ValueError:
+        return 0
+
+
+def due_at_of(headers: Mapping[str, str]) -> int:
+    try:
+        return int(headers.get(H_DUE_AT, "0"))
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a job was first read: kept through every retry so the dead letter names it."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+    @classmethod
+    def of(
+        cls, headers: Mapping[str, str], topic: str, partition: int, offset: int, ts_ms: int
+    ) -> Origin:
+        """The original coordinates from the headers of a retried message, else these."""
+        if H_ORIG_TOPIC in headers:
+            try:
+                return cls(
+                    headers[H_ORIG_TOPIC],
+                    int(headers.get(H_ORIG_PARTITION, "-1")),
+                    int(headers.get(H_ORIG_OFFSET, "-1")),
+                    int(headers.get(H_ORIG_TIMESTAMP, "0")),
+                )
+            except ValueError:
+                pass
+        return cls(topic, partition, offset, ts_ms)
+
+
+def _error_fields(error: BaseException) -> HeaderList:
+    text = str(error) or error.__class__.__name__
+    return [
+        (H_ERROR, text[:MAX_ERROR_CHARS]),
+        (H_ERROR_CLASS, f"{type(error).__module__}.{type(error).__qualname__}"),
+    ]
+
+
+def _origin_fields(origin: Origin) -> HeaderList:
+    return [
+        (H_ORIG_TOPIC, origin.topic),
+        (H_ORIG_PARTITION, str(origin.partition)),
+        (H_ORIG_OFFSET, str(origin.offset)),
+        (H_ORIG_TIMESTAMP, str(origin.timestamp_ms)),
+    ]
+
+
+def retry_headers(
+    job_type: str, decision: RetryDecision, origin: Origin, error: BaseException, now_ms: int
+) -> HeaderList:
+    return [
+        (H_JOB_TYPE, job_type),
+        (H_ATTEMPT, str(decision.attempt)),
+        (H_DUE_AT, str(decision.due_at_ms)),
+        *_error_fields(error),
+        *_origin_fields(origin),
+        (H_FAILED_AT, str(now_ms)),
+    ]
+
+
+def dead_letter_headers(
+    job_type: str, attempt: int, reason: str, origin: Origin, error: BaseException, *, now_ms: int
+) -> HeaderList:
+    return [
+        (H_JOB_TYPE, job_type),
+        (H_ATTEMPT, str(attempt)),
+        (H_REASON, reason),
+        *_error_fields(error),
+        *_origin_fields(origin),
+        (H_FAILED_AT, str(now_ms)),
+    ]
