@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that touches the broker is an integration test; every other one is a unit test."""
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
-        if "kafka_bootstrap" in fixtures:
+        if {"kafka_bootstrap", "redis_url", "postgres_dsn"} & set(fixtures):
             item.add_marker(pytest.mark.integration)
         elif not item.get_closest_marker("integration"):
             item.add_marker(pytest.mark.unit)
@@ -129,3 +129,54 @@ def new_topic(admin: AdminClient) -> Iterator[Callable[..., str]]:
 @pytest.fixture
 def group_id() -> str:
     return unique("test-group")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis for the session: `KEEL_REDIS_URL` when set, else a private redis-server
+    (installed from Debian's package on first use) on a free port, stopped at the end."""
+    given = os.environ.get("KEEL_REDIS_URL")
+    if given:
+        yield given
+        return
+    from keel.local.services import RedisService
+    from keel.settings import KeelSettings
+
+    home = tmp_path_factory.mktemp("redis-home")
+    url = f"redis://127.0.0.1:{_free_port()}/0"
+    service = RedisService(KeelSettings(home=home, redis_url=url))
+    service.start(progress=lambda _m: None)
+    try:
+        yield url
+    finally:
+        service.stop(progress=lambda _m: None)
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL for the session: `KEEL_POSTGRES_DSN` when set, else a private server
+    (Debian's package on first use) on a free port with its own data folder, removed after."""
+    given = os.environ.get("KEEL_POSTGRES_DSN")
+    if given:
+        yield given
+        return
+    from keel.local.services import PostgresService
+    from keel.settings import KeelSettings
+
+    home = tmp_path_factory.mktemp("postgres-home")
+    dsn = f"postgresql://keel:keel@127.0.0.1:{_free_port()}/keel"
+    service = PostgresService(KeelSettings(home=home, postgres_dsn=dsn))  # type: ignore[arg-type]
+    service.start(progress=lambda _m: None)
+    try:
+        yield dsn
+    finally:
+        service.stop(progress=lambda _m: None)
+        shutil.rmtree(service.data_dir, ignore_errors=True)
