@@ -59,6 +59,4 @@ def test_unreachable_store_raises_store_error() -> None:
 
 def test_open_store_by_setting(redis_url: str) -> None:
     assert isinstance(open_store(KeelSettings(redis_url=redis_url)), RedisDoneStore)
-    assert isinstance(
-        open_store(KeelSettings(), kind="postgres"), PostgresDoneStore
-    )
+    assert isinstance(open_store(KeelSettings(), kind="postgres"), PostgresDoneStore)

@@ -55,7 +55,10 @@ def test_missing_variable_and_unknown_template_are_permanent() -> None:
 def _message(to: str = "ann@example.com") -> object:
     rendered = Templates().render("welcome", {"user_id": "u-1", "name": "Ann"})
     return build_message(
-        rendered, sender="Keel <no-reply@keel.localhost>", to=to, message_id="<k1.welcome@keel.jobs>"
+        rendered,
+        sender="Keel <no-reply@keel.localhost>",
+        to=to,
+        message_id="<k1.welcome@keel.jobs>",
     )
 
 
@@ -87,9 +90,11 @@ def test_5xx_is_permanent(tmp_path: Path) -> None:
             return "550 5.1.1 no such user"
 
     outbox = Outbox(tmp_path / "box")
-    with OutboxServer(outbox, port=0, handler=Rejecting(outbox, 0)) as server:
-        with pytest.raises(PermanentJobError, match="550"):
-            Mailer("127.0.0.1", server.port).send(_message())  # type: ignore[arg-type]
+    with (
+        OutboxServer(outbox, port=0, handler=Rejecting(outbox, 0)) as server,
+        pytest.raises(PermanentJobError, match="550"),
+    ):
+        Mailer("127.0.0.1", server.port).send(_message())  # type: ignore[arg-type]
     assert outbox.messages() == []
 
 
@@ -101,16 +106,25 @@ def test_outbox_command_lists_and_shows(smtp_server: OutboxServer, tmp_path: Pat
     keel = str(Path(sys.executable).parent / "keel")
     folder = str(smtp_server.outbox.directory)
     listed = subprocess.run(
-        [keel, "jobs", "outbox", "--folder", folder, "--json"], capture_output=True, text=True
+        [keel, "jobs", "outbox", "--folder", folder, "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert listed.returncode == 0, listed.stderr
     row = json.loads(listed.stdout.strip().splitlines()[-1])
     assert row["to"] == "ann@example.com" and row["subject"] == "Welcome to Keel, Ann!"
     shown = subprocess.run(
-        [keel, "jobs", "outbox", "--folder", folder, "--show", "1"], capture_output=True, text=True
+        [keel, "jobs", "outbox", "--folder", folder, "--show", "1"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert shown.returncode == 0 and "Hello Ann" in shown.stdout
     missing = subprocess.run(
-        [keel, "jobs", "outbox", "--folder", folder, "--show", "5"], capture_output=True, text=True
+        [keel, "jobs", "outbox", "--folder", folder, "--show", "5"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert missing.returncode == 1 and "no message 5" in missing.stderr
