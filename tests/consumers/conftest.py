@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
 
+from consumers.errors import UndecodableJob
+from consumers.job import JobTopics
 from consumers.mail.server import Outbox, OutboxHandler, OutboxServer
+from consumers.worker import Worker
 
 
 class RefusingHandler(OutboxHandler):
@@ -33,3 +41,136 @@ def smtp_server(tmp_path: Path) -> Iterator[OutboxServer]:
     server.start()
     yield server
     server.stop()
+
+
+# --- worker harness --------------------------------------------------------------------
+
+
+class JsonDecoder:
+    """Plain JSON job records, to test the worker loop apart from Avro (the Avro path is
+    tested end to end with the registry)."""
+
+    def record_name(self, data: bytes) -> str | None:
+        return None
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        try:
+            value = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UndecodableJob(f"not JSON: {exc}") from exc
+        if not isinstance(value, dict):
+            raise UndecodableJob("not a JSON object")
+        return value
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll until `check()` is truthy (never sleep for an effect)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def job_topics(new_topic: Callable[..., str]) -> JobTopics:
+    return JobTopics(new_topic("jobs", 3), new_topic("retry", 3), new_topic("dlq", 1))
+
+
+@pytest.fixture
+def producer(kafka_bootstrap: str) -> Iterator[Producer]:
+    p = Producer({"bootstrap.servers": kafka_bootstrap, "acks": "all"})
+    yield p
+    p.flush(10)
+
+
+def produce_json(producer: Producer, topic: str, jobs: list[Mapping[str, Any]]) -> None:
+    for job in jobs:
+        producer.produce(
+            topic, key=str(job.get("user_id", "")).encode(), value=json.dumps(job).encode()
+        )
+    assert producer.flush(30) == 0
+
+
+def read_all(bootstrap: str, topic: str, count: int, timeout: float = 30.0) -> list[Any]:
+    """The first `count` messages of a topic (from the beginning), or fail."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < count and time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is not None and msg.error() is None:
+                out.append(msg)
+    finally:
+        consumer.close()
+    assert len(out) >= count, f"{topic}: {len(out)} of {count} messages"
+    return out
+
+
+def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "offsets-probe"})
+    try:
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        }
+    finally:
+        consumer.close()
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return {tp.partition: max(tp.offset, 0) for tp in tps}
+    finally:
+        consumer.close()
+
+
+def drained(bootstrap: str, group: str, topic: str, partitions: int) -> bool:
+    """The group committed every message of the topic."""
+    return committed(bootstrap, group, topic, partitions) == end_offsets(
+        bootstrap, topic, partitions
+    )
+
+
+class RunningWorker:
+    """A Worker in a thread, stopped (gracefully) at the end of the test."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.worker.run()
+        except BaseException as exc:
+            self.error = exc
+
+    def __enter__(self) -> Worker:
+        self.thread.start()
+        wait_for(
+            lambda: self.worker.runners and all(r.joined.is_set() for r in self.worker.runners),
+            what="the worker to join its groups",
+        )
+        return self.worker
+
+    def __exit__(self, *exc: object) -> None:
+        self.worker.stop()
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive(), "worker did not stop"
+        if self.error is not None and exc[0] is None:
+            raise self.error
