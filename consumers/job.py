@@ -30,19 +30,50 @@ class JobTopics:
         return cls(source or f"jobs.{name}", f"jobs.{name}.retry", f"jobs.{name}.dlq")
 
 
-@dataclass(frozen=True)
 class Job:
-    """One job as a handler sees it: the decoded record and where it was read."""
+    """One job as a handler sees it: the decoded record and where it was read.
 
-    job_type: str
-    record: Mapping[str, Any]
-    key: bytes | None
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    attempt: int  # this run's attempt number, 1 for a fresh job
-    origin: Origin
+    A plain slotted class rather than a dataclass: one is made per message on the hot path.
+    """
+
+    __slots__ = (
+        "attempt",
+        "headers",
+        "job_type",
+        "key",
+        "offset",
+        "partition",
+        "record",
+        "timestamp_ms",
+        "topic",
+    )
+
+    def __init__(  # noqa: PLR0917 - built positionally once per message
+        self,
+        job_type: str,
+        record: Mapping[str, Any],
+        key: bytes | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        timestamp_ms: int,
+        attempt: int = 1,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.job_type = job_type
+        self.record = record
+        self.key = key
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.timestamp_ms = timestamp_ms
+        self.attempt = attempt  # this run's attempt number, 1 for a fresh job
+        self.headers = headers or {}
+
+    @property
+    def origin(self) -> Origin:
+        """Where the job was first read (kept in headers through the retry topic)."""
+        return Origin.of(self.headers, self.topic, self.partition, self.offset, self.timestamp_ms)
 
     @property
     def idempotency_key(self) -> str:

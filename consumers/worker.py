@@ -53,6 +53,7 @@ from keel.settings import KeelSettings, get_settings
 log = logging.getLogger(__name__)
 
 STALL_SECONDS = 60.0  # a poll loop silent for this long is reported unhealthy
+PAUSE_AFTER_S = 1.0  # in-flight limit reached for this long: pause the partitions
 _MARK_DONE_TRIES = 3
 
 Item = tuple[Message, Entry]
@@ -126,6 +127,8 @@ class JobRunner:
         self._consumer: Consumer | None = None
         self._last_commit = time.monotonic()
         self._stopping = False
+        self._full_since: float | None = None
+        self._progress = threading.Event()  # a runner finished a batch
         # Metric children bound once: label lookups are not free on the hot path.
         self._m_done = metrics.done.labels(self.name)
         self._m_dup = metrics.duplicates.labels(self.name)
@@ -190,6 +193,8 @@ class JobRunner:
         in_flight = self.tracker.in_flight()
         active = in_flight - len(self.delayed)
         room = self.config.max_in_flight - active
+        if room <= 0 and self._wait_for_room():
+            return
         self._apply_backpressure(consumer, room)
         timeout = 0.1
         next_due = self.delayed.next_due()
@@ -210,10 +215,27 @@ class JobRunner:
         if time.monotonic() - self._last_commit >= self.config.commit_interval_s:
             self._commit(consumer, asynchronous=True)
 
+    def _wait_for_room(self) -> bool:
+        """Full: wait for a runner to finish a batch instead of pausing at once. Pausing
+        drops librdkafka's prefetched messages and resuming costs a fetch round trip, so
+        partitions are paused only when the stall lasts (then `consume` keeps serving
+        rebalances). True when this step should end here."""
+        now = time.monotonic()
+        if self._full_since is None:
+            self._full_since = now
+        if now - self._full_since >= PAUSE_AFTER_S:
+            return False
+        self._progress.wait(0.05)
+        self._progress.clear()
+        self.producer.poll(0)
+        return True
+
     def _apply_backpressure(self, consumer: Consumer, room: int) -> None:
         """Pause everything while too many jobs are in flight, and the retry partitions while
         too many retries wait for their due time; resume when there is room again."""
         want: set[TopicPartition] = set()
+        if room > 0:
+            self._full_since = None
         if room <= 0:
             want = set(self.assigned)
         elif len(self.delayed) >= self.config.max_delayed:
@@ -342,6 +364,7 @@ class JobRunner:
                 return
             try:
                 self._process(items)
+                self._progress.set()
             except Exception:  # a bug here must not stall a partition silently
                 log.exception("job worker %s: unexpected error; jobs handed back", self.name)
                 for _msg, entry in items:
@@ -351,7 +374,7 @@ class JobRunner:
     def _process(self, items: list[Item]) -> None:
         name = self.name
         wanted = self.handler.record_name
-        decoder = self.decoder
+        decode = self.decoder.decode
         jobs: list[tuple[Entry, Job, Message]] = []
         for msg, entry in items:
             if entry.cancelled:
@@ -359,62 +382,81 @@ class JobRunner:
             value = msg.value() or b""
             raw_headers = msg.headers()
             headers = header_map(raw_headers) if raw_headers else {}
-            topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
-            timestamp_ms = msg.timestamp()[1]
-            attempt = attempts_of(headers) + 1
-            origin = Origin.of(headers, topic, partition, offset, timestamp_ms)
+            topic = msg.topic() or ""
             try:
-                if wanted is not None and decoder.record_name(value) != wanted:
+                if wanted is not None and self.decoder.record_name(value) != wanted:
                     entry.done = True  # another type on a shared topic: not ours
                     self._m_skipped.inc()
                     continue
-                record = decoder.decode(value)
+                record = decode(value)
             except UndecodableJob as exc:
                 if wanted is not None and topic == self.topics.source:
                     # Poison on a shared topic belongs to its owner's dead letters.
                     entry.done = True
                     self._m_skipped.inc()
                     continue
+                origin = Origin.of(
+                    headers, topic, msg.partition() or 0, msg.offset() or 0, msg.timestamp()[1]
+                )
                 self._dead_letter(
-                    msg, entry, attempt=attempt, reason=REASON_UNDECODABLE, origin=origin, exc=exc
+                    msg,
+                    entry,
+                    attempt=attempts_of(headers) + 1,
+                    reason=REASON_UNDECODABLE,
+                    origin=origin,
+                    exc=exc,
                 )
                 continue
             job = Job(
-                name, record, msg.key(), topic, partition, offset, timestamp_ms, attempt, origin
+                name,
+                record,
+                msg.key(),
+                topic,
+                msg.partition() or 0,
+                msg.offset() or 0,
+                msg.timestamp()[1],
+                attempts_of(headers) + 1 if headers else 1,
+                headers,
             )
             jobs.append((entry, job, msg))
         if not jobs:
             return
         done: set[str] = set()
-        if self.store is not None:
+        store = self.store
+        if store is not None:
             try:
-                done = self.store.done_keys(name, {job.idempotency_key for _, job, _ in jobs})
+                done = store.done_keys(name, {job.idempotency_key for _, job, _ in jobs})
             except StoreError as exc:
                 for entry, job, msg in jobs:
                     self._fail(msg, entry, job, exc)
                 return
+        handle = self.handler.handle
+        finished = 0
         for entry, job, msg in jobs:
             if entry.cancelled:
                 continue  # revoked while we worked: the new owner does it
-            key = job.idempotency_key
-            if key in done:
-                entry.done = True
-                self._m_dup.inc()
-                log.info("job %s %s already done: skipped", name, key, extra={"event_id": key})
-                continue
+            if store is not None:
+                key = job.idempotency_key
+                if key in done:
+                    entry.done = True
+                    self._m_dup.inc()
+                    log.info("job %s %s already done: skipped", name, key, extra={"event_id": key})
+                    continue
             try:
-                outcome = self.handler.handle(job)
+                outcome = handle(job)
             except Exception as exc:
                 self._fail(msg, entry, job, exc)
                 continue
-            if self.store is not None:
+            if store is not None:
                 self._record_done(key, outcome)
                 done.add(key)
             entry.done = True
-            self._m_done.inc()
+            finished += 1
             created = job.created_at
             if created is not None:
                 self._m_latency.observe(max(0.0, time.time() - created.timestamp()))
+        if finished:
+            self._m_done.inc(finished)
 
     def _record_done(self, key: str, outcome: Any) -> None:
         """The side effect is done: write its key. A store that fails here is retried briefly;
