@@ -23,6 +23,9 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,
     "linger.ms": 5,
     "compression.type": "lz4",
+    # Java's partitioner (also aiokafka's and Faust's): a key lands on the same partition
+    # whichever client wrote it, so stream tables and query routing agree with producers.
+    "partitioner": "murmur2_random",
 }
 
 CONSUMER_DEFAULTS: dict[str, Any] = {

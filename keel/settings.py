@@ -59,9 +59,12 @@ class KeelSettings(BaseSettings):
         10000, ge=1000, description="How soon a dead worker's jobs move to the others."
     )
     jobs_idempotency_store: Literal["redis", "postgres"] = "redis"
+    jobs_topic_prefix: str = Field("", description="Prefix of job topics and groups (tests).")
     jobs_done_ttl_days: int = Field(30, ge=1, description="How long done keys are kept (Redis).")
     jobs_http_port: int = Field(8095, description="Worker /healthz, /readyz, /metrics port.")
-    jobs_report_dir: Path | None = Field(None, description="Report store; default KEEL_HOME/reports.")
+    jobs_report_dir: Path | None = Field(
+        None, description="Report store; default KEEL_HOME/reports."
+    )
     jobs_views_url: str = Field(
         "http://127.0.0.1:8083", description="Streams query API the reports read views from."
     )
@@ -75,6 +78,35 @@ class KeelSettings(BaseSettings):
     smtp_starttls: bool = False
     smtp_timeout_s: float = 10.0
     smtp_from: str = "Keel <no-reply@keel.localhost>"
+
+    # Stream processors (streams/)
+    streams_app_id: str = Field("keel-streams", description="Faust app id = the consumer group.")
+    streams_source_topic: str = Field("events", description="The topic of user-action events.")
+    streams_source_partitions: int = Field(
+        6, ge=1, description="Partitions when the worker creates it."
+    )
+    streams_replication_factor: int = Field(1, ge=1, description="Replication of internal topics.")
+    streams_data_dir: Path | None = Field(
+        None, description="RocksDB tables; default KEEL_HOME/streams."
+    )
+    streams_web_host: str = Field(
+        "127.0.0.1", description="Host the query API binds and advertises."
+    )
+    streams_web_port: int = Field(8083, description="Query API, /healthz, /readyz, /metrics port.")
+    streams_workers: int = Field(1, ge=0, description="Stream workers the local stack runs.")
+    streams_standby_replicas: int = Field(1, ge=0, description="Standby copies of each table.")
+    streams_dedup_window_s: int = Field(
+        86400, ge=1, description="How long an event_id is remembered."
+    )
+    streams_batch_size: int = Field(2000, ge=1, description="Events taken per batch.")
+    streams_batch_within_s: float = Field(0.05, gt=0, description="Longest wait to fill a batch.")
+    streams_dlq_topic: str = Field("events.dlq", description="Where poison messages go.")
+    streams_jobs_topic_prefix: str = Field("", description="Prefix of the job topics (tests).")
+    streams_window_retention_h: int = Field(48, ge=1, description="Hourly windows kept.")
+    streams_cache_enabled: bool = Field(True, description="Write views to Redis.")
+    streams_cache_prefix: str = Field("keel:", description="Prefix of the Redis keys written.")
+    streams_cache_ttl_s: int = Field(86400, ge=1, description="TTL of the Redis view hashes.")
+    streams_processors: str = Field("", description="Comma-separated processors to run (all).")
 
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"

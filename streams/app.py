@@ -1,0 +1,489 @@
+"""The Faust app: topics, RocksDB tables, batch agents, the query API and readiness.
+
+Responsibilities:
+- build one `faust.App` per worker (consumer group = KEEL_STREAMS_APP_ID) with tables in
+  RocksDB through rocksdict (`rocksdb://`) backed by compacted changelog topics, and
+  standby replicas (KEEL_STREAMS_STANDBY_REPLICAS);
+- name every topic it uses (`internal_topics`) so the worker creates them up front;
+- run the `Engine` over batches taken with `stream.take_events`, one partition group at a
+  time, and carry out its results in the order that makes replays harmless: outputs (dead
+  letters, job events, re-keyed deltas) acknowledged first, then table writes, then sinks;
+  Faust commits the offsets afterwards (it flushes the producer before committing);
+- answer `GET /v1/views/{view}/{key}` locally when this worker owns the key's partition,
+  or forward it to the owner; `/healthz`, `/readyz` (503 while rebalancing or recovering
+  state from changelogs) and `/metrics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import weakref
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import faust
+from aiokafka.partitioner import murmur2
+from faust.streams import _current_event
+from faust.types import TP, EventT
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from keel.kafka import TopicSpec
+from keel.settings import KeelSettings
+from streams.codec import AvroCodec
+from streams.engine import (
+    DEDUP_TABLE,
+    BatchResult,
+    Engine,
+    Poison,
+    Raw,
+    has_user_state,
+    unwrap_aggregate,
+    unwrap_user_state,
+    user_table,
+)
+from streams.errors import BadQuery
+from streams.metrics import StreamMetrics
+from streams.processor import KeyedView, Processor, Sink, Stateful
+from streams.processor import View as ViewProcessor
+from streams.processors.product_stats import ProductStats
+
+log = logging.getLogger(__name__)
+
+ROUTED_HEADER = "X-Keel-Routed"
+
+
+def key_partition(key: str, partitions: int) -> int:
+    """The partition of a string key: murmur2 like Kafka's Java clients, aiokafka and Keel's
+    producers (librdkafka `murmur2_random`), so the owner of a key can be computed."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+@contextlib.contextmanager
+def partition_context(event: EventT) -> Iterator[None]:
+    """Make `event` the current event, so table reads and writes go to its partition's
+    RocksDB and changelog partition. A batch holds several partitions; the runtime handles
+    them one group at a time inside this context."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class TableReader:
+    """The engine's `StateReader` over Faust tables (inside a partition context)."""
+
+    def __init__(self, tables: Mapping[str, Any]) -> None:
+        self.tables = tables
+
+    def get(self, table: str, key: str) -> Any:
+        return self.tables[table].get(key)
+
+
+class StreamsApp:
+    """One stream worker's Faust app. Construct, then `app.main()` / a faust Worker runs it."""
+
+    def __init__(
+        self,
+        settings: KeelSettings,
+        processors: Sequence[Processor],
+        codec: AvroCodec,
+        *,
+        partitions: int,
+        datadir: Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self.partitions = partitions
+        self.codec = codec
+        self.processors = list(processors)
+        for proc in self.processors:
+            if isinstance(proc, ProductStats):
+                proc.retention = settings.streams_window_retention_h
+        self.engine = Engine(self.processors, codec.decode, settings.streams_dedup_window_s * 1000)
+        self.sinks = [p for p in self.processors if isinstance(p, Sink)]
+        if not settings.streams_cache_enabled:
+            self.sinks = [s for s in self.sinks if s.name != "cache_fill"]
+        self.views: dict[str, Processor] = {p.name: p for p in self.processors if p.queryable}
+        self.metrics = StreamMetrics()
+        self.batch_size = settings.streams_batch_size
+        self.within = settings.streams_batch_within_s
+        self._started = False
+        host, port = settings.streams_web_host, settings.streams_web_port
+        self.datadir = datadir or (
+            (settings.streams_data_dir or settings.home / "streams")
+            / settings.streams_app_id
+            / f"{host}-{port}"
+        )
+        self.app = faust.App(
+            settings.streams_app_id,
+            broker=";".join(f"kafka://{h.strip()}" for h in settings.bootstrap_servers.split(",")),
+            broker_credentials=_credentials(settings),
+            store="rocksdb://",
+            datadir=str(self.datadir),
+            topic_partitions=partitions,
+            topic_replication_factor=settings.streams_replication_factor,
+            table_standby_replicas=settings.streams_standby_replicas,
+            consumer_auto_offset_reset="earliest",
+            processing_guarantee="at_least_once",
+            producer_acks=-1,
+            broker_commit_interval=1.0,
+            broker_commit_every=max(10_000, self.batch_size * 4),
+            stream_buffer_maxsize=max(8192, self.batch_size * 4),
+            stream_recovery_delay=0.2,
+            web_enabled=True,
+            web_host=host,
+            web_bind="0.0.0.0" if host not in ("127.0.0.1", "localhost") else host,
+            web_port=port,
+            canonical_url=f"http://{host}:{port}",
+            web_in_thread=False,
+            autodiscover=False,
+            # Faust's own pages (graph, stats, tables) are off: Keel's are below.
+            web_stats_enabled=False,
+            web_graph_enabled=False,
+            web_tables_enabled=False,
+            web_router_enabled=True,
+        )
+        raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
+        raw_codec: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.source = self.app.topic(settings.streams_source_topic, **raw, **raw_codec)
+        self.dlq = self.app.topic(settings.streams_dlq_topic, **raw, **raw_codec)
+        self.job_topics: dict[str, Any] = {}
+        self.tables: dict[str, Any] = {}
+        window_ms = settings.streams_dedup_window_s * 1000
+        self.tables[DEDUP_TABLE] = self.app.Table(
+            DEDUP_TABLE,
+            partitions=partitions,
+            key_serializer="raw",
+            value_serializer="json",
+            # Entries older than the window are useless: let Kafka delete them too.
+            extra_topic_configs={
+                "cleanup.policy": "compact,delete",
+                "retention.ms": str(window_ms * 2),
+            },
+        )
+        for proc in self.processors:
+            if isinstance(proc, Stateful) and has_user_state(proc):
+                name = user_table(proc)
+                self.tables[name] = self.app.Table(
+                    name, partitions=partitions, key_serializer="raw", value_serializer="json"
+                )
+        self.rekey_topics: dict[str, Any] = {}
+        for proc in self.processors:
+            if isinstance(proc, KeyedView):
+                self.tables[proc.name] = self.app.Table(
+                    proc.name, partitions=partitions, key_serializer="raw", value_serializer="json"
+                )
+                self.rekey_topics[proc.name] = self.app.topic(
+                    self.rekey_topic_name(proc.name),
+                    partitions=partitions,
+                    key_type=bytes,
+                    value_type=bytes,
+                    key_serializer="raw",
+                    value_serializer="json",
+                    internal=True,
+                )
+        self.reader = TableReader(self.tables)
+        self._wire()
+
+    # -- topics ----------------------------------------------------------------------
+    def rekey_topic_name(self, view: str) -> str:
+        return f"{self.settings.streams_app_id}-{view}-rekey"
+
+    def changelog_topic_name(self, table: str) -> str:
+        return f"{self.settings.streams_app_id}-{table}-changelog"
+
+    def internal_topics(self) -> list[TopicSpec]:
+        """Every topic this app writes to, for creation up front (auto-create is off)."""
+        rf, n = self.settings.streams_replication_factor, self.partitions
+        specs = [
+            TopicSpec(self.changelog_topic_name(name), n, rf, _changelog_config(table))
+            for name, table in self.tables.items()
+        ]
+        specs += [TopicSpec(t.get_topic_name(), n, rf) for t in self.rekey_topics.values()]
+        specs.append(TopicSpec(self.settings.streams_dlq_topic, n, rf))
+        return specs
+
+    def job_topic(self, job_type: str) -> Any:
+        topic = self.job_topics.get(job_type)
+        if topic is None:
+            name = self.codec.job_topic(job_type, self.settings.streams_jobs_topic_prefix)
+            topic = self.job_topics[job_type] = self.app.topic(
+                name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+            )
+        return topic
+
+    # -- agents ----------------------------------------------------------------------
+    def _wire(self) -> None:
+        app = self.app
+
+        @app.agent(self.source, name="keel-source")
+        async def source_agent(stream: faust.StreamT) -> None:
+            async for events in cast(faust.Stream, stream).take_events(self.batch_size, within=self.within):
+                await self.handle_source(events)
+
+        for name, topic in self.rekey_topics.items():
+            self._fold_agent(name, topic)
+
+        @app.task
+        async def start_sinks() -> None:
+            for sink in self.sinks:
+                await sink.start(self.settings)
+            self._started = True
+
+        self._pages()
+
+    def _fold_agent(self, name: str, topic: Any) -> None:
+        @self.app.agent(topic, name=f"keel-fold-{name}")
+        async def fold_agent(stream: faust.StreamT) -> None:
+            async for events in cast(faust.Stream, stream).take_events(self.batch_size, within=self.within):
+                await self.handle_fold(name, events)
+
+    async def handle_source(self, events: Sequence[EventT]) -> None:
+        started = time.perf_counter()
+        for partition_events in _by_partition(events):
+            first = partition_events[-1]
+            raws = [
+                Raw(
+                    value=e.value if isinstance(e.value, bytes) else e.message.value,
+                    partition=e.message.partition,
+                    offset=e.message.offset,
+                    timestamp_ms=int(e.message.timestamp * 1000),
+                    key=e.message.key,
+                    topic=e.message.topic,
+                )
+                for e in partition_events
+            ]
+            with partition_context(first):
+                result = self.engine.process(raws, self.reader)
+            await self._deliver(result)
+            with partition_context(first):
+                self._write(result)
+            await self._run_sinks(result)
+            self.metrics.events.labels(first.message.topic).inc(len(raws))
+            self.metrics.duplicates.inc(result.duplicates)
+        self.metrics.batch_seconds.labels("source").observe(time.perf_counter() - started)
+
+    async def handle_fold(self, name: str, events: Sequence[EventT]) -> None:
+        started = time.perf_counter()
+        for partition_events in _by_partition(events):
+            first = partition_events[-1]
+            messages = [
+                (_text(e.key), e.value) for e in partition_events if isinstance(e.value, Mapping)
+            ]
+            with partition_context(first):
+                result = self.engine.fold(name, messages, self.reader)
+                self._write(result)
+            await self._run_sinks(result)
+        self.metrics.batch_seconds.labels(name).observe(time.perf_counter() - started)
+
+    async def _deliver(self, result: BatchResult) -> None:
+        """Send every output of a batch and wait for the broker's acks, before the batch's
+        state is written (see the module docstring for why this order)."""
+        pending: list[Any] = []
+        for poison in result.poison:
+            pending.append(await self._dead_letter(poison))
+        for job in result.jobs:
+            topic = self.job_topic(job.job_type)
+            try:
+                payload = self.codec.encode_job(job.job_type, job.record, topic.get_topic_name())
+            except Exception as exc:
+                log.error("cannot encode %s from %s: %s", job.job_type, job.processor, exc)
+                self.metrics.poison.labels("job_encoding").inc()
+                continue
+            pending.append(await topic.send(key=job.key.encode(), value=payload))
+            self.metrics.jobs.labels(job.job_type).inc()
+        for name, deltas in result.deltas.items():
+            topic = self.rekey_topics[name]
+            for key, message in deltas:
+                pending.append(await topic.send(key=key.encode(), value=message))
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def _dead_letter(self, poison: Poison) -> Any:
+        raw = poison.raw
+        headers = [
+            ("keel.error", poison.error.encode()[:4000]),
+            ("keel.error.reason", poison.reason.encode()),
+            ("keel.original.topic", (raw.topic or self.source.get_topic_name()).encode()),
+            ("keel.original.partition", str(raw.partition).encode()),
+            ("keel.original.offset", str(raw.offset).encode()),
+        ]
+        if poison.processor:
+            headers.append(("keel.processor", poison.processor.encode()))
+        log.warning(
+            "dead letter %s:%s@%s: %s",
+            raw.topic,
+            raw.partition,
+            raw.offset,
+            poison.error,
+            extra={"reason": poison.reason},
+        )
+        self.metrics.poison.labels(poison.reason).inc()
+        return await self.dlq.send(key=raw.key, value=raw.value, headers=headers)
+
+    def _write(self, result: BatchResult) -> None:
+        tables = self.tables
+        for (table, key), value in result.writes.items():
+            tables[table][key] = value
+
+    async def _run_sinks(self, result: BatchResult) -> None:
+        for sink in self.sinks:
+            try:
+                for view in sink.views:
+                    changes = result.changes.get(view)
+                    if changes:
+                        await sink.on_changes(view, changes)
+                wanted = [ev for ev in result.events if sink.wants(ev.type)]
+                if wanted and sink.types:
+                    await sink.on_events(wanted)
+            except Exception as exc:
+                self.metrics.sink_errors.labels(sink.name).inc()
+                log.error("sink %s failed: %s", sink.name, exc)
+
+    # -- readiness and queries --------------------------------------------------------
+    def readiness(self) -> tuple[bool, str]:
+        app = self.app
+        if not self._started:
+            return False, "starting"
+        if app.rebalancing:
+            return False, "rebalancing"
+        if app.in_recovery:
+            return False, "recovering tables from changelogs"
+        if not cast(Any, app.tables).recovery.completed.is_set():
+            return False, "waiting for the first assignment"
+        return True, "ready"
+
+    def query(self, view: str, key: str, params: Mapping[str, str]) -> tuple[int, Any]:
+        """Answer a query from the local table: (status, body)."""
+        proc = self.views.get(view)
+        if proc is None:
+            return 404, {"error": f"unknown view {view!r}", "views": sorted(self.views)}
+        table = proc.name if isinstance(proc, KeyedView) else user_table(proc)  # type: ignore[arg-type]
+        stored = self.tables[table].get(key)
+        value = (
+            unwrap_aggregate(stored) if isinstance(proc, KeyedView) else unwrap_user_state(stored)
+        )
+        if value is None:
+            return 404, {"error": f"no {view} for key {key!r}"}
+        try:
+            return 200, proc.render(value, params)
+        except BadQuery as exc:
+            return 400, {"error": str(exc)}
+        except KeyError:
+            return 404, {"error": f"no {view} for key {key!r} in window {params.get('window')!r}"}
+
+    def owner(self, view: str, key: str) -> tuple[bool, str | None]:
+        """(served here, URL of the owner) for the key's partition of the view's table."""
+        proc = self.views[view]
+        table = proc.name if isinstance(proc, KeyedView) else user_table(proc)  # type: ignore[arg-type]
+        tp = TP(self.changelog_topic_name(table), key_partition(key, self.partitions))
+        assignor = self.app.assignor
+        if tp in assignor.assigned_actives():
+            return True, None
+        # The cluster's assignment (TP -> worker URL), as Faust's own router reads it.
+        url = getattr(assignor, "_tps_url", {}).get(tp)
+        return False, str(url) if url else None
+
+    def _pages(self) -> None:
+        streams = self
+
+        class Views(View):
+            async def get(self, request: Request, view: str, key: str) -> Response:
+                return await streams._answer(self, request, view, key)
+
+        class Healthz(View):
+            async def get(self, request: Request) -> Response:
+                return self.json({"status": "ok"})
+
+        class Readyz(View):
+            async def get(self, request: Request) -> Response:
+                ready, why = streams.readiness()
+                streams.metrics.ready.set(1 if ready else 0)
+                return self.json({"ready": ready, "status": why}, status=200 if ready else 503)
+
+        class Metrics(View):
+            async def get(self, request: Request) -> Response:
+                return self.bytes(
+                    generate_latest(streams.metrics.registry), content_type=CONTENT_TYPE_LATEST
+                )
+
+        self.app.page("/v1/views/{view}/{key}")(Views)
+        self.app.page("/healthz")(Healthz)
+        self.app.page("/readyz")(Readyz)
+        self.app.page("/metrics")(Metrics)
+
+    async def _answer(self, web_view: View, request: Request, view: str, key: str) -> Response:
+        params = dict(request.query)
+        try:
+            if view not in self.views:
+                status, body = self.query(view, key, params)
+                return web_view.json(body, status=status)
+            local, url = self.owner(view, key)
+            if local:
+                if self.app.in_recovery or self.app.rebalancing:
+                    return _unavailable(web_view, "rebalancing or recovering state; retry")
+                status, body = self.query(view, key, params)
+                return web_view.json(body, status=status)
+            if request.headers.get(ROUTED_HEADER) or not url:
+                return _unavailable(web_view, "the owner of this key is not known yet; retry")
+            return await self._forward(web_view, request, url)
+        except Exception as exc:
+            log.exception("query %s/%s failed", view, key)
+            return _unavailable(web_view, f"{type(exc).__name__}: {exc}")
+
+    async def _forward(self, web_view: View, request: Request, url: str) -> Response:
+        target = url.rstrip("/") + str(request.rel_url)
+        async with self.app.http_client.get(target, headers={ROUTED_HEADER: "1"}) as response:
+            body = await response.read()
+            try:
+                value = json.loads(body)
+            except ValueError:
+                return _unavailable(web_view, f"owner {url} answered {response.status}")
+            return web_view.json(value, status=response.status)
+
+
+def _unavailable(web_view: View, why: str) -> Response:
+    return web_view.json({"error": why}, status=503, headers={"Retry-After": "1"})
+
+
+def _by_partition(events: Sequence[EventT]) -> list[list[EventT]]:
+    groups: dict[int, list[EventT]] = defaultdict(list)
+    for e in events:
+        groups[e.message.partition].append(e)
+    return list(groups.values())
+
+
+def _text(key: Any) -> str:
+    return key.decode() if isinstance(key, bytes | bytearray) else str(key)
+
+
+def _changelog_config(table: Any) -> dict[str, str]:
+    config = {"cleanup.policy": "compact"}
+    config.update({k: str(v) for k, v in table.extra_topic_configs.items()})
+    return config
+
+
+def _credentials(settings: KeelSettings) -> Any:
+    if settings.security_protocol == "PLAINTEXT":
+        return None
+    if settings.sasl_username and settings.sasl_password is not None:
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password.get_secret_value(),
+            mechanism=settings.sasl_mechanism or "PLAIN",
+        )
+    if settings.security_protocol == "SSL":
+        import ssl
+
+        return faust.SSLCredentials(ssl.create_default_context())
+    return None
+
+
+__all__ = ["StreamsApp", "ViewProcessor", "key_partition", "partition_context"]

@@ -1,0 +1,162 @@
+"""`keel streams`: run a stream worker, scaffold a processor, list processors."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from keel.errors import KeelError
+from keel.kafka import TopicSpec, ensure_topics, make_admin, wait_for_topics
+from keel.logging import JsonFormatter, configure_logging
+from keel.settings import KeelSettings, get_settings
+from streams.errors import StreamsError
+
+streams_app = typer.Typer(
+    name="streams",
+    help="Stream processors: materialized views, job triggers, cache fill (Faust).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+log = logging.getLogger(__name__)
+
+
+def source_partitions(settings: KeelSettings) -> int:
+    """The source topic's partition count, creating the topic when it does not exist."""
+    admin = make_admin(settings)
+    name = settings.streams_source_topic
+    topics = admin.list_topics(timeout=15).topics
+    if name not in topics:
+        ensure_topics(
+            admin,
+            [
+                TopicSpec(
+                    name, settings.streams_source_partitions, settings.streams_replication_factor
+                )
+            ],
+        )
+        wait_for_topics(admin, [name])
+        topics = admin.list_topics(name, timeout=15).topics
+    meta = topics[name]
+    if meta.error is not None or not meta.partitions:
+        raise StreamsError(f"source topic {name!r} is not usable: {meta.error}")
+    return len(meta.partitions)
+
+
+def build(settings: KeelSettings) -> object:
+    """The worker's StreamsApp, with every topic it writes to created up front."""
+    from streams.app import StreamsApp
+    from streams.codec import AvroCodec
+    from streams.discovery import discover
+
+    partitions = source_partitions(settings)
+    codec = AvroCodec.from_settings(settings)
+    processors = discover(only=[p.strip() for p in settings.streams_processors.split(",")])
+    app = StreamsApp(settings, processors, codec, partitions=partitions)
+    specs = app.internal_topics()
+    job_types = [t for t in codec.catalog.types() if t.startswith("job.")]
+    specs += [
+        TopicSpec(
+            codec.job_topic(t, settings.streams_jobs_topic_prefix),
+            partitions,
+            settings.streams_replication_factor,
+        )
+        for t in job_types
+    ]
+    admin = make_admin(settings)
+    ensure_topics(admin, specs)
+    wait_for_topics(admin, [s.name for s in specs])
+    return app
+
+
+@streams_app.command()
+def worker(
+    port: int | None = typer.Option(None, help="Query API port (default KEEL_STREAMS_WEB_PORT)."),
+    processors: str | None = typer.Option(
+        None, help="Comma-separated processors to run (default: all, or KEEL_STREAMS_PROCESSORS)."
+    ),
+) -> None:
+    """Run one stream worker; start as many as there are partitions, in one consumer group."""
+    from faust.worker import Worker
+
+    settings = get_settings()
+    update: dict[str, object] = {}
+    if port is not None:
+        update["streams_web_port"] = port
+    if processors is not None:
+        update["streams_processors"] = processors
+    if update:
+        settings = settings.model_copy(update=update)
+    configure_logging(settings.log_level, settings.log_format)
+    from streams.app import StreamsApp
+
+    app = build(settings)
+    if not isinstance(app, StreamsApp):  # pragma: no cover - build's return type
+        raise StreamsError("could not build the stream app")
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    log.info(
+        "stream worker %s on %s, %d partitions, processors %s",
+        settings.streams_app_id,
+        settings.streams_web_port,
+        app.partitions,
+        ",".join(p.name for p in app.processors),
+    )
+    Worker(
+        app.app,
+        loglevel=settings.log_level.lower(),
+        loghandlers=[handler],
+        quiet=True,
+        redirect_stdouts=False,
+    ).execute_from_commandline()
+
+
+@streams_app.command()
+def new(
+    name: Annotated[str, typer.Argument(help="Processor name: lower-case letters, digits and _.")],
+    kind: Annotated[str, typer.Option(help="view, keyed-view or trigger.")] = "view",
+    root: Annotated[
+        Path, typer.Option(help="Project root (where streams/ and tests/ are).")
+    ] = Path("."),
+) -> None:
+    """Scaffold a processor module under streams/processors/ and its tests under tests/streams/."""
+    from streams.scaffold import scaffold
+
+    for path in scaffold(name, kind, root):
+        typer.echo(f"created {path}")
+
+
+@streams_app.command("list")
+def list_processors() -> None:
+    """The processors a worker would run."""
+    from streams.discovery import discover
+    from streams.processor import KeyedView, Sink, Trigger, View
+
+    for proc in discover():
+        kind = (
+            "keyed-view"
+            if isinstance(proc, KeyedView)
+            else "view"
+            if isinstance(proc, View)
+            else "trigger"
+            if isinstance(proc, Trigger)
+            else "sink"
+            if isinstance(proc, Sink)
+            else "processor"
+        )
+        types = ",".join(sorted(proc.types)) or "*"
+        typer.echo(f"{proc.name}\t{kind}\t{types}")
+
+
+def main() -> None:  # pragma: no cover - `python -m streams`
+    try:
+        streams_app()
+    except KeelError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from exc

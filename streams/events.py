@@ -1,0 +1,87 @@
+"""Typed events: a decoded Avro record plus where it came from (partition, offset).
+
+Pure: no Kafka, no Faust. Timestamps are normalised to integer epoch microseconds and UUIDs
+to strings, so processors work on plain values whether the record came from fastavro
+(datetime, UUID, Decimal) or from a test.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_micros(value: Any) -> int:
+    """Epoch microseconds of a datetime (naive = UTC) or an int already in microseconds."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        delta = value - EPOCH
+        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    if isinstance(value, int):
+        return value
+    raise TypeError(f"not a timestamp: {value!r}")
+
+
+def plain(value: Any) -> Any:
+    """A JSON-friendly copy: UUID → str, datetime → epoch µs, Decimal → str, bytes → hex."""
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return to_micros(value)
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One user action, decoded. `data` holds every field of the record (plain values)."""
+
+    type: str
+    event_id: str
+    user_id: str
+    occurred_at: int  # epoch µs, client time
+    data: Mapping[str, Any] = field(default_factory=dict)
+    partition: int = 0
+    offset: int = 0
+    timestamp_ms: int = 0  # Kafka message timestamp
+
+    def __getitem__(self, name: str) -> Any:
+        return self.data[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.data.get(name, default)
+
+    @classmethod
+    def from_record(
+        cls,
+        record: Mapping[str, Any],
+        *,
+        partition: int = 0,
+        offset: int = 0,
+        timestamp_ms: int = 0,
+    ) -> Event:
+        """Build from a decoded record; missing envelope fields raise KeyError."""
+        return cls(
+            type=str(record["type"]),
+            event_id=str(record["event_id"]),
+            user_id=str(record["user_id"]),
+            occurred_at=to_micros(record["occurred_at"]),
+            data=record,
+            partition=partition,
+            offset=offset,
+            timestamp_ms=timestamp_ms,
+        )

@@ -1,0 +1,33 @@
+"""Prometheus metrics of a stream worker (one registry per app, so tests can run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class StreamMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter(
+            "keel_streams_events_total", "Events processed", ["topic"], registry=r
+        )
+        self.duplicates = Counter(
+            "keel_streams_duplicates_total", "Events skipped as duplicates by event_id", registry=r
+        )
+        self.poison = Counter(
+            "keel_streams_dead_letters_total",
+            "Messages sent to the dead-letter topic",
+            ["reason"],
+            registry=r,
+        )
+        self.jobs = Counter(
+            "keel_streams_jobs_total", "Job events emitted", ["job_type"], registry=r
+        )
+        self.sink_errors = Counter(
+            "keel_streams_sink_errors_total", "Failed sink calls", ["sink"], registry=r
+        )
+        self.batch_seconds = Histogram(
+            "keel_streams_batch_seconds", "Time to process one batch", ["stage"], registry=r
+        )
+        self.ready = Gauge("keel_streams_ready", "1 when the worker serves queries", registry=r)
