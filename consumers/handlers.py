@@ -50,7 +50,7 @@ def _topic_of(event_type: str) -> str:
     return str(load_catalog().get(event_type).topic)
 
 
-class _Emitter:
+class Emitter:
     """Encodes and produces events with its own producer, waiting for the broker's ack: a job
     that emits is done only once what it emitted is durable."""
 
@@ -111,6 +111,7 @@ class EmailJob(JobHandler):
 
     @classmethod
     def from_settings(cls, settings: KeelSettings, topics: JobTopics | None = None) -> EmailJob:
+        topics = topics or JobTopics.for_job(cls.name, prefix=settings.jobs_topic_prefix)
         return cls(Mailer.from_settings(settings), sender=settings.smtp_from, topics=topics)
 
     def handle(self, job: Job) -> Mapping[str, Any]:
@@ -154,7 +155,7 @@ class ReportJob(JobHandler):
         self,
         store: ReportStore,
         views: ViewsClient,
-        emitter: _Emitter,
+        emitter: Emitter,
         *,
         events_topic: str | None = None,
         topics: JobTopics | None = None,
@@ -172,10 +173,11 @@ class ReportJob(JobHandler):
         cls, settings: KeelSettings, topics: JobTopics | None = None, **kwargs: Any
     ) -> ReportJob:
         root = settings.jobs_report_dir or settings.home / "reports"
+        topics = topics or JobTopics.for_job(cls.name, prefix=settings.jobs_topic_prefix)
         return cls(
             ReportStore(Path(root)),
             ViewsClient(settings.jobs_views_url),
-            _Emitter(settings),
+            Emitter(settings),
             topics=topics,
             **kwargs,
         )
@@ -239,7 +241,7 @@ class ReportReadyTrigger(JobHandler):
 
     def __init__(
         self,
-        emitter: _Emitter,
+        emitter: Emitter,
         *,
         email_topic: str | None = None,
         topics: JobTopics | None = None,
@@ -258,7 +260,12 @@ class ReportReadyTrigger(JobHandler):
     def from_settings(
         cls, settings: KeelSettings, topics: JobTopics | None = None, **kwargs: Any
     ) -> ReportReadyTrigger:
-        return cls(_Emitter(settings), topics=topics, **kwargs)
+        topics = topics or JobTopics.for_job(
+            cls.name, cls.default_source(), prefix=settings.jobs_topic_prefix
+        )
+        if settings.jobs_topic_prefix:
+            kwargs.setdefault("email_topic", f"{settings.jobs_topic_prefix}jobs.email")
+        return cls(Emitter(settings), topics=topics, **kwargs)
 
     def start(self) -> None:
         self.emitter.start()

@@ -25,9 +25,12 @@ class JobTopics:
     dlq: str
 
     @classmethod
-    def for_job(cls, name: str, source: str | None = None) -> JobTopics:
-        """`jobs.<name>` by default, with `jobs.<name>.retry` and `jobs.<name>.dlq`."""
-        return cls(source or f"jobs.{name}", f"jobs.{name}.retry", f"jobs.{name}.dlq")
+    def for_job(cls, name: str, source: str | None = None, prefix: str = "") -> JobTopics:
+        """`jobs.<name>` by default, with `jobs.<name>.retry` and `jobs.<name>.dlq` (each
+        behind `prefix`, which keeps tests apart; a shared source such as `events` keeps its
+        name)."""
+        base = f"{prefix}jobs.{name}"
+        return cls(source or base, f"{base}.retry", f"{base}.dlq")
 
 
 class Job:

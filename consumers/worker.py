@@ -624,7 +624,9 @@ class Worker:
                 metrics=self.metrics,
                 config=self.config,
                 settings=self.settings,
-                group_id=self.group_ids.get(handler.name),
+                group_id=self.group_ids.get(
+                    handler.name, f"{self.settings.jobs_topic_prefix}keel.jobs.{handler.name}"
+                ),
             )
             for handler in self.handlers
         ]
