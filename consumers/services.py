@@ -11,14 +11,21 @@ def services(settings: KeelSettings) -> list[Service]:
     return [
         ProcessService(
             "smtp",
-            python_module("consumers", "smtp"),
+            python_module(
+                "consumers",
+                "smtp",
+                "--port",
+                str(settings.smtp_port),
+                "--outbox",
+                str(settings.jobs_outbox_dir or settings.home / "outbox"),
+            ),
             settings,
             port=settings.smtp_port,
             order=30,
         ),
         ProcessService(
             "jobs-worker",
-            python_module("consumers", "worker"),
+            python_module("consumers", "worker", "--http-port", str(settings.jobs_http_port)),
             settings,
             port=settings.jobs_http_port,
             health_url=f"http://127.0.0.1:{settings.jobs_http_port}/healthz",

@@ -160,8 +160,12 @@ class RunningWorker:
         except BaseException as exc:
             self.error = exc
 
+    def start(self) -> None:
+        if not self.thread.is_alive() and self.thread.ident is None:
+            self.thread.start()
+
     def __enter__(self) -> Worker:
-        self.thread.start()
+        self.start()
         wait_for(
             lambda: self.worker.runners and all(r.joined.is_set() for r in self.worker.runners),
             what="the worker to join its groups",

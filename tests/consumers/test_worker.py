@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Mapping
@@ -49,8 +50,11 @@ class Recorder(JobHandler):
 
     name: ClassVar[str] = "recorder"
 
-    def __init__(self, topics: JobTopics, gate: threading.Event | None = None) -> None:
+    def __init__(
+        self, topics: JobTopics, gate: threading.Event | None = None, work_s: float = 0.0
+    ) -> None:
         super().__init__(topics)
+        self.work_s = work_s
         self.lock = threading.Lock()
         self.calls: list[tuple[str, int, int]] = []  # (user, seq, attempt)
         self.done: list[str] = []
@@ -67,6 +71,8 @@ class Recorder(JobHandler):
         try:
             if self.gate is not None:
                 self.gate.wait(30)
+            if self.work_s:
+                time.sleep(self.work_s)  # the job's own work
             fail = str(rec.get("fail", ""))
             if fail == "permanent":
                 raise PermanentJobError(f"bad job {rec['idempotency_key']}")
@@ -268,3 +274,29 @@ def test_graceful_stop_finishes_in_flight_jobs_and_commits(
     assert not running.thread.is_alive()
     assert len(handler.done) == 4
     assert drained(kafka_bootstrap, group_id, job_topics.source, 3)
+
+
+def test_a_second_worker_joining_takes_partitions_without_losing_or_repeating(
+    kafka_bootstrap: str,
+    job_topics: JobTopics,
+    producer: Producer,
+    group_id: str,
+    redis_url: str,
+) -> None:
+    store = RedisDoneStore(redis_url, ttl_seconds=300)
+    first, second = Recorder(job_topics, work_s=0.01), Recorder(job_topics, work_s=0.01)
+    jobs = jobs_for(users=60, per_user=40)  # 2400 jobs of 10 ms: seconds of work for one
+    produce_json(producer, job_topics.source, jobs)
+    with RunningWorker(make_worker(kafka_bootstrap, first, group_id, store, max_in_flight=40)):
+        wait_for(lambda: first.done, what="the first worker to finish jobs")
+        # the second joins while the first has jobs in flight: the rebalance lets them
+        # finish and commits them before the partitions move
+        with RunningWorker(make_worker(kafka_bootstrap, second, group_id, store, max_in_flight=40)):
+            wait_for(
+                lambda: drained(kafka_bootstrap, group_id, job_topics.source, 3),
+                timeout=60,
+                what="commit",
+            )
+    assert second.done, "the second worker took no partition"
+    done = first.done + second.done
+    assert sorted(done) == sorted(j["idempotency_key"] for j in jobs)  # each exactly once
