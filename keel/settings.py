@@ -32,6 +32,10 @@ class KeelSettings(BaseSettings):
 
     # Schema registry (Keel's own by default; any Confluent-compatible one works)
     schema_registry_url: str = "http://127.0.0.1:8081"
+    registry_topic: str = Field(
+        "_schemas", description="Compacted topic holding the registry's state."
+    )
+    registry_port: int = Field(8081, description="Port `keel registry` listens on.")
 
     # Stores used by later components
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -107,6 +111,9 @@ class KeelSettings(BaseSettings):
     streams_cache_prefix: str = Field("keel:", description="Prefix of the Redis keys written.")
     streams_cache_ttl_s: int = Field(86400, ge=1, description="TTL of the Redis view hashes.")
     streams_processors: str = Field("", description="Comma-separated processors to run (all).")
+    streams_session_timeout_s: float = Field(
+        10.0, gt=0, description="How soon a dead worker's partitions move to the others."
+    )
 
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"

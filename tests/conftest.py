@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +22,7 @@ from confluent_kafka.admin import AdminClient
 
 from keel.kafka import TopicSpec, delete_topics, ensure_topics, wait_for_topics
 from keel.local.broker import LocalKafka, free_base_port
+from keel.local.process import ManagedProcess
 from keel.settings import get_settings
 
 KAFKA_IMAGE = "apache/kafka:4.1.0"
@@ -98,6 +102,45 @@ def _exported(bootstrap: str) -> Iterator[str]:
             os.environ.pop("KEEL_BOOTSTRAP_SERVERS", None)
         else:
             os.environ["KEEL_BOOTSTRAP_SERVERS"] = previous
+        get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def schema_registry(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """Keel's registry (`keel registry`) on a free port with its own storage topic, exported as
+    KEEL_SCHEMA_REGISTRY_URL for Keel's clients and any subprocess a test starts."""
+    port = free_base_port()
+    run = tmp_path_factory.mktemp("registry")
+    process = ManagedProcess("registry", run, run)
+    env = {
+        **os.environ,
+        "KEEL_REGISTRY_TOPIC": unique("_schemas-test"),
+        "KEEL_REGISTRY_PORT": str(port),
+    }
+    process.start([sys.executable, "-m", "keel.cli", "registry"], env=env, die_with_parent=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2):
+                break
+        except OSError:
+            if process.exited_early() or time.monotonic() > deadline:
+                raise RuntimeError(f"registry did not start:\n{process.tail()}") from None
+            time.sleep(0.2)
+    previous = os.environ.get("KEEL_SCHEMA_REGISTRY_URL")
+    os.environ["KEEL_SCHEMA_REGISTRY_URL"] = url
+    get_settings.cache_clear()
+    try:
+        yield url
+    finally:
+        process.stop()
+        if previous is None:
+            os.environ.pop("KEEL_SCHEMA_REGISTRY_URL", None)
+        else:
+            os.environ["KEEL_SCHEMA_REGISTRY_URL"] = previous
         get_settings.cache_clear()
 
 

@@ -1,0 +1,129 @@
+"""Client of any Confluent-compatible schema registry (Keel's own, Confluent, Karapace,
+Apicurio's ccompat API). Thread-safe; ids and schemas are never fetched twice."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from keel.settings import get_settings
+from schemas.errors import RegistryError
+
+CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+
+
+def canonical(schema: dict[str, Any] | str) -> str:
+    """A stable text for a schema: the cache key, and the form sent to the registry."""
+    parsed = json.loads(schema) if isinstance(schema, str) else schema
+    return json.dumps(parsed, sort_keys=True, separators=(",", ":"))
+
+
+class RegistryClient:
+    def __init__(self, url: str | None = None, *, timeout: float = 10.0) -> None:
+        self.url = (url or get_settings().schema_registry_url).rstrip("/")
+        self.timeout = timeout
+        self._http = requests.Session()
+        self._http.headers["Accept"] = CONTENT_TYPE
+        self._lock = threading.Lock()
+        self._by_id: dict[int, dict[str, Any]] = {}
+        self._ids: dict[tuple[str, str], int] = {}
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- calls ----------------------------------------------------------------------------
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        try:
+            response = self._http.request(
+                method, self.url + path, data=None if body is None else json.dumps(body),
+                headers={"Content-Type": CONTENT_TYPE} if body is not None else None,
+                timeout=self.timeout,
+            )  # fmt: skip
+        except requests.RequestException as exc:
+            raise RegistryError(
+                f"schema registry at {self.url} unreachable: {exc}", status=0, error_code=50003
+            ) from exc
+        if response.status_code >= 400:
+            try:
+                payload = response.json()
+                message, code = (
+                    payload.get("message", response.text),
+                    int(payload.get("error_code", response.status_code)),
+                )
+            except ValueError:
+                message, code = response.text, response.status_code
+            raise RegistryError(message, status=response.status_code, error_code=code)
+        return response.json()
+
+    def register(self, subject: str, schema: dict[str, Any] | str) -> int:
+        text = canonical(schema)
+        key = (subject, text)
+        with self._lock:
+            if key in self._ids:
+                return self._ids[key]
+        result = self._call(
+            "POST", f"/subjects/{quote(subject, safe='')}/versions", {"schema": text}
+        )
+        schema_id = int(result["id"])
+        with self._lock:
+            self._ids[key] = schema_id
+            self._by_id.setdefault(schema_id, json.loads(text))
+        return schema_id
+
+    def lookup(self, subject: str, schema: dict[str, Any] | str) -> int:
+        """The id of a schema already registered under `subject` (RegistryError 40403 if not)."""
+        text = canonical(schema)
+        key = (subject, text)
+        with self._lock:
+            if key in self._ids:
+                return self._ids[key]
+        result = self._call("POST", f"/subjects/{quote(subject, safe='')}", {"schema": text})
+        schema_id = int(result["id"])
+        with self._lock:
+            self._ids[key] = schema_id
+        return schema_id
+
+    def get_schema(self, schema_id: int) -> dict[str, Any]:
+        with self._lock:
+            if schema_id in self._by_id:
+                return self._by_id[schema_id]
+        result = self._call("GET", f"/schemas/ids/{schema_id}")
+        schema: dict[str, Any] = json.loads(result["schema"])
+        with self._lock:
+            self._by_id[schema_id] = schema
+        return schema
+
+    def latest(self, subject: str) -> tuple[int, int, dict[str, Any]]:
+        """(id, version, schema) of the subject's latest version; not cached (it moves)."""
+        result = self._call("GET", f"/subjects/{quote(subject, safe='')}/versions/latest")
+        return int(result["id"]), int(result["version"]), json.loads(result["schema"])
+
+    def check_compatibility(
+        self, subject: str, schema: dict[str, Any] | str
+    ) -> tuple[bool, list[str]]:
+        try:
+            result = self._call(
+                "POST", f"/compatibility/subjects/{quote(subject, safe='')}/versions/latest?verbose=true",
+                {"schema": canonical(schema)},
+            )  # fmt: skip
+        except RegistryError as exc:
+            if exc.error_code in (40401, 40402):  # nothing registered yet: anything goes
+                return True, []
+            raise
+        return bool(result["is_compatible"]), list(result.get("messages", []))
+
+    def subjects(self) -> list[str]:
+        return list(self._call("GET", "/subjects"))
+
+    def versions(self, subject: str) -> list[int]:
+        return list(self._call("GET", f"/subjects/{quote(subject, safe='')}/versions"))

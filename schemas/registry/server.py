@@ -1,0 +1,28 @@
+"""Run the registry: load state from its topic, then serve the REST API."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from keel.settings import KeelSettings
+from schemas.registry.app import create_app
+from schemas.registry.store import KafkaStore
+
+log = logging.getLogger(__name__)
+
+
+def serve(settings: KeelSettings, host: str, port: int) -> None:
+    store = KafkaStore(settings, settings.registry_topic)
+    store.start()
+    app = create_app(store)
+
+    async def on_cleanup(_app: web.Application) -> None:
+        store.stop()
+
+    app.on_cleanup.append(on_cleanup)
+    log.info(
+        "schema registry serving on http://%s:%d (topic %s)", host, port, settings.registry_topic
+    )
+    web.run_app(app, host=host, port=port, print=None, access_log=None)
