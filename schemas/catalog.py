@@ -73,7 +73,7 @@ def event_type_from_schema(event_type: str, schema: dict[str, Any], where: str =
     if not isinstance(schema, dict) or schema.get("type") != "record":
         raise InvalidSchema(f"{where or event_type}: an event schema must be an Avro record")
     try:
-        parsed = fastavro.parse_schema(schema, _write_hint=False)
+        parsed = fastavro.parse_schema(schema)
     except Exception as exc:  # fastavro raises several unrelated types for bad schemas
         raise InvalidSchema(f"{where or event_type}: {exc}") from None
     namespace = schema.get("namespace")

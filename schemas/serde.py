@@ -26,6 +26,7 @@ class AvroSerde:
         self.catalog = catalog or load_catalog()
         self._lock = threading.Lock()
         self._ids: dict[str, int] = {}  # subject -> schema id of the catalog's version
+        self._headers: dict[str, bytes] = {}  # subject -> wire format header
         self._writers: dict[int, Any] = {}  # schema id -> parsed writer schema
         self._resolved: dict[tuple[int, str], Any] = {}  # (writer id, reader) -> parsed reader
 
@@ -44,9 +45,13 @@ class AvroSerde:
         return self.encode_with(self.catalog.get(event_type), record)
 
     def encode_with(self, et: EventType, record: Mapping[str, Any]) -> bytes:
-        schema_id = self.schema_id(et)
-        buffer = io.BytesIO()
-        buffer.write(frame(schema_id, b""))
+        # Hot path: one dict lookup for the ready-made 5-byte header, then fastavro.
+        header = self._headers.get(et.subject)
+        if header is None:
+            header = frame(self.schema_id(et), b"")
+            self._headers[et.subject] = header
+        buffer = io.BytesIO(header)
+        buffer.seek(len(header))
         fastavro.schemaless_writer(buffer, et.parsed, record)
         return buffer.getvalue()
 
@@ -60,7 +65,7 @@ class AvroSerde:
                 if exc.retriable:
                     raise
                 raise DecodeError(f"unknown schema id {schema_id}: {exc}") from exc
-            parsed = fastavro.parse_schema(schema, _write_hint=False)
+            parsed = fastavro.parse_schema(schema)
             with self._lock:
                 self._writers[schema_id] = parsed
         return parsed
@@ -73,7 +78,7 @@ class AvroSerde:
             key = (schema_id, canonical(dict(reader_schema)))
             reader = self._resolved.get(key)
             if reader is None:
-                reader = fastavro.parse_schema(dict(reader_schema), _write_hint=False)
+                reader = fastavro.parse_schema(dict(reader_schema))
                 with self._lock:
                     self._resolved[key] = reader
         try:
