@@ -94,12 +94,12 @@ class ManagedProcess:
         """True once the process recorded in the pid file is gone."""
         return self.pid() is None
 
-    def stop(self, timeout: float = 30.0) -> bool:
-        """SIGTERM, wait up to `timeout`, then SIGKILL. True if something was stopped."""
+    def stop(self, timeout: float = 30.0, sig: int = signal.SIGTERM) -> bool:
+        """`sig` (SIGTERM), wait up to `timeout`, then SIGKILL. True if something was stopped."""
         pid = self.pid()
         if pid is None:
             return False
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, sig)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if _start_time(pid) is None or _is_zombie(pid):

@@ -15,10 +15,11 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import pytest
 from confluent_kafka import Producer
 
 from consumers.errors import PermanentJobError, RetriableJobError
-from consumers.idempotency import RedisDoneStore
+from consumers.idempotency import DoneStore, PostgresDoneStore, RedisDoneStore
 from consumers.job import Job, JobHandler, JobTopics
 from consumers.retry import (
     H_ATTEMPT,
@@ -204,15 +205,21 @@ def test_undecodable_job_goes_to_dead_letters_and_the_worker_goes_on(
     assert dead.value() == b"\x00\x00\x00\x00\x07garbage"  # the original bytes, untouched
 
 
+@pytest.mark.parametrize("kind", ["redis", "postgres"])
 def test_a_done_key_is_not_done_again(
     kafka_bootstrap: str,
     job_topics: JobTopics,
     producer: Producer,
     group_id: str,
-    redis_url: str,
+    kind: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     handler = Recorder(job_topics)
-    store = RedisDoneStore(redis_url, ttl_seconds=300)
+    store: DoneStore
+    if kind == "redis":
+        store = RedisDoneStore(request.getfixturevalue("redis_url"), ttl_seconds=300)
+    else:
+        store = PostgresDoneStore(request.getfixturevalue("postgres_dsn"))
     twice = jobs_for(users=1, per_user=1)
     produce_json(producer, job_topics.source, twice + twice + jobs_for(users=2, per_user=1))
     worker = make_worker(kafka_bootstrap, handler, group_id, store=store)
