@@ -115,6 +115,38 @@ class KeelSettings(BaseSettings):
         10.0, gt=0, description="How soon a dead worker's partitions move to the others."
     )
 
+    # Ingestion (producers/): the HTTP events API and the producer SDK
+    ingest_host: str = Field("127.0.0.1", description="Address `keel ingest` binds.")
+    ingest_port: int = Field(8090, description="Port `keel ingest` listens on.")
+    ingest_workers: int = Field(0, ge=0, description="Worker processes; 0: one per core.")
+    ingest_replica_ports: str = Field(
+        "8091,8092", description="Ports of the ingest replicas the local stack runs."
+    )
+    ingest_lb_port: int = Field(8080, description="Port of nginx in front of the replicas.")
+    ingest_url: str = Field("http://127.0.0.1:8080", description="Events API `keel demo` calls.")
+    ingest_keys_file: Path | None = Field(
+        None, description="Hashed API keys (JSON); default KEEL_HOME/api-keys.json."
+    )
+    ingest_api_key: SecretStr | None = Field(None, description="Key `keel demo` sends.")
+    ingest_max_body_bytes: int = Field(1_048_576, ge=1, description="Largest body (413).")
+    ingest_max_batch_events: int = Field(500, ge=1, description="Most events in a batch (413).")
+    ingest_max_event_bytes: int = Field(65_536, ge=1, description="Largest single event (413).")
+    ingest_rate_limit: float = Field(
+        5000.0, gt=0, description="Events/s per API key across the workers (429)."
+    )
+    ingest_rate_burst: int = Field(10000, ge=1, description="Events a key may send at once.")
+    ingest_delivery_timeout_s: float = Field(
+        5.0, gt=0, description="Longest wait for the broker's ack before 503."
+    )
+    ingest_queue_max_messages: int = Field(
+        100_000, ge=1, description="Producer queue bound; beyond it 503."
+    )
+    ingest_linger_ms: int = Field(2, ge=0, description="Producer linger for ingestion.")
+    ingest_topic_prefix: str = Field("", description="Prefix of the topics produced to (tests).")
+    ingest_trust_forwarded: bool = Field(
+        False, description="Take the client ip from X-Forwarded-For (behind nginx)."
+    )
+
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 

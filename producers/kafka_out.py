@@ -1,0 +1,256 @@
+"""The producer wrapper shared by the HTTP API and the SDK.
+
+One confluent-kafka producer (`acks=all`, idempotent, bounded queue, bounded delivery
+time) served by a poll thread. Delivery reports are gathered per *batch*: the callback of
+the batch's last report wakes the waiter once, so a batch of 100 costs one cross-thread
+wake-up, not 100 (that is what keeps the asyncio loop cheap under load).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, Producer
+
+from keel.kafka import PRODUCER_DEFAULTS
+from keel.settings import KeelSettings, get_settings
+from producers.errors import Backpressure, DeliveryFailed
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL_S = 0.05
+PROBE_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One encoded event ready for Kafka."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    event_id: str
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the broker said about one event: its place on Kafka, or why it is not there."""
+
+    event_id: str
+    topic: str
+    partition: int | None = None
+    offset: int | None = None
+    error: Exception | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+Waker = Callable[[list[Delivery]], None]
+
+
+class _Batch:
+    """Collects the delivery reports of one batch; calls `done` once when all arrived."""
+
+    __slots__ = ("done", "lock", "pending", "results")
+
+    def __init__(self, size: int, done: Waker) -> None:
+        self.results: list[Delivery | None] = [None] * size
+        self.pending = size
+        self.done = done
+        # Reports come from the poll thread, and from the caller's thread for events that
+        # could not be queued at all.
+        self.lock = threading.Lock()
+
+    def report(self, index: int, delivery: Delivery) -> None:
+        with self.lock:
+            self.results[index] = delivery
+            self.pending -= 1
+            finished = self.pending == 0
+        if finished:
+            self.done([r for r in self.results if r is not None])
+
+
+def _error_of(err: KafkaError) -> Exception:
+    if err.code() in (KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._TRANSPORT):
+        return Backpressure(f"broker did not acknowledge in time: {err.str()}", retry_after=2.0)
+    return DeliveryFailed.from_kafka_error(err, "producing")
+
+
+class EventProducer:
+    """Produces encoded events and reports per event; no network I/O until `start()`."""
+
+    def __init__(
+        self, settings: KeelSettings | None = None, *, config: dict[str, Any] | None = None
+    ) -> None:
+        self.settings = settings or get_settings()
+        self._config = config or {}
+        self._producer: Producer | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._broker_down = threading.Event()
+        self._last_probe = 0.0
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._producer is not None:
+            return
+        s = self.settings
+        timeout_ms = int(s.ingest_delivery_timeout_s * 1000)
+        config = {
+            **PRODUCER_DEFAULTS,
+            "linger.ms": s.ingest_linger_ms,
+            # Bounded time: librdkafka gives up on an event after this (the caller answers 503).
+            "message.timeout.ms": timeout_ms,
+            "request.timeout.ms": min(timeout_ms, 30000),
+            # Bounded memory: beyond this, produce() raises BufferError (503 at once).
+            "queue.buffering.max.messages": s.ingest_queue_max_messages,
+            "queue.buffering.max.kbytes": 262144,
+            "error_cb": self._on_error,
+            **self._config,
+        }
+        self._producer = Producer(s.kafka_config(**config))
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._poll_loop, name="keel-producer", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> int:
+        """Flush what is queued (up to `timeout`), stop the poll thread; return what is left."""
+        if self._producer is None:
+            return 0
+        left = self._producer.flush(timeout)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._producer = None
+        return int(left)
+
+    @property
+    def producer(self) -> Producer:
+        if self._producer is None:
+            raise RuntimeError("EventProducer.start() was not called")
+        return self._producer
+
+    # -- state ----------------------------------------------------------------------------
+    @property
+    def broker_down(self) -> bool:
+        return self._broker_down.is_set()
+
+    def queued(self) -> int:
+        return len(self._producer) if self._producer is not None else 0
+
+    def broker_reachable(self, timeout: float = 2.0) -> bool:
+        try:
+            self.producer.list_topics(timeout=timeout)
+        except Exception:
+            return False
+        return True
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            if not self._broker_down.is_set():
+                log.warning("all brokers down: answering 503 until one is back")
+            self._broker_down.set()
+        else:
+            log.info("producer: %s", err.str())
+
+    def _poll_loop(self) -> None:
+        producer = self._producer
+        assert producer is not None  # set before the thread starts
+        while not self._stop.is_set():
+            producer.poll(POLL_INTERVAL_S)
+            if (
+                self._broker_down.is_set()
+                and time.monotonic() - self._last_probe > PROBE_INTERVAL_S
+            ):
+                self._last_probe = time.monotonic()
+                try:
+                    producer.list_topics(timeout=0.5)
+                except Exception:
+                    continue
+                log.info("broker reachable again")
+                self._broker_down.clear()
+
+    # -- producing ------------------------------------------------------------------------
+    def produce_batch(self, items: Sequence[Outgoing], done: Waker) -> None:
+        """Hand `items` to librdkafka; `done(deliveries)` runs once on the poll thread when
+        every item has a report. Raises Backpressure when none could be queued; items after
+        a full queue get a Backpressure delivery (the caller answers per item)."""
+        if self._broker_down.is_set():
+            raise Backpressure("Kafka is unreachable", retry_after=2.0)
+        if not items:
+            done([])
+            return
+        producer = self.producer
+        batch = _Batch(len(items), done)
+        for index, item in enumerate(items):
+            try:
+                producer.produce(
+                    item.topic,
+                    item.value,
+                    item.key,
+                    on_delivery=_reporter(batch, index, item),
+                )
+            except BufferError:
+                if index == 0:
+                    raise Backpressure("producer queue full", retry_after=1.0) from None
+                for rest in range(index, len(items)):
+                    failed = items[rest]
+                    batch.report(
+                        rest,
+                        Delivery(
+                            failed.event_id,
+                            failed.topic,
+                            error=Backpressure("producer queue full", retry_after=1.0),
+                        ),
+                    )
+                break
+            except Exception as exc:  # KafkaException: e.g. message too large, unknown topic
+                batch.report(index, Delivery(item.event_id, item.topic, error=_wrap(exc)))
+
+    async def send(self, items: Sequence[Outgoing], timeout: float | None = None) -> list[Delivery]:
+        """Produce and wait (asyncio) for every report, at most the delivery timeout + 1 s."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Delivery]] = loop.create_future()
+
+        def done(deliveries: list[Delivery]) -> None:
+            loop.call_soon_threadsafe(_settle, future, deliveries)
+
+        self.produce_batch(items, done)
+        limit = timeout if timeout is not None else self.settings.ingest_delivery_timeout_s + 1
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), limit)
+        except TimeoutError:
+            return [
+                Delivery(i.event_id, i.topic, error=Backpressure("no ack in time", retry_after=2))
+                for i in items
+            ]
+
+
+def _settle(future: asyncio.Future[list[Delivery]], deliveries: list[Delivery]) -> None:
+    if not future.done():
+        future.set_result(deliveries)
+
+
+def _wrap(exc: Exception) -> Exception:
+    args = getattr(exc, "args", ())
+    if args and isinstance(args[0], KafkaError):
+        return _error_of(args[0])
+    return DeliveryFailed(str(exc))
+
+
+def _reporter(batch: _Batch, index: int, item: Outgoing) -> Callable[[Any, Any], None]:
+    def on_delivery(err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            batch.report(index, Delivery(item.event_id, item.topic, error=_error_of(err)))
+        else:
+            batch.report(index, Delivery(item.event_id, msg.topic(), msg.partition(), msg.offset()))
+
+    return on_delivery

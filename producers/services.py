@@ -1,0 +1,74 @@
+"""Ingestion in the local stack (`keel up`): two `keel ingest` replicas behind nginx
+(Debian's package, installed on demand) at http://localhost:8080, and a development key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from keel.local.services import ProcessService, Progress, Service, python_module
+from keel.local.system import ensure_command
+from keel.settings import KeelSettings
+from producers.demo import ensure_dev_key
+
+NGINX_CONF = Path(__file__).resolve().parents[1] / "deploy" / "nginx" / "nginx.conf.template"
+
+
+def replica_ports(settings: KeelSettings) -> list[int]:
+    return [int(p) for p in settings.ingest_replica_ports.split(",") if p.strip()]
+
+
+class IngestReplica(ProcessService):
+    def __init__(self, settings: KeelSettings, index: int, port: int) -> None:
+        argv = python_module("producers", "ingest", "--port", str(port), "--workers", "1")
+        super().__init__(
+            f"ingest-{index}", argv, settings, port=port,
+            health_url=f"http://127.0.0.1:{port}/healthz", order=60,
+            env={"KEEL_INGEST_TRUST_FORWARDED": "true"},
+        )  # fmt: skip
+        self.settings = settings
+
+    def start(self, progress: Progress) -> bool:
+        started = super().start(progress)
+        if self.name == "ingest-1":
+            key, created = ensure_dev_key(self.settings)
+            progress(f"development API key{' (new)' if created else ''}: {key}")
+        return started
+
+
+def render_nginx_conf(settings: KeelSettings, prefix: Path) -> Path:
+    """nginx.conf for the replicas, from deploy/nginx/nginx.conf.template."""
+    upstreams = "\n".join(f"        server 127.0.0.1:{p};" for p in replica_ports(settings))
+    text = (
+        NGINX_CONF.read_text()
+        .replace("{{UPSTREAMS}}", upstreams)
+        .replace("{{LISTEN}}", str(settings.ingest_lb_port))
+        .replace("{{PREFIX}}", str(prefix))
+    )
+    prefix.mkdir(parents=True, exist_ok=True)
+    (prefix / "logs").mkdir(exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(text)
+    return conf
+
+
+class NginxService(ProcessService):
+    def __init__(self, settings: KeelSettings) -> None:
+        port = settings.ingest_lb_port
+        super().__init__(
+            "nginx", [], settings, port=port, health_url=f"http://127.0.0.1:{port}/healthz",
+            order=65,
+        )  # fmt: skip
+        self.settings = settings
+
+    def prepare(self, progress: Progress) -> None:
+        nginx = ensure_command("nginx", "nginx-light", progress)
+        prefix = self.settings.home / "nginx"
+        conf = render_nginx_conf(self.settings, prefix)
+        self.argv = [nginx, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"]
+
+
+def services(settings: KeelSettings) -> list[Service]:
+    replicas: list[Service] = [
+        IngestReplica(settings, i, port) for i, port in enumerate(replica_ports(settings), 1)
+    ]
+    return [*replicas, NginxService(settings)]
