@@ -75,6 +75,11 @@ class OffsetTracker:
     def mark_committed(self, offsets: dict[TopicPartition, int]) -> None:
         self._committed.update(offsets)
 
+    def unmark_committed(self, partitions: set[TopicPartition]) -> None:
+        """A commit failed: offer these partitions' offsets again."""
+        for tp in partitions:
+            self._committed.pop(tp, None)
+
     def pending_partitions(self) -> set[TopicPartition]:
         self._advance()
         return {tp for tp, q in self._pending.items() if q}

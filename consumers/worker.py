@@ -145,7 +145,7 @@ class JobRunner:
 
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set, then settle in-flight jobs, commit and leave."""
-        overrides = dict(self.config.consumer_overrides)
+        overrides = {"on_commit": self._on_commit, **self.config.consumer_overrides}
         consumer = make_consumer(self.group_id, self.settings, **overrides)
         self._consumer = consumer
         consumer.subscribe(
@@ -324,6 +324,16 @@ class JobRunner:
             )
         self._commit(consumer, asynchronous=False, only=tps)
         self.tracker.forget(tps)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[KafkaTopicPartition]) -> None:
+        """An asynchronous commit that failed is tried again at the next interval."""
+        if err is None:
+            failed = {(p.topic, p.partition) for p in partitions if p.error is not None}
+        else:
+            failed = {(p.topic, p.partition) for p in partitions}
+            log.warning("job worker %s: commit failed: %s", self.name, err)
+        if failed:
+            self.tracker.unmark_committed(failed)
 
     def _on_assign(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
         tps = {(p.topic, p.partition) for p in partitions}

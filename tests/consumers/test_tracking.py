@@ -21,6 +21,9 @@ def test_commit_moves_only_past_a_contiguous_prefix() -> None:
     assert tracker.committable() == {TP: 13}
     tracker.mark_committed({TP: 13})
     assert tracker.committable() == {}
+    tracker.unmark_committed({TP})  # the commit failed: offered again
+    assert tracker.committable() == {TP: 13}
+    tracker.mark_committed({TP: 13})
     assert tracker.in_flight() == 2
     entries[3].done = entries[4].done = True
     assert tracker.committable() == {TP: 15}
