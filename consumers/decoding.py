@@ -44,7 +44,8 @@ class AvroJobDecoder:
 
     def decode(self, data: bytes) -> dict[str, Any]:
         try:
-            return dict(self.serde.decode(data))
+            record: dict[str, Any] = self.serde.decode(data)
+            return record
         except Exception as exc:
             raise UndecodableJob(f"cannot decode job: {exc}") from exc
 
