@@ -102,8 +102,10 @@ class KeelSettings(BaseSettings):
     streams_dedup_window_s: int = Field(
         86400, ge=1, description="How long an event_id is remembered."
     )
-    streams_batch_size: int = Field(2000, ge=1, description="Events taken per batch.")
-    streams_batch_within_s: float = Field(0.05, gt=0, description="Longest wait to fill a batch.")
+    streams_batch_size: int = Field(5000, ge=1, description="Events taken per batch.")
+    streams_batch_within_s: float = Field(
+        0.1, gt=0, description="Longest wait to fill a batch (latency vs. throughput)."
+    )
     streams_dlq_topic: str = Field("events.dlq", description="Where poison messages go.")
     streams_jobs_topic_prefix: str = Field("", description="Prefix of the job topics (tests).")
     streams_window_retention_h: int = Field(48, ge=1, description="Hourly windows kept.")

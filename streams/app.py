@@ -16,7 +16,6 @@ Responsibilities:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -32,11 +31,12 @@ from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
 from faust.types import TP, EventT
 from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 
 from keel.kafka import TopicSpec
 from keel.settings import KeelSettings
 from streams.codec import AvroCodec
+from streams.dedup_index import DedupIndex
 from streams.engine import (
     DEDUP_TABLE,
     BatchResult,
@@ -53,10 +53,13 @@ from streams.metrics import StreamMetrics
 from streams.processor import KeyedView, Processor, Sink, Stateful
 from streams.processor import View as ViewProcessor
 from streams.processors.product_stats import ProductStats
+from streams.producer import BatchProducer
 
 log = logging.getLogger(__name__)
 
 ROUTED_HEADER = "X-Keel-Routed"
+# Prometheus text format; aiohttp wants the charset apart from the content type.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"
 
 
 def key_partition(key: str, partitions: int) -> int:
@@ -78,13 +81,21 @@ def partition_context(event: EventT) -> Iterator[None]:
 
 
 class TableReader:
-    """The engine's `StateReader` over Faust tables (inside a partition context)."""
+    """The engine's `StateReader`: Faust tables (inside a partition context), and the local
+    dedup index for `dedup` lookups."""
 
-    def __init__(self, tables: Mapping[str, Any]) -> None:
+    def __init__(self, tables: Mapping[str, Any], index: DedupIndex) -> None:
         self.tables = tables
+        self.index = index
+        self.partition = 0
 
     def get(self, table: str, key: str) -> Any:
-        return self.tables[table].get(key)
+        if table == DEDUP_TABLE:
+            return self.index.get(self.partition, key)
+        # Straight to the RocksDB store of the current partition: Table.get costs a
+        # __contains__ plus a __getitem__ (two lookups, two decodes) per key.
+        raw = self.tables[table].data._get(encode_key(key))
+        return None if raw is None else json.loads(raw)
 
 
 class StreamsApp:
@@ -133,6 +144,8 @@ class StreamsApp:
             consumer_auto_offset_reset="earliest",
             processing_guarantee="at_least_once",
             producer_acks=-1,
+            broker_session_timeout=settings.streams_session_timeout_s,
+            broker_heartbeat_interval=min(3.0, settings.streams_session_timeout_s / 5),
             broker_commit_interval=1.0,
             broker_commit_every=max(10_000, self.batch_size * 4),
             stream_buffer_maxsize=max(8192, self.batch_size * 4),
@@ -150,6 +163,11 @@ class StreamsApp:
             web_tables_enabled=False,
             web_router_enabled=True,
         )
+        # Table writes queue their changelog records in Faust's producer buffer; at its default
+        # of 100 the consumer stalls after every batch ("producer buffer full"), profiled as
+        # the main cost. A batch writes each key once, so the buffer is bounded by the keys
+        # of one batch anyway.
+        self.app.producer.buffer.max_messages = max(100_000, self.batch_size * 10)
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
         raw_codec: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
         self.source = self.app.topic(settings.streams_source_topic, **raw, **raw_codec)
@@ -160,8 +178,7 @@ class StreamsApp:
         self.tables[DEDUP_TABLE] = self.app.Table(
             DEDUP_TABLE,
             partitions=partitions,
-            key_serializer="raw",
-            value_serializer="json",
+            key_type=str,
             # Entries older than the window are useless: let Kafka delete them too.
             extra_topic_configs={
                 "cleanup.policy": "compact,delete",
@@ -171,14 +188,12 @@ class StreamsApp:
         for proc in self.processors:
             if isinstance(proc, Stateful) and has_user_state(proc):
                 name = user_table(proc)
-                self.tables[name] = self.app.Table(
-                    name, partitions=partitions, key_serializer="raw", value_serializer="json"
-                )
+                self.tables[name] = self.app.Table(name, partitions=partitions, key_type=str)
         self.rekey_topics: dict[str, Any] = {}
         for proc in self.processors:
             if isinstance(proc, KeyedView):
                 self.tables[proc.name] = self.app.Table(
-                    proc.name, partitions=partitions, key_serializer="raw", value_serializer="json"
+                    proc.name, partitions=partitions, key_type=str
                 )
                 self.rekey_topics[proc.name] = self.app.topic(
                     self.rekey_topic_name(proc.name),
@@ -189,7 +204,11 @@ class StreamsApp:
                     value_serializer="json",
                     internal=True,
                 )
-        self.reader = TableReader(self.tables)
+        self.index = DedupIndex(self.datadir / "dedup-index", settings.streams_dedup_window_s * 2)
+        self._indexing = False
+        self.tables[DEDUP_TABLE].on_recover(self._index_dedup_batches)
+        self.reader = TableReader(self.tables, self.index)
+        self.kafka = BatchProducer(settings)
         self._wire()
 
     # -- topics ----------------------------------------------------------------------
@@ -225,7 +244,9 @@ class StreamsApp:
 
         @app.agent(self.source, name="keel-source")
         async def source_agent(stream: faust.StreamT) -> None:
-            async for events in cast(faust.Stream, stream).take_events(self.batch_size, within=self.within):
+            async for events in cast(faust.Stream, stream).take_events(
+                self.batch_size, within=self.within
+            ):
                 await self.handle_source(events)
 
         for name, topic in self.rekey_topics.items():
@@ -242,13 +263,18 @@ class StreamsApp:
     def _fold_agent(self, name: str, topic: Any) -> None:
         @self.app.agent(topic, name=f"keel-fold-{name}")
         async def fold_agent(stream: faust.StreamT) -> None:
-            async for events in cast(faust.Stream, stream).take_events(self.batch_size, within=self.within):
+            async for events in cast(faust.Stream, stream).take_events(
+                self.batch_size, within=self.within
+            ):
                 await self.handle_fold(name, events)
 
     async def handle_source(self, events: Sequence[EventT]) -> None:
+        """One batch of the source topic: every partition group through the engine, then
+        outputs acknowledged, then state written and acknowledged, then sinks."""
         started = time.perf_counter()
+        done: list[tuple[EventT, BatchResult]] = []
         for partition_events in _by_partition(events):
-            first = partition_events[-1]
+            last = partition_events[-1]
             raws = [
                 Raw(
                     value=e.value if isinstance(e.value, bytes) else e.message.value,
@@ -260,53 +286,76 @@ class StreamsApp:
                 )
                 for e in partition_events
             ]
-            with partition_context(first):
-                result = self.engine.process(raws, self.reader)
-            await self._deliver(result)
-            with partition_context(first):
-                self._write(result)
-            await self._run_sinks(result)
-            self.metrics.events.labels(first.message.topic).inc(len(raws))
-            self.metrics.duplicates.inc(result.duplicates)
+            self.reader.partition = last.message.partition
+            with partition_context(last):
+                done.append((last, self.engine.process(raws, self.reader)))
+            self.metrics.events.labels(last.message.topic).inc(len(raws))
+        await self._commit(done)
         self.metrics.batch_seconds.labels("source").observe(time.perf_counter() - started)
 
     async def handle_fold(self, name: str, events: Sequence[EventT]) -> None:
         started = time.perf_counter()
+        done: list[tuple[EventT, BatchResult]] = []
         for partition_events in _by_partition(events):
-            first = partition_events[-1]
+            last = partition_events[-1]
             messages = [
                 (_text(e.key), e.value) for e in partition_events if isinstance(e.value, Mapping)
             ]
-            with partition_context(first):
-                result = self.engine.fold(name, messages, self.reader)
-                self._write(result)
-            await self._run_sinks(result)
+            with partition_context(last):
+                done.append((last, self.engine.fold(name, messages, self.reader)))
+        await self._commit(done)
         self.metrics.batch_seconds.labels(name).observe(time.perf_counter() - started)
 
-    async def _deliver(self, result: BatchResult) -> None:
-        """Send every output of a batch and wait for the broker's acks, before the batch's
-        state is written (see the module docstring for why this order)."""
-        pending: list[Any] = []
+    async def _commit(self, done: Sequence[tuple[EventT, BatchResult]]) -> None:
+        # 1. outputs (dead letters, job events, re-keyed deltas), acknowledged by the broker
+        outputs = 0
+        for _last, result in done:
+            outputs += self._produce_outputs(result)
+        if outputs:
+            await self.kafka.flush()
+        # 2. state: RocksDB and the changelog, acknowledged before Faust may commit offsets
+        for last, result in done:
+            with partition_context(last):
+                self._write(result, last.message.partition)
+        await self.kafka.flush()
+        self._persist_changelog_offsets()
+        # 3. side effects that are idempotent (cache)
+        for _last, result in done:
+            self.metrics.duplicates.inc(result.duplicates)
+            await self._run_sinks(result)
+
+    def _produce_outputs(self, result: BatchResult) -> int:
+        count = 0
         for poison in result.poison:
-            pending.append(await self._dead_letter(poison))
+            self._dead_letter(poison)
+            count += 1
+        prefix = self.settings.streams_jobs_topic_prefix
         for job in result.jobs:
-            topic = self.job_topic(job.job_type)
+            topic = self.codec.job_topic(job.job_type, prefix)
             try:
-                payload = self.codec.encode_job(job.job_type, job.record, topic.get_topic_name())
+                payload = self.codec.encode_job(job.job_type, job.record, topic)
             except Exception as exc:
                 log.error("cannot encode %s from %s: %s", job.job_type, job.processor, exc)
                 self.metrics.poison.labels("job_encoding").inc()
                 continue
-            pending.append(await topic.send(key=job.key.encode(), value=payload))
+            self.kafka.produce(topic, payload, key=job.key.encode())
             self.metrics.jobs.labels(job.job_type).inc()
+            count += 1
         for name, deltas in result.deltas.items():
-            topic = self.rekey_topics[name]
+            topic = self.rekey_topic_name(name)
+            partitions = self.partitions
             for key, message in deltas:
-                pending.append(await topic.send(key=key.encode(), value=message))
-        if pending:
-            await asyncio.gather(*pending)
+                raw_key = key.encode()
+                self.kafka.produce(
+                    topic,
+                    json.dumps(message, separators=(",", ":")).encode(),
+                    key=raw_key,
+                    partition=key_partition(key, partitions),
+                )
+                count += 1
+        return count
 
-    async def _dead_letter(self, poison: Poison) -> Any:
+    def _dead_letter(self, poison: Poison) -> None:
         raw = poison.raw
         headers = [
             ("keel.error", poison.error.encode()[:4000]),
@@ -326,12 +375,58 @@ class StreamsApp:
             extra={"reason": poison.reason},
         )
         self.metrics.poison.labels(poison.reason).inc()
-        return await self.dlq.send(key=raw.key, value=raw.value, headers=headers)
+        self.kafka.produce(self.settings.streams_dlq_topic, raw.value, key=raw.key, headers=headers)
 
-    def _write(self, result: BatchResult) -> None:
-        tables = self.tables
+    def _write(self, result: BatchResult, partition: int) -> None:
+        """Each key once: into the table's RocksDB (Faust's store, this partition) and as
+        one changelog record to the same partition of the table's changelog topic."""
+        seen: dict[str, Any] = {}
         for (table, key), value in result.writes.items():
-            tables[table][key] = value
+            if table == DEDUP_TABLE:
+                seen[key] = value
+            else:
+                self._put(table, key, value, partition)
+        if seen:
+            # One record for the whole batch, and the local index (see dedup_index).
+            first_offset = min(entry[0] for entry in seen.values())
+            record = {"e": [[event_id, entry[0], entry[1]] for event_id, entry in seen.items()]}
+            self._put(DEDUP_TABLE, f"{partition}:{first_offset}", record, partition)
+            self.index.put_many(partition, seen)
+
+    def _put(self, table: str, key: str, value: Any, partition: int) -> None:
+        raw_key = encode_key(key)
+        raw_value = json.dumps(value, separators=(",", ":")).encode()
+        # The same bytes Faust's json codec would write, into the RocksDB of the current
+        # event's partition and to the same partition of the changelog.
+        self.tables[table].data._set(raw_key, raw_value)
+        self.kafka.produce(
+            self.changelog_topic_name(table), raw_value, key=raw_key, partition=partition
+        )
+
+    def _persist_changelog_offsets(self) -> None:
+        """Tell Faust's RocksDB stores how far their changelogs were written, as Faust does
+        for its own writes, so a restart recovers only what is newer."""
+        offsets = self.kafka.offsets
+        if not offsets:
+            return
+        for name, table in self.tables.items():
+            topic = self.changelog_topic_name(name)
+            for (t, p), offset in list(offsets.items()):
+                if t == topic:
+                    with contextlib.suppress(Exception):
+                        table.data.set_persisted_offset(TP(t, p), offset)
+        offsets.clear()
+
+    async def _index_dedup_batches(self) -> None:
+        """After a rebalance: index the batch records restored or kept as a standby."""
+        self._indexing = True
+        try:
+            table = self.tables[DEDUP_TABLE]
+            added = self.index.index_batches(list(table.keys()), table.get)
+            if added:
+                log.info("indexed %d dedup batch records", added)
+        finally:
+            self._indexing = False
 
     async def _run_sinks(self, result: BatchResult) -> None:
         for sink in self.sinks:
@@ -354,7 +449,7 @@ class StreamsApp:
             return False, "starting"
         if app.rebalancing:
             return False, "rebalancing"
-        if app.in_recovery:
+        if app.in_recovery or self._indexing:
             return False, "recovering tables from changelogs"
         if not cast(Any, app.tables).recovery.completed.is_set():
             return False, "waiting for the first assignment"
@@ -411,7 +506,7 @@ class StreamsApp:
         class Metrics(View):
             async def get(self, request: Request) -> Response:
                 return self.bytes(
-                    generate_latest(streams.metrics.registry), content_type=CONTENT_TYPE_LATEST
+                    generate_latest(streams.metrics.registry), content_type=METRICS_CONTENT_TYPE
                 )
 
         self.app.page("/v1/views/{view}/{key}")(Views)
@@ -451,6 +546,11 @@ class StreamsApp:
 
 def _unavailable(web_view: View, why: str) -> Response:
     return web_view.json({"error": why}, status=503, headers={"Retry-After": "1"})
+
+
+def encode_key(key: str) -> bytes:
+    """A table key as Faust's json key serializer writes it."""
+    return json.dumps(key).encode()
 
 
 def _by_partition(events: Sequence[EventT]) -> list[list[EventT]]:

@@ -58,6 +58,7 @@ def build(settings: KeelSettings) -> object:
     codec = AvroCodec.from_settings(settings)
     processors = discover(only=[p.strip() for p in settings.streams_processors.split(",")])
     app = StreamsApp(settings, processors, codec, partitions=partitions)
+    app.datadir.mkdir(parents=True, exist_ok=True)
     specs = app.internal_topics()
     job_types = [t for t in codec.catalog.types() if t.startswith("job.")]
     specs += [

@@ -29,20 +29,35 @@ def to_micros(value: Any) -> int:
     raise TypeError(f"not a timestamp: {value!r}")
 
 
+_AS_IS = frozenset({str, int, float, bool, type(None)})
+
+
 def plain(value: Any) -> Any:
-    """A JSON-friendly copy: UUID → str, datetime → epoch µs, Decimal → str, bytes → hex."""
+    """A JSON-friendly copy: UUID → str, datetime → epoch µs, Decimal → str, bytes → hex.
+
+    Hot path (every field of every event): dispatch on the exact type first, and fall back
+    to the abstract checks only for unusual containers."""
+    kind = type(value)
+    if kind in _AS_IS:
+        return value
+    if kind is dict:
+        return {k: v if type(v) in _AS_IS else plain(v) for k, v in value.items()}
+    if kind is list:
+        return [v if type(v) in _AS_IS else plain(v) for v in value]
+    if kind is datetime:
+        return to_micros(value)
+    if kind is uuid.UUID:
+        return str(value)
+    if kind is Decimal:
+        return str(value)
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).hex()
     if isinstance(value, Mapping):
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
-    if isinstance(value, uuid.UUID):
-        return str(value)
     if isinstance(value, datetime):
         return to_micros(value)
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, bytes):
-        return value.hex()
     return value
 
 

@@ -1,0 +1,226 @@
+"""Fixtures of the stream processors' tests: real `keel streams worker` processes on topics
+and a consumer group only the test owns, events encoded as Keel's Avro through the registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keel.kafka import make_consumer, make_producer
+
+KEEL = str(Path(sys.executable).parent / "keel")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+    """(status, JSON body) of a GET; connection errors give (0, reason)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, json.loads(body)
+        except ValueError:
+            return exc.code, body.decode(errors="replace")
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, str(exc)
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
+    """Poll `check` until it returns something truthy; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Worker:
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str) -> tuple[int, Any]:
+        return http_get(self.url + path)
+
+    def ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"worker {self.port} exited:\n{self.tail()}")
+        return self.get("/readyz")[0] == 200
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL: no commit, no flush, no goodbye to the group."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+@dataclass
+class StreamsEnv:
+    """One test's streams deployment: its own topics, group, data, Redis keys."""
+
+    env: dict[str, str]
+    source: str
+    dlq: str
+    jobs_prefix: str
+    cache_prefix: str
+    tmp: Path
+    workers: list[Worker] = field(default_factory=list)
+    _serde: Any = None
+
+    def start_worker(self, wait: bool = True, **extra_env: str) -> Worker:
+        port = free_port()
+        log = self.tmp / f"worker-{port}.log"
+        env = {**self.env, "KEEL_STREAMS_WEB_PORT": str(port), **extra_env}
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [KEEL, "streams", "worker"], env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        worker = Worker(port, process, log)
+        self.workers.append(worker)
+        if wait:
+            wait_for(worker.ready, 90, f"worker {port} ready")
+        return worker
+
+    def alive(self) -> list[Worker]:
+        return [w for w in self.workers if w.process.poll() is None]
+
+    @property
+    def serde(self) -> Any:
+        if self._serde is None:
+            from schemas.registry.client import RegistryClient
+            from schemas.serde import AvroSerde
+
+            self._serde = AvroSerde(RegistryClient(self.env["KEEL_SCHEMA_REGISTRY_URL"]))
+        return self._serde
+
+    def encode(self, event: Mapping[str, Any]) -> tuple[str, bytes]:
+        """(user_id, Confluent-framed Avro) of a client event, validated like the HTTP API."""
+        from schemas.envelope import validate_event
+
+        event_type, record = validate_event(event, source="test")
+        return str(record["user_id"]), self.serde.encode_with(event_type, record)
+
+    def send(self, events: Sequence[Mapping[str, Any]], poison: Sequence[bytes] = ()) -> None:
+        producer = make_producer()
+        for event in events:
+            user_id, value = self.encode(event)
+            producer.produce(self.source, key=user_id.encode(), value=value)
+        for raw in poison:
+            producer.produce(self.source, key=b"poison", value=raw)
+        assert producer.flush(30) == 0
+
+    def view(self, view: str, key: str, worker: Worker | None = None, **params: str) -> Any:
+        worker = worker or self.alive()[0]
+        query = "&".join(f"{k}={urllib.request.quote(v)}" for k, v in params.items())
+        return worker.get(f"/v1/views/{view}/{urllib.request.quote(key)}" + (f"?{query}" if query else ""))
+
+    def read_topic(self, topic: str, expect: int, timeout: float = 60) -> list[Any]:
+        consumer = make_consumer(f"reader-{uuid.uuid4().hex[:8]}")
+        consumer.subscribe([topic])
+        messages: list[Any] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while len(messages) < expect and time.monotonic() < deadline:
+                msg = consumer.poll(0.5)
+                if msg is not None and not msg.error():
+                    messages.append(msg)
+            # a little longer, to see any message beyond the expected count
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end:
+                msg = consumer.poll(0.2)
+                if msg is not None and not msg.error():
+                    messages.append(msg)
+        finally:
+            consumer.close()
+        return messages
+
+
+@pytest.fixture
+def streams_env(
+    kafka_bootstrap: str,
+    schema_registry: str,
+    redis_url: str,
+    new_topic: Callable[..., str],
+    admin: Any,
+    tmp_path: Path,
+) -> Iterator[StreamsEnv]:
+    source = new_topic("events", partitions=4)
+    dlq = new_topic("events-dlq", partitions=4)
+    jobs_prefix = f"test-{uuid.uuid4().hex[:8]}-"
+    app_id = f"test-streams-{uuid.uuid4().hex[:10]}"
+    cache_prefix = f"test:{uuid.uuid4().hex[:8]}:"
+    env = {
+        **os.environ,
+        "KEEL_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KEEL_SCHEMA_REGISTRY_URL": schema_registry,
+        "KEEL_REDIS_URL": redis_url,
+        "KEEL_STREAMS_APP_ID": app_id,
+        "KEEL_STREAMS_SOURCE_TOPIC": source,
+        "KEEL_STREAMS_DLQ_TOPIC": dlq,
+        "KEEL_STREAMS_JOBS_TOPIC_PREFIX": jobs_prefix,
+        "KEEL_STREAMS_DATA_DIR": str(tmp_path / "data"),
+        "KEEL_STREAMS_CACHE_PREFIX": cache_prefix,
+        "KEEL_STREAMS_SESSION_TIMEOUT_S": "6",
+        "KEEL_STREAMS_BATCH_WITHIN_S": "0.05",
+        "KEEL_LOG_LEVEL": "INFO",
+    }
+    streams = StreamsEnv(env, source, dlq, jobs_prefix, cache_prefix, tmp_path)
+    yield streams
+    for worker in streams.workers:
+        worker.stop()
+    _delete_app_topics(admin, app_id, jobs_prefix)
+
+
+def _delete_app_topics(admin: Any, app_id: str, jobs_prefix: str) -> None:
+    from keel.kafka import delete_topics
+
+    names = [
+        t
+        for t in admin.list_topics(timeout=10).topics
+        if t.startswith(app_id) or t.startswith(jobs_prefix)
+    ]
+    delete_topics(admin, names)
