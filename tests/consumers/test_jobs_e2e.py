@@ -148,7 +148,7 @@ def test_order_receipt_carries_the_order(
     order = {
         "user_id": "u-bob",
         "order_id": "o-42",
-        "items": [{"sku": "MUG-1", "name": "Mug", "quantity": 3, "price": "4.00"}],
+        "items": [{"product_id": "Mug", "quantity": 3, "unit_price": "4.00"}],
         "total": "12.00",
         "currency": "EUR",
     }

@@ -39,6 +39,21 @@ def test_order_receipt_carries_the_orders_data() -> None:
     assert mail.html is not None and "Blue mug" in mail.html
 
 
+def test_order_receipt_from_the_order_placed_event_shape() -> None:
+    # what the streams trigger puts in data_json for an `order.placed` event
+    data = {
+        "user_id": "u-2",
+        "event_id": "e-1",
+        "order_id": "o-7",
+        "items": [{"product_id": "p-1", "quantity": 2, "unit_price": "9.99"}],
+        "total": "19.98",
+        "currency": "EUR",
+    }
+    mail = Templates().render("order_receipt", data)
+    assert "2 x p-1  9.99 EUR" in mail.text and "Total: 19.98 EUR" in mail.text
+    assert mail.html is not None and "p-1" in mail.html
+
+
 def test_html_is_escaped() -> None:
     mail = Templates().render("welcome", {"user_id": "u-1", "name": "<script>x</script>"})
     assert mail.html is not None and "<script>" not in mail.html
