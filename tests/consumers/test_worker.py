@@ -307,3 +307,25 @@ def test_a_second_worker_joining_takes_partitions_without_losing_or_repeating(
     assert second.done, "the second worker took no partition"
     done = first.done + second.done
     assert sorted(done) == sorted(j["idempotency_key"] for j in jobs)  # each exactly once
+
+
+def test_a_retry_waiting_for_its_due_time_blocks_no_other_job(
+    kafka_bootstrap: str, job_topics: JobTopics, producer: Producer, group_id: str
+) -> None:
+    handler = Recorder(job_topics)
+    stuck = [{**jobs_for(users=1, per_user=1)[0], "user_id": "stuck", "fail": "always"}]
+    later = jobs_for(users=5, per_user=3)
+    produce_json(producer, job_topics.source, stuck)
+    worker = make_worker(
+        kafka_bootstrap, handler, group_id, policy=RetryPolicy((60.0,), jitter=0.0)
+    )
+    with RunningWorker(worker):
+        runner = worker.runners[0]
+        wait_for(lambda: len(runner.delayed) == 1, what="the retry to be held until due")
+        produce_json(producer, job_topics.source, later)
+        wait_for(lambda: len(handler.done) == len(later), what="the later jobs")
+        wait_for(lambda: drained(kafka_bootstrap, group_id, job_topics.source, 3), what="commit")
+        # the held retry is the only thing not committed
+        assert not drained(kafka_bootstrap, group_id, job_topics.retry, 3)
+        assert len(runner.delayed) == 1
+    assert [a for user, _, a in handler.calls if user == "stuck"] == [1]  # not due yet
