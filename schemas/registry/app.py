@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
 from typing import Any
 
 from aiohttp import web
@@ -18,7 +19,7 @@ from aiohttp import web
 from schemas.errors import SchemaError
 from schemas.registry.client import canonical
 from schemas.registry.compat import DEFAULT_LEVEL, LEVELS, check, parse
-from schemas.registry.store import KafkaStore, StoreUnavailable
+from schemas.registry.store import KafkaStore, StoreUnavailable, schema_key
 
 log = logging.getLogger(__name__)
 JSON_TYPES = {
@@ -26,8 +27,10 @@ JSON_TYPES = {
     "application/json", "application/octet-stream", "",
 }  # fmt: skip
 MAX_SCHEMA_BYTES = 256 * 1024
+ATTEMPTS = 10  # registrations that lose a race with another replica retry this often
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 STORE: web.AppKey[KafkaStore] = web.AppKey("store", KafkaStore)
+RESPONSES: web.AppKey[Counter[int]] = web.AppKey("responses", Counter)
 
 
 class ApiError(Exception):
@@ -44,6 +47,12 @@ def _ok(body: Any) -> web.Response:
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    response = await _answer(request, handler)
+    request.app[RESPONSES][response.status] += 1
+    return response
+
+
+async def _answer(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
@@ -53,11 +62,13 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
     except web.HTTPRequestEntityTooLarge:
         status, code, message = 413, 413, f"request body larger than {MAX_SCHEMA_BYTES} bytes"
     except web.HTTPException as exc:
-        status, code, message = (
-            exc.status,
-            exc.status * 100 + 1 if exc.status == 404 else exc.status,
-            exc.reason,
-        )
+        if exc.status < 400:
+            raise
+        # No such route (404) or method (405): Confluent answers with the HTTP status as code.
+        status, code, message = exc.status, exc.status, f"{exc.reason}: {request.path}"
+    except Exception:
+        log.exception("registry request %s %s failed", request.method, request.path)
+        status, code, message = 500, 50001, "Error in the backend data store (see the log)"
     body = json.dumps({"error_code": code, "message": message})
     return web.Response(
         status=status, text=body, content_type="application/vnd.schemaregistry.v1+json"
@@ -154,6 +165,41 @@ async def healthz(request: web.Request) -> web.Response:
     return _ok({"status": "ok"})
 
 
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    if not store.ready():
+        raise ApiError(503, 50003, "the registry is not reading its store topic")
+    return _ok({"status": "ready", "schemas": len(store.state.schemas)})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    with store._cond:
+        schemas = len(store.state.schemas)
+        subjects = sum(
+            any(not v.deleted for v in vs.values()) for vs in store.state.subjects.values()
+        )
+        offset = store.applied_offset
+    lines = [
+        "# HELP keel_registry_schemas Distinct schemas (ids) known to this replica.",
+        "# TYPE keel_registry_schemas gauge",
+        f"keel_registry_schemas {schemas}",
+        "# HELP keel_registry_subjects Subjects with at least one live version.",
+        "# TYPE keel_registry_subjects gauge",
+        f"keel_registry_subjects {subjects}",
+        "# HELP keel_registry_store_offset Offset of the last store record applied.",
+        "# TYPE keel_registry_store_offset gauge",
+        f"keel_registry_store_offset {offset}",
+        "# HELP keel_registry_responses_total Answers by HTTP status.",
+        "# TYPE keel_registry_responses_total counter",
+    ]
+    for status, count in sorted(request.app[RESPONSES].items()):
+        lines.append(f'keel_registry_responses_total{{status="{status}"}} {count}')
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
 @routes.get("/schemas/types")
 async def schema_types(request: web.Request) -> web.Response:
     return _ok(["AVRO"])
@@ -183,7 +229,7 @@ async def register(request: web.Request) -> web.Response:
 
 def _register(store: KafkaStore, subject: str, text: str) -> int:
     with store.write_lock:
-        for _attempt in range(5):
+        for _attempt in range(ATTEMPTS):
             with store._cond:
                 versions = store.state.subjects.get(subject, {})
                 for entry in versions.values():
@@ -205,13 +251,7 @@ def _register(store: KafkaStore, subject: str, text: str) -> int:
                     f"Schema being registered is incompatible with an earlier schema for subject '{subject}' ({level}): "
                     + "; ".join(problems),
                 )
-            key = {
-                "keytype": "SCHEMA",
-                "subject": subject,
-                "version": version,
-                "id": schema_id,
-                "magic": 1,
-            }
+            key = schema_key(subject, version, schema_id, text)
             store.write(
                 key,
                 {
@@ -224,10 +264,18 @@ def _register(store: KafkaStore, subject: str, text: str) -> int:
             )
             with store._cond:
                 applied = store.state.subjects.get(subject, {}).get(version)
-                if applied is not None and applied.schema_id == schema_id:
+                if (
+                    applied is not None
+                    and applied.schema_id == schema_id
+                    and store.state.schemas.get(schema_id) == text
+                ):
                     return schema_id
+            # Another replica's record for this version or id came first in the log. Withdraw
+            # ours with a tombstone (every replica ignores it, as it ignored the record), so
+            # that compaction removes it and a replay can never resurrect it.
+            store.write(key, None)
             log.info("registration of %s lost a race with another replica; retrying", subject)
-    raise StoreUnavailable(f"could not register a version of {subject} after 5 attempts")
+    raise StoreUnavailable(f"could not register a version of {subject} after {ATTEMPTS} attempts")
 
 
 @routes.post("/subjects/{subject}")
@@ -276,6 +324,33 @@ async def get_version_schema(request: web.Request) -> web.Response:
         )
 
 
+@routes.get("/schemas")
+async def list_schemas(request: web.Request) -> web.Response:
+    """Every live (subject, version) with its id and schema; `subjectPrefix` filters."""
+    store = request.app[STORE]
+    prefix = request.query.get("subjectPrefix", "")
+    deleted = request.query.get("deleted") == "true"
+    latest_only = request.query.get("latestOnly") == "true"
+    with store._cond:
+        rows = []
+        for subject in sorted(store.state.subjects):
+            if not subject.startswith(prefix):
+                continue
+            live = [v for v, e in store.state.subjects[subject].items() if deleted or not e.deleted]
+            for version in sorted(live)[-1:] if latest_only else sorted(live):
+                rows.append(_version_body(store, subject, version))
+    return _ok(rows)
+
+
+@routes.get("/subjects/{subject}/versions/{version}/referencedby")
+async def referenced_by(request: web.Request) -> web.Response:
+    """Schema references are refused at registration, so no version is ever referenced."""
+    store = request.app[STORE]
+    with store._cond:
+        _version_number(store, request.match_info["subject"], request.match_info["version"])
+    return _ok([])
+
+
 @routes.get("/schemas/ids/{id}")
 async def get_by_id(request: web.Request) -> web.Response:
     text = _schema_by_id(request)
@@ -311,6 +386,25 @@ async def versions_by_id(request: web.Request) -> web.Response:
     return _ok(found)
 
 
+@routes.get("/schemas/ids/{id}/subjects")
+async def subjects_by_id(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    _schema_by_id(request)
+    schema_id = int(request.match_info["id"])
+    deleted = request.query.get("deleted") == "true"
+    with store._cond:
+        found = sorted(s for s, vs in store.state.subjects.items()
+                       if any(e.schema_id == schema_id and (deleted or not e.deleted)
+                              for e in vs.values()))  # fmt: skip
+    return _ok(found)
+
+
+@routes.get("/contexts")
+async def contexts(request: web.Request) -> web.Response:
+    """Keel's registry has the default context only."""
+    return _ok(["."])
+
+
 @routes.delete("/subjects/{subject}")
 async def delete_subject(request: web.Request) -> web.Response:
     store = request.app[STORE]
@@ -336,7 +430,10 @@ def _delete(store: KafkaStore, subject: str, version: str | None, permanent: boo
         with store._cond:
             all_versions = _versions(store, subject, deleted=True)
             if version is None:
-                targets = sorted(all_versions)
+                # A soft delete answers with the versions it deleted now (the live ones); a
+                # permanent one with every version it removes.
+                live = [v for v, e in all_versions.items() if permanent or not e.deleted]
+                targets = sorted(live or all_versions)
             else:
                 targets = [_version_number(store, subject, version, deleted=permanent)]
             entries = {v: all_versions[v] for v in targets}
@@ -354,17 +451,11 @@ def _delete(store: KafkaStore, subject: str, version: str | None, permanent: boo
                 f"Subject '{subject}' was soft deleted. Set permanent=true to delete permanently",
             )
         for number, entry in entries.items():
-            key = {
-                "keytype": "SCHEMA",
-                "subject": subject,
-                "version": number,
-                "id": entry.schema_id,
-                "magic": 1,
-            }
+            text = store.state.schemas[entry.schema_id]
+            key = schema_key(subject, number, entry.schema_id, text)
             if permanent:
                 store.write(key, None)
             elif not entry.deleted:
-                text = store.state.schemas[entry.schema_id]
                 store.write(
                     key,
                     {
@@ -386,6 +477,24 @@ async def get_global_config(request: web.Request) -> web.Response:
 @routes.put("/config")
 async def put_global_config(request: web.Request) -> web.Response:
     return await _put_config(request, None)
+
+
+@routes.delete("/config")
+async def delete_global_config(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    level = _level(store, None)
+    await asyncio.to_thread(store.write, {"keytype": "CONFIG", "subject": None, "magic": 0}, None)
+    return _ok({"compatibilityLevel": level})
+
+
+@routes.get("/mode")
+async def get_mode(request: web.Request) -> web.Response:
+    return _ok({"mode": "READWRITE"})
+
+
+@routes.get("/mode/{subject}")
+async def get_subject_mode(request: web.Request) -> web.Response:
+    return _ok({"mode": "READWRITE"})
 
 
 @routes.get("/config/{subject}")
@@ -436,6 +545,7 @@ async def _put_config(request: web.Request, subject: str | None) -> web.Response
 
 @routes.post("/compatibility/subjects/{subject}/versions/{version}")
 async def compatibility(request: web.Request) -> web.Response:
+    """Check against one version (against all of them under a *_TRANSITIVE level)."""
     store = request.app[STORE]
     subject = request.match_info["subject"]
     text = _schema_text(await _body(request))
@@ -447,6 +557,28 @@ async def compatibility(request: web.Request) -> web.Response:
             against = [store.state.schemas[e.schema_id] for _v, e in sorted(live.items())]
         else:
             against = [store.state.schemas[live[version].schema_id]]
+    return _compatibility_answer(request, text, against, level)
+
+
+@routes.post("/compatibility/subjects/{subject}/versions")
+async def compatibility_all(request: web.Request) -> web.Response:
+    """Check as a registration would: against the versions the subject's level names (none
+    yet: compatible)."""
+    store = request.app[STORE]
+    subject = request.match_info["subject"]
+    text = _schema_text(await _body(request))
+    with store._cond:
+        live = store.state.subjects.get(subject, {})
+        against = [
+            store.state.schemas[e.schema_id] for _v, e in sorted(live.items()) if not e.deleted
+        ]
+        level = _level(store, subject)
+    return _compatibility_answer(request, text, against, level)
+
+
+def _compatibility_answer(
+    request: web.Request, text: str, against: list[str], level: str
+) -> web.Response:
     problems = check(text, against, level)
     body: dict[str, Any] = {"is_compatible": not problems}
     if request.query.get("verbose") == "true":
@@ -457,6 +589,7 @@ async def compatibility(request: web.Request) -> web.Response:
 def create_app(store: KafkaStore) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_SCHEMA_BYTES * 4)
     app[STORE] = store
+    app[RESPONSES] = Counter()
     app.add_routes(routes)
     return app
 

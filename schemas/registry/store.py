@@ -8,6 +8,7 @@ replica could contradict (optimistic concurrency on the log; the loser retries).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -22,6 +23,21 @@ from keel.settings import KeelSettings
 from schemas.errors import SchemaError
 
 log = logging.getLogger(__name__)
+
+
+def schema_hash(text: str) -> str:
+    """A short digest of a schema's canonical text, part of every SCHEMA record key."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def schema_key(subject: str, version: int, schema_id: int, text: str) -> dict[str, Any]:
+    """The record key of one subject version. It names the schema text as well as the id, so
+    two replicas racing for the same (subject, version, id) with different schemas write
+    different keys: compaction can never replace the winner's record by the loser's."""
+    return {
+        "keytype": "SCHEMA", "subject": subject, "version": version, "id": schema_id,
+        "hash": schema_hash(text), "magic": 1,
+    }  # fmt: skip
 
 
 @dataclass
@@ -48,9 +64,12 @@ class State:
             subject, version, schema_id = key["subject"], int(key["version"]), int(key["id"])
             versions = self.subjects.setdefault(subject, {})
             current = versions.get(version)
-            if current is not None and current.schema_id != schema_id:
+            if current is not None and (
+                current.schema_id != schema_id
+                or ("hash" in key and schema_hash(self.schemas[schema_id]) != key["hash"])
+            ):
                 return  # another replica's write for this version came first
-            if value is None:  # permanent delete
+            if value is None:  # permanent delete (or a losing replica withdrawing its write)
                 versions.pop(version, None)
                 if not versions:
                     self.subjects.pop(subject, None)
@@ -103,6 +122,14 @@ class KafkaStore:
         self._thread.start()
         self.wait_applied(high - 1, timeout)
         log.info("registry state loaded from %s: %d schemas", self.topic, len(self.state.schemas))
+
+    @property
+    def applied_offset(self) -> int:
+        return self._applied
+
+    def ready(self) -> bool:
+        """Loaded and still reading the topic."""
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
 
     def stop(self) -> None:
         self._stop.set()

@@ -7,17 +7,20 @@ import io
 import json
 import os
 import sys
+import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fastavro
 import pytest
 import requests
-from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from keel.local.broker import free_base_port
@@ -78,6 +81,50 @@ def test_confluent_clients_read_keel_bytes_and_back(schema_registry: str) -> Non
     assert confluent.get_latest_version(et.subject).schema_id == serde.schema_id(et)
 
 
+def test_confluent_client_drives_the_whole_api(schema_registry: str) -> None:
+    """confluent-kafka's SchemaRegistryClient, unmodified, for every call it has that Keel's
+    registry serves: register, lookup, versions, compatibility, config, delete."""
+    client = SchemaRegistryClient({"url": schema_registry})
+    subj = subject()
+    s1 = Schema(record_schema("Cf", *V1), "AVRO")
+    s2 = Schema(record_schema("Cf", *V1, NOTE), "AVRO")
+    incompatible = Schema(record_schema("Cf", {"name": "id", "type": "int"}), "AVRO")
+
+    id1 = client.register_schema(subj, s1)
+    id2 = client.register_schema(subj, s2)
+    assert id1 != id2 and client.register_schema(subj, s1) == id1
+    assert json.loads(client.get_schema(id1).schema_str) == json.loads(s1.schema_str)
+    assert subj in client.get_subjects() and client.get_versions(subj) == [1, 2]
+    latest = client.get_latest_version(subj)
+    assert (latest.version, latest.schema_id) == (2, id2)
+    assert client.get_version(subj, 1).schema_id == id1
+    assert client.lookup_schema(subj, s2).version == 2
+    assert [(v.subject, v.version) for v in client.get_schema_versions(id2)] == [(subj, 2)]
+    assert client.get_subjects_by_schema_id(id2) == [subj]
+    assert client.test_compatibility(subj, s2) is True
+    assert client.test_compatibility(subj, incompatible) is False
+    assert client.test_compatibility_all_versions(subj, incompatible) is False
+    assert client.get_schema_types() == ["AVRO"]
+    assert client.get_referenced_by(subj, 1) == []
+    assert client.get_mode(subj) == "READWRITE"
+
+    client.set_compatibility(subj, "FULL")
+    assert client.get_compatibility(subj) == "FULL"
+    client.delete_config(subj)
+    with pytest.raises(SchemaRegistryError) as refused:
+        client.register_schema(subj, incompatible)
+    assert refused.value.http_status_code == 409 and refused.value.error_code == 409
+
+    assert client.delete_version(subj, 1) == 1
+    assert client.get_versions(subj) == [2]
+    assert client.delete_subject(subj) == [2]
+    assert client.delete_subject(subj, permanent=True) == [1, 2]
+    assert subj not in client.get_subjects()
+    with pytest.raises(SchemaRegistryError) as gone:
+        client.get_versions(subj)
+    assert gone.value.error_code == 40401
+
+
 def test_decode_with_reader_schema_reads_old_and_new(schema_registry: str) -> None:
     client = RegistryClient(schema_registry)
     subj = subject()
@@ -98,59 +145,130 @@ def test_decode_with_reader_schema_reads_old_and_new(schema_registry: str) -> No
         AvroSerde(client).decode(frame(old_id, b"\xff"))
 
 
+NOTE = {"name": "note", "type": ["null", "string"], "default": None}
+
+
+def set_level(url: str, subj: str, level: str) -> None:
+    response = requests.put(f"{url}/config/{subj}", json={"compatibility": level}, timeout=10)
+    assert response.status_code == 200 and response.json() == {"compatibility": level}
+
+
 def test_evolution_under_backward(schema_registry: str) -> None:
+    """The default level: adding an optional field passes; a new required field or a changed
+    type is refused with a 409 naming the field, and nothing is stored."""
     subj = subject()
     versions = f"{schema_registry}/subjects/{subj}/versions"
     assert post(versions, {"schema": record_schema("T", *V1)}).status_code == 200
-    added = record_schema("T", *V1, {"name": "note", "type": ["null", "string"], "default": None})
-    assert post(versions, {"schema": added}).status_code == 200
-    removed = post(
-        versions,
-        {
-            "schema": record_schema(
-                "T",
-                V1[0],
-                {"name": "note", "type": ["null", "string"], "default": None},
-                {"name": "extra", "type": "string"},
-            )
-        },
+    assert post(versions, {"schema": record_schema("T", *V1, NOTE)}).status_code == 200
+
+    required = post(
+        versions, {"schema": record_schema("T", *V1, NOTE, {"name": "extra", "type": "string"})}
     )
-    assert removed.status_code == 409 and removed.json()["error_code"] == 409
-    assert "extra" in removed.json()["message"]
+    assert required.status_code == 409 and required.json()["error_code"] == 409
+    assert "'extra'" in required.json()["message"]
+    assert "BACKWARD" in required.json()["message"]
+
     changed = post(
         versions,
-        {
-            "schema": record_schema(
-                "T",
-                V1[0],
-                {"name": "amount", "type": "string"},
-                {"name": "note", "type": ["null", "string"], "default": None},
-            )
-        },
+        {"schema": record_schema("T", V1[0], {"name": "amount", "type": "string"}, NOTE)},
     )
-    assert changed.status_code == 409 and "amount" in changed.json()["message"]
+    assert changed.status_code == 409 and "field amount" in changed.json()["message"]
     assert requests.get(versions, timeout=10).json() == [1, 2]
+
     check = post(f"{schema_registry}/compatibility/subjects/{subj}/versions/latest?verbose=true",
                  {"schema": record_schema("T", {"name": "id", "type": "int"})})  # fmt: skip
-    assert check.json()["is_compatible"] is False and any(
-        "id" in m for m in check.json()["messages"]
+    assert check.json()["is_compatible"] is False
+    assert any("field id" in m for m in check.json()["messages"])
+    # Without a version: checked as a registration would be (same verdict, nothing stored).
+    as_registration = post(
+        f"{schema_registry}/compatibility/subjects/{subj}/versions",
+        {"schema": record_schema("T", *V1, NOTE, {"name": "more", "type": "int", "default": 0})},
     )
+    assert as_registration.json() == {"is_compatible": True}
+    assert requests.get(versions, timeout=10).json() == [1, 2]
 
-    # FORWARD refuses what BACKWARD allows the other way round; NONE allows anything.
-    assert (
-        requests.put(
-            f"{schema_registry}/config/{subj}", json={"compatibility": "NONE"}, timeout=10
-        ).status_code
-        == 200
+
+def test_removing_a_required_field_is_refused_where_old_readers_need_it(
+    schema_registry: str,
+) -> None:
+    """BACKWARD lets a field go (new readers ignore it); FORWARD and FULL refuse, because
+    readers of the existing versions need that field and it has no default."""
+    without_amount = record_schema("R", V1[0])
+    for level, allowed in (("BACKWARD", True), ("FORWARD", False), ("FULL", False)):
+        subj = subject()
+        set_level(schema_registry, subj, level)
+        versions = f"{schema_registry}/subjects/{subj}/versions"
+        assert post(versions, {"schema": record_schema("R", *V1)}).status_code == 200
+        removed = post(versions, {"schema": without_amount})
+        if allowed:
+            assert removed.status_code == 200, removed.text
+            continue
+        assert removed.status_code == 409, removed.text
+        message = removed.json()["message"]
+        assert "'amount'" in message and level in message
+        assert requests.get(versions, timeout=10).json() == [1]
+
+
+def test_transitive_levels_check_every_version(schema_registry: str) -> None:
+    """v3 reads v2 but not v1: BACKWARD takes it, BACKWARD_TRANSITIVE names the field."""
+    v1 = record_schema("V", {"name": "a", "type": "int"})
+    v2 = record_schema("V", {"name": "b", "type": ["null", "string"], "default": None})
+    v3 = record_schema(
+        "V", {"name": "a", "type": "string", "default": ""},
+        {"name": "b", "type": ["null", "string"], "default": None},
+    )  # fmt: skip
+    for level, allowed in (("BACKWARD", True), ("BACKWARD_TRANSITIVE", False)):
+        subj = subject()
+        set_level(schema_registry, subj, level)
+        versions = f"{schema_registry}/subjects/{subj}/versions"
+        assert post(versions, {"schema": v1}).status_code == 200
+        assert post(versions, {"schema": v2}).status_code == 200
+        third = post(versions, {"schema": v3})
+        assert (third.status_code == 200) is allowed, third.text
+        if not allowed:
+            assert "field a" in third.json()["message"]
+
+
+def test_compatibility_config_subject_and_global(schema_registry: str) -> None:
+    subj = subject()
+    versions = f"{schema_registry}/subjects/{subj}/versions"
+    assert requests.get(f"{schema_registry}/config", timeout=10).json() == {
+        "compatibilityLevel": "BACKWARD"
+    }
+    missing = requests.get(f"{schema_registry}/config/{subj}", timeout=10)
+    assert missing.status_code == 404 and missing.json()["error_code"] == 40408
+    assert requests.get(
+        f"{schema_registry}/config/{subj}?defaultToGlobal=true", timeout=10
+    ).json() == {"compatibilityLevel": "BACKWARD"}
+    bad = requests.put(
+        f"{schema_registry}/config/{subj}", json={"compatibility": "LOOSE"}, timeout=10
     )
-    assert (
-        post(
-            versions, {"schema": record_schema("T", {"name": "other", "type": "long"})}
-        ).status_code
-        == 200
-    )
+    assert bad.status_code == 422 and bad.json()["error_code"] == 42203
+
+    # NONE allows anything; deleting the subject's level falls back to the global BACKWARD.
+    set_level(schema_registry, subj, "NONE")
+    assert post(versions, {"schema": record_schema("C", *V1)}).status_code == 200
+    assert post(versions, {"schema": record_schema("C", {"name": "x", "type": "long"})}).ok
     assert requests.get(f"{schema_registry}/config/{subj}", timeout=10).json() == {
         "compatibilityLevel": "NONE"
+    }
+    assert requests.delete(f"{schema_registry}/config/{subj}", timeout=10).json() == {
+        "compatibilityLevel": "NONE"
+    }
+    refused = post(versions, {"schema": record_schema("C", {"name": "x", "type": "string"})})
+    assert refused.status_code == 409
+
+    # The global level applies to subjects without their own; DELETE /config resets it.
+    try:
+        put = requests.put(f"{schema_registry}/config", json={"compatibility": "FULL"}, timeout=10)
+        assert put.json() == {"compatibility": "FULL"}
+        assert requests.get(f"{schema_registry}/config", timeout=10).json() == {
+            "compatibilityLevel": "FULL"
+        }
+    finally:
+        requests.delete(f"{schema_registry}/config", timeout=10)
+    assert requests.get(f"{schema_registry}/config", timeout=10).json() == {
+        "compatibilityLevel": "BACKWARD"
     }
 
 
@@ -219,6 +337,68 @@ def test_soft_then_permanent_delete(schema_registry: str) -> None:
     assert subj not in requests.get(f"{schema_registry}/subjects?deleted=true", timeout=10).json()
 
 
+def test_delete_one_version_soft_then_permanent(schema_registry: str) -> None:
+    subj = subject()
+    versions = f"{schema_registry}/subjects/{subj}/versions"
+    first_id = post(versions, {"schema": record_schema("V", *V1)}).json()["id"]
+    post(versions, {"schema": record_schema("V", *V1, NOTE)})
+    early = requests.delete(f"{versions}/1?permanent=true", timeout=10)
+    assert early.status_code == 404 and early.json()["error_code"] == 40405
+    assert requests.delete(f"{versions}/1", timeout=10).json() == 1
+    assert requests.get(versions, timeout=10).json() == [2]
+    assert requests.get(f"{versions}?deleted=true", timeout=10).json() == [1, 2]
+    again = requests.delete(f"{versions}/1", timeout=10)
+    assert again.status_code == 404 and again.json()["error_code"] in (40402, 40406)
+    assert requests.get(f"{versions}/1?deleted=true", timeout=10).json()["id"] == first_id
+    assert requests.delete(f"{versions}/1?permanent=true", timeout=10).json() == 1
+    assert requests.get(f"{versions}?deleted=true", timeout=10).json() == [2]
+    # The id still names its schema (bytes written with it stay readable).
+    assert requests.get(f"{schema_registry}/schemas/ids/{first_id}", timeout=10).ok
+
+
+def test_listing_lookup_and_service_endpoints(schema_registry: str) -> None:
+    subj = subject()
+    schema = record_schema("L", *V1)
+    schema_id = post(f"{schema_registry}/subjects/{subj}/versions", {"schema": schema}).json()["id"]
+    found = post(f"{schema_registry}/subjects/{subj}", {"schema": schema}).json()
+    assert found["id"] == schema_id and found["version"] == 1 and found["subject"] == subj
+    absent = post(f"{schema_registry}/subjects/{subj}", {"schema": record_schema("L", V1[0])})
+    assert absent.status_code == 404 and absent.json()["error_code"] == 40403
+    no_subject = post(f"{schema_registry}/subjects/nope-{uuid.uuid4().hex}", {"schema": schema})
+    assert no_subject.status_code == 404 and no_subject.json()["error_code"] == 40401
+
+    listed = requests.get(f"{schema_registry}/schemas?subjectPrefix={subj}", timeout=10).json()
+    assert [(r["subject"], r["version"], r["id"]) for r in listed] == [(subj, 1, schema_id)]
+    raw = requests.get(f"{schema_registry}/subjects/{subj}/versions/1/schema", timeout=10).json()
+    assert raw == json.loads(schema)
+    assert requests.get(
+        f"{schema_registry}/schemas/ids/{schema_id}/versions", timeout=10
+    ).json() == [{"subject": subj, "version": 1}]
+    assert (
+        requests.get(
+            f"{schema_registry}/subjects/{subj}/versions/1/referencedby", timeout=10
+        ).json()
+        == []
+    )
+    assert requests.get(f"{schema_registry}/schemas/types", timeout=10).json() == ["AVRO"]
+    assert requests.get(f"{schema_registry}/mode", timeout=10).json() == {"mode": "READWRITE"}
+
+    assert requests.get(f"{schema_registry}/readyz", timeout=10).json()["status"] == "ready"
+    metrics = requests.get(f"{schema_registry}/metrics", timeout=10).text
+    assert (
+        "keel_registry_schemas " in metrics
+        and 'keel_registry_responses_total{status="200"}' in metrics
+    )
+    unknown = requests.get(f"{schema_registry}/no/such/route", timeout=10)
+    assert unknown.status_code == 404 and unknown.json()["error_code"] == 404
+    protobuf = post(f"{schema_registry}/subjects/{subj}/versions",
+                    {"schema": "syntax = 'proto3';", "schemaType": "PROTOBUF"})  # fmt: skip
+    assert protobuf.status_code == 422 and protobuf.json()["error_code"] == 42201
+    not_a_record = post(f"{schema_registry}/subjects/{subj}/versions", ["a", "list"])
+    assert not_a_record.status_code == 400 and not_a_record.json()["error_code"] == 400
+    assert requests.get(f"{schema_registry}/subjects/{subj}/versions", timeout=10).json() == [1]
+
+
 @pytest.fixture
 def registry_pair(
     kafka_bootstrap: str, tmp_path: Path
@@ -251,35 +431,63 @@ def _wait_healthy(url: str) -> None:
             time.sleep(0.2)
 
 
+def _state(url: str) -> list[dict[str, object]]:
+    response = requests.get(f"{url}/schemas", timeout=10)
+    assert response.status_code == 200
+    return list(response.json())
+
+
 def test_two_replicas_agree_and_a_restart_keeps_ids(
     registry_pair: tuple[str, str, ManagedProcess, str],
 ) -> None:
     first, second, second_proc, topic = registry_pair
-    ids = {}
-    for n in range(6):  # alternate replicas, distinct subjects and schemas
-        url = first if n % 2 else second
-        subj = f"pair-{n}"
-        ids[subj] = post(
-            f"{url}/subjects/{subj}/versions", {"schema": record_schema(f"P{n}", *V1)}
-        ).json()["id"]
-    assert len(set(ids.values())) == 6
-    for subj, schema_id in ids.items():
-        for url in (first, second):
-            deadline = time.monotonic() + 10
-            while (
-                got := requests.get(f"{url}/subjects/{subj}/versions/latest", timeout=10)
-            ).status_code != 200:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
-            assert got.json()["id"] == schema_id
-    # Restart the second replica from the topic alone: the same ids.
+
+    # Both replicas take registrations at the same moment: distinct subjects, a subject both
+    # extend at once, and one schema under two subjects. Every registration succeeds; the
+    # losers of a race retry, so the replicas end up with one and the same state.
+    race = f"race-{uuid.uuid4().hex[:6]}"
+    assert post(f"{first}/subjects/{race}/versions", {"schema": record_schema("Race", *V1)}).ok
+    jobs: list[tuple[str, str, str]] = []
+    for n in range(8):
+        jobs.append(((first, second)[n % 2], f"pair-{n}", record_schema(f"P{n}", *V1)))
+    for n, url in enumerate((first, second)):
+        extra = {"name": f"x{n}", "type": ["null", "string"], "default": None}
+        jobs.append((url, race, record_schema("Race", *V1, extra)))
+    shared = record_schema("Shared", *V1)
+    jobs += [(first, "shared-a", shared), (second, "shared-b", shared)]
+    barrier = threading.Barrier(len(jobs))
+
+    def register(job: tuple[str, str, str]) -> tuple[str, str, int]:
+        url, subj, schema = job
+        barrier.wait(30)
+        response = post(f"{url}/subjects/{subj}/versions", {"schema": schema})
+        assert response.status_code == 200, response.text
+        return subj, schema, int(response.json()["id"])
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(register, jobs))
+    ids = [schema_id for _subj, schema, schema_id in results if schema != shared]
+    assert len(set(ids)) == len(ids), "two different schemas were given one id"
+    assert not {r[2] for r in results if r[1] == shared} & set(ids)
+
+    # Every replica reads the log to the same state (poll: the other one may lag a moment).
+    deadline = time.monotonic() + 20
+    while (a := _state(first)) != (b := _state(second)) or len(a) < len(jobs) + 1:
+        assert time.monotonic() < deadline, (a, b)
+        time.sleep(0.1)
+    assert requests.get(f"{first}/subjects/{race}/versions", timeout=10).json() == [1, 2, 3]
+    for subj, schema, schema_id in results:
+        looked_up = post(f"{second}/subjects/{subj}", {"schema": schema}).json()
+        assert looked_up["id"] == schema_id
+
+    # Restart the second replica from the topic alone: the same state, the same ids.
+    before = _state(first)
     port = second.rsplit(":", 1)[1]
     second_proc.stop()
     second_proc.start([sys.executable, "-m", "keel.cli", "registry", "--port", port],
                       env={**os.environ, "KEEL_REGISTRY_TOPIC": topic}, die_with_parent=True)  # fmt: skip
     _wait_healthy(second)
-    for subj, schema_id in ids.items():
-        assert (
-            requests.get(f"{second}/subjects/{subj}/versions/latest", timeout=10).json()["id"]
-            == schema_id
-        )
+    assert _state(second) == before
+    # And ids keep coming from where the log left off.
+    fresh = post(f"{second}/subjects/after-restart/versions", {"schema": record_schema("New", *V1)})
+    assert fresh.json()["id"] > max(r[2] for r in results)
