@@ -128,6 +128,7 @@ class JobRunner:
         self._last_commit = time.monotonic()
         self._stopping = False
         self._full_since: float | None = None
+        self._error_logged: dict[tuple[int, str], float] = {}
         self._progress = threading.Event()  # a runner finished a batch
         # Metric children bound once: label lookups are not free on the hot path.
         self._m_done = metrics.done.labels(self.name)
@@ -260,7 +261,7 @@ class JobRunner:
                     continue
                 if err.fatal():
                     raise KafkaEdgeError.from_kafka_error(err, f"job worker {self.name}")
-                log.warning("job worker %s: consumer error %s", self.name, err)
+                self._log_consumer_error(err)
                 continue
             topic = msg.topic()
             tp = (topic, msg.partition())
@@ -273,6 +274,15 @@ class JobRunner:
             ready.append((msg, entry))
         if ready:
             self._route(ready)
+
+    def _log_consumer_error(self, err: KafkaError) -> None:
+        """Transient consumer errors (a topic not created yet, a broker restarting) repeat
+        every poll: log each kind once a minute."""
+        now = time.monotonic()
+        key = (err.code(), err.str())
+        if now - self._error_logged.get(key, -1e9) >= 60:
+            self._error_logged[key] = now
+            log.warning("job worker %s: consumer error %s", self.name, err)
 
     def _route(self, items: list[Item]) -> None:
         """One list per runner thread per batch (a queue operation per batch, not per job)."""
