@@ -113,6 +113,7 @@ class KafkaStore:
         consumer = Consumer(self.settings.kafka_config(**{
             "group.id": f"keel-registry-{uuid.uuid4().hex}", "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+            "enable.partition.eof": True,
         }))  # fmt: skip
         _low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, 0), timeout=10)
         consumer.assign([TopicPartition(self.topic, 0, 0)])
@@ -146,7 +147,14 @@ class KafkaStore:
                     continue
                 error = msg.error()
                 if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        # Caught up with the end of the log. The last offset need not be a
+                        # record this replica receives (compaction removed it, or it is a
+                        # transaction marker): everything below the end counts as applied.
+                        with self._cond:
+                            self._applied = max(self._applied, (msg.offset() or 0) - 1)
+                            self._cond.notify_all()
+                    else:
                         log.warning("registry store read error: %s", error)
                     continue
                 raw_key, raw_value, offset = msg.key(), msg.value(), msg.offset()
