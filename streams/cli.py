@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +10,7 @@ import typer
 
 from keel.errors import KeelError
 from keel.kafka import TopicSpec, ensure_topics, make_admin, wait_for_topics
-from keel.logging import JsonFormatter, configure_logging
+from keel.logging import configure_logging
 from keel.settings import KeelSettings, get_settings
 from streams.errors import StreamsError
 
@@ -99,9 +98,6 @@ def worker(
     app = build(settings)
     if not isinstance(app, StreamsApp):  # pragma: no cover - build's return type
         raise StreamsError("could not build the stream app")
-    handler = logging.StreamHandler(sys.stderr)
-    if settings.log_format == "json":
-        handler.setFormatter(JsonFormatter())
     log.info(
         "stream worker %s on %s, %d partitions, processors %s",
         settings.streams_app_id,
@@ -112,7 +108,8 @@ def worker(
     Worker(
         app.app,
         loglevel=settings.log_level.lower(),
-        loghandlers=[handler],
+        # Keel's logging (one JSON object a line) stays: Faust must not replace it.
+        override_logging=False,
         quiet=True,
         redirect_stdouts=False,
     ).execute_from_commandline()

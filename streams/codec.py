@@ -49,11 +49,8 @@ class AvroCodec:
         event_type = self._job_types.get(key)
         if event_type is None:
             base = self.catalog.get(job_type)
-            event_type = (
-                base
-                if base.topic == topic
-                else dataclasses.replace(base, topic=topic, subject=f"{topic}-{base.record_name}")
-            )
+            # Same schema, subject named after the topic it really goes to.
+            event_type = base if base.topic == topic else dataclasses.replace(base, topic=topic)
             self._job_types[key] = event_type
         return bytes(self.serde.encode_with(event_type, record))
 

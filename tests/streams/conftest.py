@@ -156,7 +156,9 @@ class StreamsEnv:
     def view(self, view: str, key: str, worker: Worker | None = None, **params: str) -> Any:
         worker = worker or self.alive()[0]
         query = "&".join(f"{k}={urllib.request.quote(v)}" for k, v in params.items())
-        return worker.get(f"/v1/views/{view}/{urllib.request.quote(key)}" + (f"?{query}" if query else ""))
+        return worker.get(
+            f"/v1/views/{view}/{urllib.request.quote(key)}" + (f"?{query}" if query else "")
+        )
 
     def read_topic(self, topic: str, expect: int, timeout: float = 60) -> list[Any]:
         consumer = make_consumer(f"reader-{uuid.uuid4().hex[:8]}")

@@ -30,24 +30,52 @@ def make_events(count: int, seed: int = 7) -> list[dict[str, Any]]:
         base = {"event_id": str(uuid.uuid4()), "user_id": user, "occurred_at": when}
         product = rng.choice(PRODUCTS)
         if kind == "page":
-            events.append({**base, "type": "page.viewed", "url": "https://s.example/",
-                           "path": "/", "title": None, "referrer": None})
+            events.append(
+                {
+                    **base,
+                    "type": "page.viewed",
+                    "url": "https://s.example/",
+                    "path": "/",
+                    "title": None,
+                    "referrer": None,
+                }
+            )
         elif kind == "product":
-            events.append({**base, "type": "product.viewed", "product_id": product,
-                           "currency": "EUR"})
+            events.append(
+                {**base, "type": "product.viewed", "product_id": product, "currency": "EUR"}
+            )
         elif kind == "cart":
-            events.append({**base, "type": "cart.item_added", "product_id": product,
-                           "quantity": 1, "unit_price": "3.10", "currency": "EUR"})
+            events.append(
+                {
+                    **base,
+                    "type": "cart.item_added",
+                    "product_id": product,
+                    "quantity": 1,
+                    "unit_price": "3.10",
+                    "currency": "EUR",
+                }
+            )
         else:
             other = rng.choice(PRODUCTS)
-            events.append({**base, "type": "order.placed", "order_id": str(uuid.uuid4()),
-                           "currency": "EUR", "total": f"{rng.randrange(100, 9999) / 100:.2f}",
-                           "items": [{"product_id": product, "quantity": 1, "unit_price": "1.00"},
-                                     {"product_id": other, "quantity": 2, "unit_price": "1.00"}]})
+            events.append(
+                {
+                    **base,
+                    "type": "order.placed",
+                    "order_id": str(uuid.uuid4()),
+                    "currency": "EUR",
+                    "total": f"{rng.randrange(100, 9999) / 100:.2f}",
+                    "items": [
+                        {"product_id": product, "quantity": 1, "unit_price": "1.00"},
+                        {"product_id": other, "quantity": 2, "unit_price": "1.00"},
+                    ],
+                }
+            )
     return events
 
 
-def expected_views(events: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], dict[str, int]]:
+def expected_views(
+    events: list[dict[str, Any]],
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, int]]:
     """The figures, computed without any of the code under test."""
     users: dict[str, Any] = {}
     for e in events:
@@ -87,8 +115,13 @@ def test_kill_one_worker_add_another_views_stay_exact(streams_env: StreamsEnv) -
     third = len(stream) // 3
     streams_env.send(stream[:third], poison=poison[:2])
     # Let the victim get some of it into its tables, then kill it mid-stream.
-    wait_for(lambda: streams_env.view("user_activity", stream[0]["user_id"], worker=workers[1])[0] == 200,
-             60, "first events processed")
+    wait_for(
+        lambda: (
+            streams_env.view("user_activity", stream[0]["user_id"], worker=workers[1])[0] == 200
+        ),
+        60,
+        "first events processed",
+    )
     streams_env.send(stream[third : 2 * third], poison=poison[2:])
     workers[0].kill()
     newcomer = streams_env.start_worker(wait=False)
@@ -127,8 +160,9 @@ def test_kill_one_worker_add_another_views_stay_exact(streams_env: StreamsEnv) -
     def products_exact() -> bool:
         for pid, hours in products.items():
             for hour, counts in hours.items():
-                status, body = streams_env.view("product_stats", pid, worker=rng.choice(survivors),
-                                                window=hour)
+                status, body = streams_env.view(
+                    "product_stats", pid, worker=rng.choice(survivors), window=hour
+                )
                 if status != 200:
                     return False
                 got = {k: body[k] for k in ("views", "cart_adds", "orders")}
