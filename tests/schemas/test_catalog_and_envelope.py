@@ -13,7 +13,7 @@ import fastavro
 import pytest
 
 from schemas.catalog import CATALOG_DIR, load_catalog
-from schemas.envelope import ENVELOPE_FIELDS, EventIn, validate_event
+from schemas.envelope import ENVELOPE_FIELDS, Context, EventIn, validate_event
 from schemas.errors import DecodeError, InvalidSchema, UnknownEventType, ValidationFailed
 from schemas.wire import frame, unframe
 
@@ -53,6 +53,54 @@ def test_envelope_model_matches_every_event_schema() -> None:
         assert types["event_id"] == {"type": "string", "logicalType": "uuid"}
         assert types["occurred_at"]["logicalType"] == "timestamp-micros"
         assert set(model_fields) - {"type"} <= set(names)
+
+
+# What each envelope field of the pydantic models must be in Avro (None: server-set).
+ENVELOPE_AVRO = {
+    "event_id": {"type": "string", "logicalType": "uuid"},
+    "type": "string",
+    "user_id": "string",
+    "occurred_at": {"type": "long", "logicalType": "timestamp-micros"},
+    "received_at": {"type": "long", "logicalType": "timestamp-micros"},
+    "source": "string",
+}
+
+
+def _avro_of(annotation: object) -> object:
+    """The Avro type a pydantic field annotation stands for (nullable as a union)."""
+    args = set(getattr(annotation, "__args__", (annotation,)))
+    nullable = type(None) in args
+    base = next(iter(args - {type(None)}))
+    avro = {str: "string", uuid.UUID: {"type": "string", "logicalType": "uuid"},
+            datetime: {"type": "long", "logicalType": "timestamp-micros"}}.get(base, base)  # fmt: skip
+    return ["null", avro] if nullable else avro
+
+
+def test_envelope_fields_have_the_same_types_in_models_and_schemas() -> None:
+    """Field by field: the pydantic envelope and the Context model against every event .avsc."""
+    for path in sorted((CATALOG_DIR / "events").glob("*.avsc")):
+        fields = {f["name"]: f for f in json.loads(path.read_text())["fields"]}
+        for name, avro in ENVELOPE_AVRO.items():
+            assert fields[name]["type"] == avro, (path.name, name)
+        for name, info in EventIn.model_fields.items():
+            if name in ("context", "type"):
+                continue
+            # The client may leave event_id and occurred_at out; the record always has them.
+            expected = _avro_of(info.annotation)
+            if isinstance(expected, list):
+                expected = expected[1]
+            assert fields[name]["type"] == expected, (path.name, name)
+        context = fields["context"]
+        assert context["type"][0] == "null" and context.get("default", "absent") is None
+        record = context["type"][1]
+        if isinstance(record, str):  # a later file names the record the first one defined
+            assert record in ("Context", "keel.events.Context"), path.name
+            continue
+        assert (
+            record["name"] == "Context" and record.get("namespace", "keel.events") == "keel.events"
+        )
+        avro_context = {f["name"]: f["type"] for f in record["fields"]}
+        assert avro_context == {n: _avro_of(i.annotation) for n, i in Context.model_fields.items()}
 
 
 def test_adding_an_event_type_is_adding_one_file(tmp_path: Path) -> None:
