@@ -71,6 +71,14 @@ def main() -> None:
     def bare_decode() -> Any:
         return fastavro.schemaless_reader(io.BytesIO(payload), parsed, None)
 
+    # A consumer reading with a newer version of the schema (one optional field added).
+    newer = {**et.schema, "fields": [*et.schema["fields"],
+             {"name": "coupon", "type": ["null", "string"], "default": None}]}  # fmt: skip
+    newer_parsed = fastavro.parse_schema(newer)
+
+    def bare_resolve() -> Any:
+        return fastavro.schemaless_reader(io.BytesIO(payload), parsed, newer_parsed)
+
     confluent = SchemaRegistryClient({"url": url})
     ctx = SerializationContext(et.topic, MessageField.VALUE)
     serializer = AvroSerializer(confluent, json.dumps(et.schema),
@@ -85,6 +93,8 @@ def main() -> None:
         "decode_fastavro": bare_decode,
         "decode_keel": lambda: serde.decode(keel_bytes),
         "decode_confluent": lambda: deserializer(keel_bytes, ctx),
+        "resolve_fastavro": bare_resolve,
+        "resolve_keel": lambda: serde.decode(keel_bytes, reader_schema=newer),
     }
     results: dict[str, list[float]] = {name: [] for name in cases}
     for fn in cases.values():  # warm caches and code paths
@@ -109,6 +119,7 @@ def main() -> None:
         **{f"{name}_us": summary(values) for name, values in results.items()},
         "encode_keel_vs_fastavro": ratios("encode_keel", "encode_fastavro"),
         "decode_keel_vs_fastavro": ratios("decode_keel", "decode_fastavro"),
+        "resolve_keel_vs_fastavro": ratios("resolve_keel", "resolve_fastavro"),
         "encode_keel_vs_confluent": ratios("encode_keel", "encode_confluent"),
         "decode_keel_vs_confluent": ratios("decode_keel", "decode_confluent"),
     })  # fmt: skip

@@ -28,7 +28,10 @@ class AvroSerde:
         self._ids: dict[str, int] = {}  # subject -> schema id of the catalog's version
         self._headers: dict[str, bytes] = {}  # subject -> wire format header
         self._writers: dict[int, Any] = {}  # schema id -> parsed writer schema
-        self._resolved: dict[tuple[int, str], Any] = {}  # (writer id, reader) -> parsed reader
+        self._parsed_readers: dict[str, Any] = {}  # canonical reader text -> parsed
+        # id(reader dict) -> (that dict, parsed): the hot path skips canonicalising the
+        # reader schema on every call. Holding the dict keeps its id from being reused.
+        self._readers: dict[int, tuple[Mapping[str, Any], Any]] = {}
 
     # -- encoding -------------------------------------------------------------------------
     def schema_id(self, et: EventType) -> int:
@@ -75,12 +78,10 @@ class AvroSerde:
         writer = self._writer(schema_id)
         reader = None
         if reader_schema is not None:
-            key = (schema_id, canonical(dict(reader_schema)))
-            reader = self._resolved.get(key)
+            hit = self._readers.get(id(reader_schema))
+            reader = hit[1] if hit is not None and hit[0] is reader_schema else None
             if reader is None:
-                reader = fastavro.parse_schema(dict(reader_schema))
-                with self._lock:
-                    self._resolved[key] = reader
+                reader = self._reader(reader_schema)
         try:
             record = fastavro.schemaless_reader(io.BytesIO(payload), writer, reader)
         except Exception as exc:  # truncated or corrupt Avro raises EOFError, ValueError, ...
@@ -90,6 +91,23 @@ class AvroSerde:
         if not isinstance(record, dict):
             raise DecodeError(f"schema id {schema_id} is not a record schema")
         return record
+
+    def _reader(self, reader_schema: Mapping[str, Any]) -> Any:
+        """Parse a reader schema once per distinct text (a reader schema is not to be changed
+        after it was first used: pass a new dict instead)."""
+        key = canonical(dict(reader_schema))
+        parsed = self._parsed_readers.get(key)
+        if parsed is None:
+            try:
+                parsed = fastavro.parse_schema(dict(reader_schema))
+            except Exception as exc:  # fastavro raises several unrelated types
+                raise DecodeError(f"invalid reader schema: {exc}") from exc
+        with self._lock:
+            self._parsed_readers[key] = parsed
+            if len(self._readers) >= 1024:  # callers building a new dict per call
+                self._readers.clear()
+            self._readers[id(reader_schema)] = (reader_schema, parsed)
+        return parsed
 
     def decode_event(self, data: bytes) -> tuple[str, dict[str, Any]]:
         record = self.decode(data)

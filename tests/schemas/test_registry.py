@@ -137,8 +137,21 @@ def test_decode_with_reader_schema_reads_old_and_new(schema_registry: str) -> No
     assert old_id != new_id
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, fastavro.parse_schema(old), {"id": "a", "amount": 1})
-    decoded = AvroSerde(client).decode(frame(old_id, buf.getvalue()), reader_schema=new)
-    assert decoded == {"id": "a", "amount": 1, "note": None}
+    serde = AvroSerde(client)
+    old_bytes = frame(old_id, buf.getvalue())
+    for _ in range(2):  # the second read takes the cached parsed reader
+        assert serde.decode(old_bytes, reader_schema=new) == {"id": "a", "amount": 1, "note": None}
+    # An equal reader schema in another dict reads the same; an unresolvable one is refused.
+    assert serde.decode(old_bytes, reader_schema=json.loads(json.dumps(new)))["note"] is None
+    assert serde.decode(old_bytes) == {"id": "a", "amount": 1}
+    with pytest.raises(DecodeError, match="invalid reader schema"):
+        serde.decode(old_bytes, reader_schema={"type": "record", "name": "Thing",
+                                               "fields": [{"name": "id", "type": "nope"}]})  # fmt: skip
+    with pytest.raises(DecodeError, match="undecodable"):
+        serde.decode(
+            old_bytes,
+            reader_schema=json.loads(record_schema("Thing", {"name": "id", "type": "long"})),
+        )
     with pytest.raises(DecodeError, match="unknown schema id"):
         AvroSerde(client).decode(frame(999_999, b"\x02a"))
     with pytest.raises(DecodeError, match="undecodable"):
