@@ -204,7 +204,8 @@ class ReportJob(JobHandler):
             raise PermanentJobError(f"bad report period {start!r} .. {end!r}")
         view = self.views.get(view_name, user_id)
         if view is None:
-            raise PermanentJobError(f"no {view_name} view for user {user_id!r}")
+            # the streams may not have caught up with this user yet: worth another try
+            raise RetriableJobError(f"no {view_name} view for user {user_id!r} yet")
         table = build_table(kind, user_id, view, (start, end))
         report_id = derived_id("report", job.idempotency_key)
         location = self.store.save(user_id, report_id, table)
