@@ -435,7 +435,12 @@ def _delete(store: KafkaStore, subject: str, version: str | None, permanent: boo
                 live = [v for v, e in all_versions.items() if permanent or not e.deleted]
                 targets = sorted(live or all_versions)
             else:
-                targets = [_version_number(store, subject, version, deleted=permanent)]
+                # A number is found among deleted versions too, so a second soft delete
+                # answers 40406; `latest` is the latest live version for a soft delete.
+                latest = version in ("latest", "-1")
+                targets = [
+                    _version_number(store, subject, version, deleted=permanent or not latest)
+                ]
             entries = {v: all_versions[v] for v in targets}
         if permanent:
             if any(not e.deleted for e in entries.values()):
