@@ -28,7 +28,10 @@ class RegistryClient:
         self.timeout = timeout
         self._http = requests.Session()
         self._http.headers["Accept"] = CONTENT_TYPE
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the caches
+        # Held while fetching a miss, so threads missing the same id or subject at once ask the
+        # registry once: the second re-checks the cache after the first filled it.
+        self._fetch_lock = threading.Lock()
         self._by_id: dict[int, dict[str, Any]] = {}
         self._ids: dict[tuple[str, str], int] = {}
 
@@ -66,41 +69,37 @@ class RegistryClient:
         return response.json()
 
     def register(self, subject: str, schema: dict[str, Any] | str) -> int:
-        text = canonical(schema)
-        key = (subject, text)
-        with self._lock:
-            if key in self._ids:
-                return self._ids[key]
-        result = self._call(
-            "POST", f"/subjects/{quote(subject, safe='')}/versions", {"schema": text}
-        )
-        schema_id = int(result["id"])
-        with self._lock:
-            self._ids[key] = schema_id
-            self._by_id.setdefault(schema_id, json.loads(text))
-        return schema_id
+        return self._subject_id(subject, schema, f"/subjects/{quote(subject, safe='')}/versions")
 
     def lookup(self, subject: str, schema: dict[str, Any] | str) -> int:
         """The id of a schema already registered under `subject` (RegistryError 40403 if not)."""
+        return self._subject_id(subject, schema, f"/subjects/{quote(subject, safe='')}")
+
+    def _subject_id(self, subject: str, schema: dict[str, Any] | str, path: str) -> int:
         text = canonical(schema)
         key = (subject, text)
-        with self._lock:
-            if key in self._ids:
-                return self._ids[key]
-        result = self._call("POST", f"/subjects/{quote(subject, safe='')}", {"schema": text})
-        schema_id = int(result["id"])
-        with self._lock:
-            self._ids[key] = schema_id
+        schema_id = self._ids.get(key)
+        if schema_id is not None:
+            return schema_id
+        with self._fetch_lock:
+            schema_id = self._ids.get(key)
+            if schema_id is None:
+                schema_id = int(self._call("POST", path, {"schema": text})["id"])
+                with self._lock:
+                    self._ids[key] = schema_id
+                    self._by_id.setdefault(schema_id, json.loads(text))
         return schema_id
 
     def get_schema(self, schema_id: int) -> dict[str, Any]:
-        with self._lock:
-            if schema_id in self._by_id:
-                return self._by_id[schema_id]
-        result = self._call("GET", f"/schemas/ids/{schema_id}")
-        schema: dict[str, Any] = json.loads(result["schema"])
-        with self._lock:
-            self._by_id[schema_id] = schema
+        schema = self._by_id.get(schema_id)
+        if schema is not None:
+            return schema
+        with self._fetch_lock:
+            schema = self._by_id.get(schema_id)
+            if schema is None:
+                schema = json.loads(self._call("GET", f"/schemas/ids/{schema_id}")["schema"])
+                with self._lock:
+                    self._by_id[schema_id] = schema
         return schema
 
     def latest(self, subject: str) -> tuple[int, int, dict[str, Any]]:

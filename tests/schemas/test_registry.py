@@ -26,7 +26,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from keel.local.broker import free_base_port
 from keel.local.process import ManagedProcess
 from schemas.envelope import validate_event
-from schemas.errors import DecodeError
+from schemas.errors import DecodeError, RegistryError
 from schemas.registry.client import RegistryClient
 from schemas.serde import AvroSerde
 from schemas.wire import frame
@@ -123,6 +123,46 @@ def test_confluent_client_drives_the_whole_api(schema_registry: str) -> None:
     with pytest.raises(SchemaRegistryError) as gone:
         client.get_versions(subj)
     assert gone.value.error_code == 40401
+
+
+class CountingClient(RegistryClient):
+    """Keel's client, counting the HTTP calls it makes."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.calls: list[str] = []
+
+    def _call(self, method: str, path: str, body: object = None) -> object:
+        self.calls.append(f"{method} {path}")
+        return super()._call(method, path, body)
+
+
+def test_client_never_fetches_an_id_or_a_schema_twice(schema_registry: str) -> None:
+    subj = subject()
+    schema = json.loads(record_schema("Cached", *V1))
+    schema_id = RegistryClient(schema_registry).register(subj, schema)
+
+    client = CountingClient(schema_registry)
+    barrier = threading.Barrier(8)
+
+    def fetch(_n: int) -> tuple[int, int, dict[str, object]]:
+        barrier.wait(10)
+        return (
+            client.register(subj, schema),
+            client.lookup(subj, schema),
+            client.get_schema(schema_id),
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(fetch, range(8)))
+    assert {(r[0], r[1]) for r in results} == {(schema_id, schema_id)}
+    assert all(r[2] == schema for r in results)
+    # One registration answered the id for lookups too and brought the schema along.
+    assert client.calls == [f"POST /subjects/{subj}/versions"]
+    assert client.latest(subj)[0] == schema_id and len(client.calls) == 2  # latest moves: asked
+    with pytest.raises(RegistryError) as missing:
+        client.get_schema(987_654_321)
+    assert (missing.value.status, missing.value.error_code) == (404, 40403)
 
 
 def test_decode_with_reader_schema_reads_old_and_new(schema_registry: str) -> None:
