@@ -137,7 +137,6 @@ class JobRunner:
         self._m_retried = metrics.retried.labels(self.name)
         self._m_failed_retriable = metrics.failed.labels(self.name, "true")
         self._m_failed_permanent = metrics.failed.labels(self.name, "false")
-        self._m_latency = metrics.latency.labels(self.name)
         self._m_in_flight = metrics.in_flight.labels(self.name)
         self._m_delayed = metrics.delayed.labels(self.name)
         self._metrics = metrics
@@ -452,6 +451,7 @@ class JobRunner:
                 return
         handle = self.handler.handle
         finished = 0
+        latencies: list[float] = []
         for entry, job, msg in jobs:
             if entry.cancelled:
                 continue  # revoked while we worked: the new owner does it
@@ -474,9 +474,10 @@ class JobRunner:
             finished += 1
             created = job.created_at
             if created is not None:
-                self._m_latency.observe(max(0.0, time.time() - created.timestamp()))
+                latencies.append(max(0.0, time.time() - created.timestamp()))
         if finished:
             self._m_done.inc(finished)
+            self._metrics.latency.observe_many(name, latencies)
 
     def _record_done(self, key: str, outcome: Any) -> None:
         """The side effect is done: write its key. A store that fails here is retried briefly;
