@@ -4,10 +4,11 @@ read (a transaction marker, or an offset compaction removed), and reads its own 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable
 
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from keel.settings import get_settings
 from schemas.registry.store import KafkaStore, schema_key
@@ -27,6 +28,15 @@ def test_store_starts_on_a_log_ending_in_an_unreadable_offset(
         value=json.dumps({"compatibilityLevel": "FULL"}).encode(),
     )
     producer.commit_transaction(30)  # the log's last offset is now the commit marker
+    # The coordinator writes the marker after the commit returns: wait until a committed
+    # reader sees the end of the log past it.
+    probe = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "unused",
+                      "isolation.level": "read_committed"})  # fmt: skip
+    deadline = time.monotonic() + 30
+    while probe.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1] < 2:
+        assert time.monotonic() < deadline, "the transaction never became visible"
+        time.sleep(0.1)
+    probe.close()
 
     store = KafkaStore(get_settings(), topic)
     store.start(timeout=20)
