@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -54,16 +55,33 @@ def check(
     for name in cat.types():
         et = cat.get(name)
         if client is None:
-            typer.echo(f"ok       {name}")
+            typer.echo(f"{'ok':<12} {name}")
             continue
-        ok, messages = client.check_compatibility(et.subject, et.schema)
-        typer.echo(f"{'ok' if ok else 'INCOMPATIBLE':<8} {name} ({et.subject})")
+        status, ok, messages = _compare(client, et.subject, et.schema)
+        typer.echo(f"{status:<12} {name} ({et.subject})")
         for message in messages:
-            typer.echo(f"         {message}", err=True)
+            typer.echo(f"{'':<12} {message}", err=True)
         failures += not ok
     if failures:
         typer.echo(f"{failures} schema(s) incompatible with the registry", err=True)
         raise typer.Exit(1)
+
+
+def _compare(
+    client: RegistryClient, subject: str, schema: dict[str, Any]
+) -> tuple[str, bool, list[str]]:
+    """(status, ok, messages): `registered` as is, `new` subject, else `compatible` or
+    `INCOMPATIBLE` with the latest version(s) under the subject's level."""
+    try:
+        schema_id = client.lookup(subject, schema)
+        return f"registered:{schema_id}", True, []
+    except RegistryError as exc:
+        if exc.error_code == 40401:
+            return "new", True, []
+        if exc.error_code != 40403:
+            raise
+    ok, messages = client.check_compatibility(subject, schema)
+    return ("compatible" if ok else "INCOMPATIBLE"), ok, messages
 
 
 @schemas_app.command("register")

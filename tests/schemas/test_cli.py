@@ -35,18 +35,29 @@ def copy_catalog(tmp_path: Path, topic: str) -> Path:
 def test_register_list_and_check(schema_registry: str, tmp_path: Path) -> None:
     topic = f"cli-{os.urandom(4).hex()}"
     catalog = copy_catalog(tmp_path, topic)
+    before = keel("schemas", "check", "--catalog", str(catalog))
+    assert before.returncode == 0, before.stderr
+    assert "new          order.placed" in before.stdout
     registered = keel("schemas", "register", "--catalog", str(catalog))
     assert registered.returncode == 0, registered.stderr
     assert f"{topic}-keel.events.OrderPlaced" in registered.stdout
-    assert keel("schemas", "check", "--catalog", str(catalog)).returncode == 0
+    same = keel("schemas", "check", "--catalog", str(catalog))
+    assert same.returncode == 0 and "registered:" in same.stdout and "new " not in same.stdout
     listed = keel("schemas", "list", "--registry", "--json")
     assert f"{topic}-keel.events.OrderPlaced" in {
         row["subject"] for row in json.loads(listed.stdout)
     }
 
-    # A change that breaks BACKWARD compatibility fails the gate, naming the field.
+    # A compatible change (an optional field) passes the gate.
     path = catalog / "events" / "order.placed.avsc"
     schema = json.loads(path.read_text())
+    schema["fields"].append({"name": "coupon", "type": ["null", "string"], "default": None})
+    path.write_text(json.dumps(schema))
+    compatible = keel("schemas", "check", "--catalog", str(catalog))
+    assert compatible.returncode == 0, compatible.stderr
+    assert "compatible   order.placed" in compatible.stdout
+
+    # A change that breaks BACKWARD compatibility fails the gate, naming the field.
     for field in schema["fields"]:
         if field["name"] == "order_id":
             field["type"] = "long"
