@@ -133,35 +133,7 @@ class StreamsApp:
             / f"{host}-{port}"
         )
         self.app = faust.App(
-            settings.streams_app_id,
-            broker=";".join(f"kafka://{h.strip()}" for h in settings.bootstrap_servers.split(",")),
-            broker_credentials=_credentials(settings),
-            store="rocksdb://",
-            datadir=str(self.datadir),
-            topic_partitions=partitions,
-            topic_replication_factor=settings.streams_replication_factor,
-            table_standby_replicas=settings.streams_standby_replicas,
-            consumer_auto_offset_reset="earliest",
-            processing_guarantee="at_least_once",
-            producer_acks=-1,
-            broker_session_timeout=settings.streams_session_timeout_s,
-            broker_heartbeat_interval=min(3.0, settings.streams_session_timeout_s / 5),
-            broker_commit_interval=1.0,
-            broker_commit_every=max(10_000, self.batch_size * 4),
-            stream_buffer_maxsize=max(8192, self.batch_size * 4),
-            stream_recovery_delay=0.2,
-            web_enabled=True,
-            web_host=host,
-            web_bind="0.0.0.0" if host not in ("127.0.0.1", "localhost") else host,
-            web_port=port,
-            canonical_url=f"http://{host}:{port}",
-            web_in_thread=False,
-            autodiscover=False,
-            # Faust's own pages (graph, stats, tables) are off: Keel's are below.
-            web_stats_enabled=False,
-            web_graph_enabled=False,
-            web_tables_enabled=False,
-            web_router_enabled=True,
+            settings.streams_app_id, **faust_settings(settings, partitions, self.datadir)
         )
         # Table writes queue their changelog records in Faust's producer buffer; at its default
         # of 100 the consumer stalls after every batch ("producer buffer full"), profiled as
@@ -546,6 +518,43 @@ class StreamsApp:
 
 def _unavailable(web_view: View, why: str) -> Response:
     return web_view.json({"error": why}, status=503, headers={"Retry-After": "1"})
+
+
+def faust_settings(settings: KeelSettings, partitions: int, datadir: Path) -> dict[str, Any]:
+    """The Faust configuration of a Keel worker (also used by the benchmark's Faust floor, so
+    both run with the same settings)."""
+    host, port = settings.streams_web_host, settings.streams_web_port
+    batch = settings.streams_batch_size
+    return {
+        "broker": ";".join(f"kafka://{h.strip()}" for h in settings.bootstrap_servers.split(",")),
+        "broker_credentials": _credentials(settings),
+        "store": "rocksdb://",
+        "datadir": str(datadir),
+        "topic_partitions": partitions,
+        "topic_replication_factor": settings.streams_replication_factor,
+        "table_standby_replicas": settings.streams_standby_replicas,
+        "consumer_auto_offset_reset": "earliest",
+        "processing_guarantee": "at_least_once",
+        "producer_acks": -1,
+        "broker_session_timeout": settings.streams_session_timeout_s,
+        "broker_heartbeat_interval": min(3.0, settings.streams_session_timeout_s / 5),
+        "broker_commit_interval": 1.0,
+        "broker_commit_every": max(10_000, batch * 4),
+        "stream_buffer_maxsize": max(8192, batch * 4),
+        "stream_recovery_delay": 0.2,
+        "web_enabled": True,
+        "web_host": host,
+        "web_bind": "0.0.0.0" if host not in ("127.0.0.1", "localhost") else host,
+        "web_port": port,
+        "canonical_url": f"http://{host}:{port}",
+        "web_in_thread": False,
+        "autodiscover": False,
+        # Faust's own pages (graph, stats, tables) are off: Keel's are served instead.
+        "web_stats_enabled": False,
+        "web_graph_enabled": False,
+        "web_tables_enabled": False,
+        "web_router_enabled": True,
+    }
 
 
 def encode_key(key: str) -> bytes:

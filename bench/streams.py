@@ -1,0 +1,449 @@
+"""Stream processing benchmark, all on one pre-filled topic in one invocation:
+
+1. `user_activity`-style count per key (events/s), each run with a fresh consumer group:
+   - keel: a real `keel streams worker` running only the `user_activity` processor (Avro
+     decoding through the registry, dedup by event_id, RocksDB tables, changelogs);
+   - faust_floor: a Faust agent with the same settings that only counts messages, in
+     batches (bench/streams_floor.py): the floor Faust itself sets;
+   - quix: the same aggregation (count per user and event type, in its RocksDB state,
+     Avro through the same registry) in Quix Streams, run from its own venv
+     bench/.venv-quix (created here: its pins conflict with Keel's);
+   - plain: a confluent-kafka consume loop that decodes with Keel's serde into a dict.
+2. one Keel worker vs two (same topic, fresh groups).
+3. end-to-end latency: HTTP 202 from `keel ingest` to the value visible in the query API,
+   at a fixed moderate rate.
+
+    .venv/bin/python -m bench.streams [--quick] [--runs 3] [--events 200000]
+
+Figures go to stderr as they come; the last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench.common import drop_topics, emit, fresh_topic, machine, summary
+from keel.kafka import make_admin, make_consumer, make_producer
+from keel.settings import get_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+QUIX_VENV = ROOT / "bench" / ".venv-quix"
+QUIX_VERSION = "3.28.1"
+KEEL = str(Path(sys.executable).parent / "keel")
+TYPES = ["page.viewed", "product.viewed", "cart.item_added", "page.viewed"]
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(200 <= response.status < 300)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_until(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+# -- the registry and the topic ---------------------------------------------------------
+def ensure_registry(tmp: Path) -> tuple[str, subprocess.Popen[bytes] | None]:
+    url = get_settings().schema_registry_url
+    if http_ok(f"{url}/subjects"):
+        return url, None
+    port = free_port()
+    env = {
+        **os.environ,
+        "KEEL_REGISTRY_PORT": str(port),
+        "KEEL_REGISTRY_TOPIC": f"_schemas-bench-{uuid.uuid4().hex[:6]}",
+    }
+    with (tmp / "registry.log").open("wb") as out:
+        process = subprocess.Popen([KEEL, "registry"], env=env, stdout=out, stderr=out)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http_ok(f"{url}/subjects"), 60, "the registry")
+    return url, process
+
+
+def event(i: int, users: int) -> dict[str, Any]:
+    kind = TYPES[i % len(TYPES)]
+    base = {
+        "event_id": str(uuid.uuid4()),
+        "type": kind,
+        "user_id": f"user-{i % users}",
+        "occurred_at": "2026-11-28T08:00:00Z",
+    }
+    if kind == "page.viewed":
+        return {**base, "url": "https://shop.example/p", "path": "/p", "title": None,
+                "referrer": None}  # fmt: skip
+    if kind == "product.viewed":
+        return {**base, "product_id": f"sku-{i % 50}", "currency": "EUR"}
+    return {**base, "product_id": f"sku-{i % 50}", "quantity": 1, "unit_price": "2.50",
+            "currency": "EUR"}  # fmt: skip
+
+
+def fill(topic: str, count: int, users: int, registry: str) -> None:
+    """Encode a small set of distinct events once, then produce `count` copies with fresh
+    event_ids patched in (Avro strings: the uuid is a fixed 36 bytes after its length)."""
+    from schemas.envelope import validate_event
+    from schemas.registry.client import RegistryClient
+    from schemas.serde import AvroSerde
+
+    serde = AvroSerde(RegistryClient(registry))
+    producer = make_producer(**{"linger.ms": 50, "batch.size": 1_000_000})
+    started = time.perf_counter()
+    for i in range(count):
+        event_type, record = validate_event(event(i, users), source="bench")
+        producer.produce(topic, key=str(record["user_id"]).encode(),
+                         value=serde.encode_with(event_type, record))  # fmt: skip
+        if i % 10_000 == 0:
+            producer.poll(0)
+    if producer.flush(120) != 0:
+        raise RuntimeError("could not fill the topic")
+    log(f"filled {topic} with {count} events in {time.perf_counter() - started:.1f}s")
+
+
+# -- measuring workers through their /metrics -------------------------------------------
+def processed(ports: list[int]) -> float:
+    total = 0.0
+    for port in ports:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except (urllib.error.URLError, OSError):
+            continue
+        for value in re.findall(r"^keel_streams_events_total\{[^}]*\} ([0-9.e+]+)$", text, re.M):
+            total += float(value)
+    return total
+
+
+def rate_of(ports: list[int], count: int, procs: list[subprocess.Popen[bytes]]) -> float:
+    """Events/s from the first processed event seen to the last (start-up excluded)."""
+    first: tuple[float, float] | None = None
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {proc.returncode}")
+        done = processed(ports)
+        now = time.monotonic()
+        if done > 0 and first is None:
+            first = (now, done)
+        if done >= count and first is not None:
+            if now - first[0] < 1e-3:
+                raise RuntimeError("processed before the first poll; use more events")
+            return (count - first[1]) / (now - first[0])
+        time.sleep(0.05)
+    raise RuntimeError("workers did not drain the topic in 600s")
+
+
+def worker_env(topic: str, registry: str, tmp: Path, app_id: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "KEEL_SCHEMA_REGISTRY_URL": registry,
+        "KEEL_STREAMS_APP_ID": app_id,
+        "KEEL_STREAMS_SOURCE_TOPIC": topic,
+        "KEEL_STREAMS_DATA_DIR": str(tmp / "data"),
+        "KEEL_STREAMS_DLQ_TOPIC": f"{app_id}-dlq",
+        "KEEL_STREAMS_JOBS_TOPIC_PREFIX": f"{app_id}-",
+        "KEEL_STREAMS_PROCESSORS": "user_activity",
+        "KEEL_STREAMS_CACHE_ENABLED": "false",
+        "KEEL_STREAMS_STANDBY_REPLICAS": "0",
+        "KEEL_LOG_LEVEL": "WARNING",
+    }
+
+
+def run_workers(
+    kind: str, topic: str, count: int, registry: str, tmp: Path, workers: int = 1
+) -> float:
+    app_id = f"bench-{kind}-{uuid.uuid4().hex[:8]}"
+    env = worker_env(topic, registry, tmp, app_id)
+    argv = (
+        [KEEL, "streams", "worker"]
+        if kind == "keel"
+        else [sys.executable, "-m", "bench.streams_floor"]
+    )
+    ports = [free_port() for _ in range(workers)]
+    procs = []
+    for port in ports:
+        out = (tmp / f"{app_id}-{port}.log").open("wb")
+        procs.append(subprocess.Popen(argv, env={**env, "KEEL_STREAMS_WEB_PORT": str(port)},
+                                      stdout=out, stderr=out, cwd=ROOT))  # fmt: skip
+    try:
+        return rate_of(ports, count, procs)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        admin = make_admin()
+        drop_topics(*[t for t in admin.list_topics(timeout=10).topics if t.startswith(app_id)])
+
+
+# -- Quix Streams, in its own venv --------------------------------------------------------
+QUIX_SCRIPT = r"""
+import json, sys, time
+from quixstreams import Application
+from quixstreams.models.serializers.avro import AvroDeserializer
+from quixstreams.models.serializers.schema_registry import SchemaRegistryClientConfig
+
+broker, topic, group, registry, count, state_dir = sys.argv[1:7]
+count = int(count)
+app = Application(broker_address=broker, consumer_group=group, auto_offset_reset="earliest",
+                  state_dir=state_dir, loglevel="WARNING")
+source = app.topic(topic, key_deserializer="str", value_deserializer=AvroDeserializer(
+    schema_registry_client_config=SchemaRegistryClientConfig(url=registry)))
+marks = {"n": 0, "first": None, "last": None}
+
+def count_per_key(value, state):
+    kind = value["type"]
+    state.set(kind, state.get(kind, 0) + 1)
+    marks["n"] += 1
+    now = time.monotonic()
+    if marks["first"] is None:
+        marks["first"] = now
+    marks["last"] = now
+    return value
+
+app.dataframe(source).apply(count_per_key, stateful=True)
+app.run(count=count, timeout=120)
+print(json.dumps({"n": marks["n"], "rate": (marks["n"] - 1) / (marks["last"] - marks["first"])}))
+"""
+
+
+def quix_python() -> Path:
+    python = QUIX_VENV / "bin" / "python"
+    if not python.exists():
+        log(f"creating {QUIX_VENV} with quixstreams=={QUIX_VERSION} (once)")
+        subprocess.run([sys._base_executable, "-m", "venv", str(QUIX_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"quixstreams=={QUIX_VERSION}"],
+                       check=True)  # fmt: skip
+    return python
+
+
+def run_quix(topic: str, count: int, registry: str, tmp: Path) -> float:
+    group = f"bench-quix-{uuid.uuid4().hex[:8]}"
+    script = tmp / "quix_count.py"
+    script.write_text(QUIX_SCRIPT)
+    out = subprocess.run(
+        [str(quix_python()), str(script), get_settings().bootstrap_servers, topic, group,
+         registry, str(count), str(tmp / f"quix-{group}")],
+        capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"quix run failed: {out.stderr[-2000:]}")
+    result = json.loads(lines[-1])
+    if result["n"] < count:
+        raise RuntimeError(f"quix counted {result['n']} of {count}")
+    admin = make_admin()
+    drop_topics(*[t for t in admin.list_topics(timeout=10).topics if group in t])
+    return float(result["rate"])
+
+
+# -- plain confluent-kafka ---------------------------------------------------------------
+def run_plain(topic: str, count: int, registry: str) -> float:
+    from schemas.registry.client import RegistryClient
+    from schemas.serde import AvroSerde
+
+    serde = AvroSerde(RegistryClient(registry))
+    consumer = make_consumer(f"bench-plain-{uuid.uuid4().hex[:8]}")
+    consumer.subscribe([topic])
+    counts: dict[tuple[bytes, str], int] = {}
+    seen = 0
+    first = 0.0
+    try:
+        while seen < count:
+            for msg in consumer.consume(1000, 1.0):
+                if msg.error():
+                    continue
+                if seen == 0:
+                    first = time.monotonic()
+                record = serde.decode(msg.value())
+                key = (msg.key(), record["type"])
+                counts[key] = counts.get(key, 0) + 1
+                seen += 1
+        return (seen - 1) / (time.monotonic() - first)
+    finally:
+        consumer.close()
+
+
+# -- end-to-end latency -----------------------------------------------------------------
+def e2e_latency(registry: str, tmp: Path, seconds: float, rate: float) -> dict[str, float]:
+    """POST one event to `keel ingest`, then poll the query API until the user's view
+    shows it; a background sender keeps `rate` events/s flowing meanwhile."""
+    prefix = f"bench-e2e-{uuid.uuid4().hex[:6]}-"
+    source = f"{prefix}events"
+    from keel.kafka import TopicSpec, ensure_topics, wait_for_topics
+
+    admin = make_admin()
+    ensure_topics(admin, [TopicSpec(source, 4)])
+    wait_for_topics(admin, [source])
+    keys = tmp / "api-keys.json"
+    ingest_port, worker_port = free_port(), free_port()
+    env = {**os.environ, "KEEL_SCHEMA_REGISTRY_URL": registry, "KEEL_INGEST_KEYS_FILE": str(keys),
+           "KEEL_INGEST_TOPIC_PREFIX": prefix, "KEEL_LOG_LEVEL": "WARNING"}  # fmt: skip
+    api_key = subprocess.run([KEEL, "keys", "create", "bench"], env=env, capture_output=True,
+                             text=True, check=True).stdout.strip().splitlines()[-1]  # fmt: skip
+    app_id = f"bench-e2e-{uuid.uuid4().hex[:8]}"
+    wenv = {**worker_env(source, registry, tmp, app_id), "KEEL_STREAMS_WEB_PORT": str(worker_port)}
+    procs = [
+        subprocess.Popen([KEEL, "ingest", "--port", str(ingest_port), "--workers", "1"], env=env,
+                         stdout=(tmp / "ingest.log").open("wb"), stderr=subprocess.STDOUT),
+        subprocess.Popen([KEEL, "streams", "worker"], env=wenv,
+                         stdout=(tmp / "e2e-worker.log").open("wb"), stderr=subprocess.STDOUT),
+    ]  # fmt: skip
+    ingest = f"http://127.0.0.1:{ingest_port}"
+    views = f"http://127.0.0.1:{worker_port}/v1/views/user_activity/"
+    try:
+        wait_until(lambda: http_ok(f"{ingest}/readyz"), 60, "keel ingest")
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{worker_port}/readyz"), 90, "the worker")
+
+        def post(body: dict[str, Any]) -> None:
+            request = urllib.request.Request(
+                f"{ingest}/v1/events", data=json.dumps(body).encode(), method="POST",
+                headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"},
+            )  # fmt: skip
+            with urllib.request.urlopen(request, timeout=10) as response:
+                if response.status != 202:
+                    raise RuntimeError(f"ingest answered {response.status}")
+
+        stop = threading.Event()
+
+        def background() -> None:
+            i = 0
+            while not stop.is_set():
+                post(event(i, 500))
+                i += 1
+                stop.wait(1.0 / rate)
+
+        sender = threading.Thread(target=background, daemon=True)
+        sender.start()
+        latencies: list[float] = []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            user = f"probe-{uuid.uuid4().hex[:10]}"
+            post({**event(0, 1), "user_id": user})
+            accepted = time.monotonic()
+            while not http_ok(views + user):
+                if time.monotonic() - accepted > 30:
+                    raise RuntimeError("an event did not show in the view within 30 s")
+                time.sleep(0.002)
+            latencies.append((time.monotonic() - accepted) * 1000)
+            time.sleep(0.2)
+        stop.set()
+        sender.join(10)
+        latencies.sort()
+        return {
+            "p50_ms": round(statistics.median(latencies), 1),
+            "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1),
+            "samples": len(latencies),
+            "background_rate": rate,
+        }
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        drop_topics(
+            source, *[t for t in admin.list_topics(timeout=10).topics if t.startswith(app_id)]
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="under a minute: fewer events, 1 run")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--partitions", type=int, default=4)
+    args = parser.parse_args()
+    if args.quick:
+        args.runs, args.events = 1, 20_000
+    tmp = Path(tempfile.mkdtemp(prefix="bench-streams-"))
+    registry, registry_proc = ensure_registry(tmp)
+    topic = fresh_topic("streams", args.partitions)
+    results: dict[str, list[float]] = {k: [] for k in ("keel", "faust_floor", "quix", "plain")}
+    scale: dict[str, list[float]] = {"one_worker": [], "two_workers": []}
+    try:
+        fill(topic, args.events, args.users, registry)
+        quix_python()
+        runners = {
+            "keel": lambda: run_workers("keel", topic, args.events, registry, tmp),
+            "faust_floor": lambda: run_workers("floor", topic, args.events, registry, tmp),
+            "quix": lambda: run_quix(topic, args.events, registry, tmp),
+            "plain": lambda: run_plain(topic, args.events, registry),
+        }
+        names = list(runners)
+        for run in range(args.runs):
+            for name in names[run % len(names) :] + names[: run % len(names)]:
+                value = runners[name]()
+                results[name].append(value)
+                log(f"run {run + 1}: {name} {value:,.0f} events/s")
+            for workers, label in ((1, "one_worker"), (2, "two_workers")):
+                value = run_workers("keel", topic, args.events, registry, tmp, workers=workers)
+                scale[label].append(value)
+                log(f"run {run + 1}: keel with {workers} worker(s) {value:,.0f} events/s")
+        latency = e2e_latency(registry, tmp, 8 if args.quick else 30, rate=20)
+        log(f"end-to-end latency {latency}")
+    finally:
+        drop_topics(topic)
+        if registry_proc is not None:
+            registry_proc.terminate()
+        shutil.rmtree(tmp, ignore_errors=True)
+    ratio = lambda a, b: [x / y for x, y in zip(results[a], results[b], strict=True)]  # noqa: E731
+    emit({
+        "machine": machine(),
+        "events": args.events,
+        "users": args.users,
+        "partitions": args.partitions,
+        "events_per_s": {k: summary(v) for k, v in results.items()},
+        "vs_faust_floor": round(statistics.median(ratio("keel", "faust_floor")), 2),
+        "vs_faust_floor_runs": [round(x, 2) for x in ratio("keel", "faust_floor")],
+        "vs_quix": round(statistics.median(ratio("keel", "quix")), 2),
+        "vs_plain": round(statistics.median(ratio("keel", "plain")), 2),
+        "scale_runs": {k: summary(v) for k, v in scale.items()},
+        "scale_2_workers": round(statistics.median(
+            [b / a for a, b in zip(scale["one_worker"], scale["two_workers"], strict=True)]), 2),
+        "e2e_p50_ms": latency["p50_ms"],
+        "e2e_p99_ms": latency["p99_ms"],
+        "e2e": latency,
+    })  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
