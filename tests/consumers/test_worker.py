@@ -292,7 +292,7 @@ def test_a_second_worker_joining_takes_partitions_without_losing_or_repeating(
 ) -> None:
     store = RedisDoneStore(redis_url, ttl_seconds=300)
     first, second = Recorder(job_topics, work_s=0.01), Recorder(job_topics, work_s=0.01)
-    jobs = jobs_for(users=60, per_user=40)  # 2400 jobs of 10 ms: seconds of work for one
+    jobs = jobs_for(users=60, per_user=60)  # 3600 jobs of 10 ms: ~9 s of work for one
     produce_json(producer, job_topics.source, jobs)
     with RunningWorker(make_worker(kafka_bootstrap, first, group_id, store, max_in_flight=40)):
         wait_for(lambda: first.done, what="the first worker to finish jobs")
