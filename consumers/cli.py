@@ -77,6 +77,53 @@ def topics(
         typer.echo(f"{handler.name}: {t.source} (retry {t.retry}, dead letters {t.dlq})")
 
 
+@jobs_app.command("dlq")
+def dlq(
+    job_type: Annotated[str, typer.Argument(help="Job type: email, report or report_ready.")],
+    replay: Annotated[
+        bool, typer.Option(help="Send the dead letters not replayed yet back as fresh jobs.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per letter.")] = False,
+) -> None:
+    """List a job type's dead letters (reason, attempts, error, where the job came from), or
+    replay them once the cause is fixed."""
+    from consumers.deadletters import read
+    from consumers.deadletters import replay as replay_letters
+    from consumers.handlers import build_handlers
+
+    settings = get_settings()
+    [handler] = build_handlers([job_type], settings)
+    topics = handler.topics
+    if replay:
+        group = f"{settings.jobs_topic_prefix}keel.jobs.{handler.name}.replay"
+        letters = replay_letters(settings, topics, group)
+        typer.echo(f"replayed {len(letters)} dead letter(s) from {topics.dlq} to {topics.source}")
+        return
+    letters = read(settings, topics)
+    if not letters and not as_json:
+        typer.echo(f"no dead letters in {topics.dlq}", err=True)
+    for letter in letters:
+        if as_json:
+            typer.echo(
+                json.dumps(
+                    {
+                        "partition": letter.partition,
+                        "offset": letter.offset,
+                        "key": (letter.key or b"").decode("utf-8", "replace"),
+                        "reason": letter.reason,
+                        "attempts": letter.attempts,
+                        "error": letter.error,
+                        "origin": letter.origin,
+                    }
+                )
+            )
+        else:
+            typer.echo(
+                f"{letter.partition}@{letter.offset}  {letter.reason:<17} attempts {letter.attempts}"
+                f"  from {letter.origin}  {letter.error}"
+            )
+
+
 @jobs_app.command("smtp")
 def smtp(
     port: Annotated[int | None, typer.Option(help="Port (KEEL_SMTP_PORT).")] = None,

@@ -39,5 +39,5 @@ def test_bad_retry_ladder_is_named() -> None:
 def test_help_lists_the_commands() -> None:
     result = run("--help")
     assert result.returncode == 0
-    for command in ("worker", "topics", "smtp", "outbox"):
+    for command in ("worker", "topics", "smtp", "outbox", "dlq"):
         assert command in result.stdout

@@ -406,3 +406,58 @@ def test_worker_killed_between_sending_and_committing_sends_no_second_email(
         if first.poll() is None:
             first.kill()
         delete_topics(admin, [topics.source, topics.retry, topics.dlq])
+
+
+def test_dead_letters_are_listed_and_replayed_once_through_the_cli(
+    settings: KeelSettings,
+    serde: Any,
+    store: RedisDoneStore,
+    admin: Any,
+    producer: Producer,
+    smtp_server: OutboxServer,
+) -> None:
+    from keel.kafka import delete_topics
+
+    prefix = f"test-{uuid.uuid4().hex[:8]}."
+    topics = JobTopics.for_job("email", prefix=prefix)
+    handler = EmailJob(Mailer("127.0.0.1", smtp_server.port), sender=SENDER, topics=topics)
+    env = {
+        **os.environ,
+        "KEEL_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "KEEL_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+        "KEEL_JOBS_TOPIC_PREFIX": prefix,
+    }
+    keel = str(Path(sys.executable).parent / "keel")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [keel, "jobs", "dlq", "email", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    try:
+        job = email_job("welcome", None, {"user_id": "u-1"})  # no address: permanent
+        with RunningWorker(worker_for(settings, [handler], store, prefix)):
+            produce(producer, serde, topics.source, "job.email", [job])
+            read_all(settings.bootstrap_servers, topics.dlq, 1)
+        listed = cli("--json")
+        assert listed.returncode == 0, listed.stderr
+        [row] = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert row["reason"] == "permanent" and "'to' is null" in row["error"]
+        assert row["origin"].startswith(f"{topics.source}/")
+        first = cli("--replay")
+        assert first.returncode == 0, first.stderr
+        assert "replayed 1 dead letter(s)" in first.stdout
+        again = cli("--replay")
+        assert "replayed 0 dead letter(s)" in again.stdout  # each dead letter once
+        back = read_all(settings.bootstrap_servers, topics.source, 2)
+        [replayed] = [m for m in back if "keel.replayed_from" in header_map(m.headers())]
+        source = header_map(replayed.headers())["keel.replayed_from"]
+        assert source.startswith(f"{topics.dlq}/") and source.endswith("@0")
+        assert {m.value() for m in back} == {replayed.value()}  # the original bytes
+    finally:
+        delete_topics(admin, [topics.source, topics.retry, topics.dlq])
