@@ -26,7 +26,7 @@ from confluent_kafka.admin import AdminClient
 from keel.errors import KafkaEdgeError, LocalStackError
 from keel.kafka import TopicSpec, ensure_topics, wait_for_topics
 from keel.local import kafka_dist
-from keel.local.process import ManagedProcess
+from keel.local.process import ManagedProcess, stop_together
 
 Progress = Callable[[str], None]
 READY_TOPIC = "__keel_ready"
@@ -159,12 +159,11 @@ class LocalKafka:
         return self.bootstrap()
 
     def down(self, progress: Progress = print) -> int:
-        stopped = 0
-        for node in reversed(self.nodes(3)):
-            if node.process.stop():
-                progress(f"stopped Kafka broker {node.node_id}")
-                stopped += 1
-        return stopped
+        nodes = {node.process.name: node for node in self.nodes(3)}
+        stopped = stop_together([node.process for node in nodes.values()])
+        for process in stopped:
+            progress(f"stopped Kafka broker {nodes[process.name].node_id}")
+        return len(stopped)
 
     def status(self) -> list[NodeStatus]:
         layout = self.recorded_layout()

@@ -12,6 +12,7 @@ import pytest
 
 from keel.errors import LocalStackError
 from keel.local import kafka_dist
+from keel.local.broker import free_base_port
 
 KEEL = str(Path(sys.executable).parent / "keel")
 
@@ -61,7 +62,7 @@ def test_unreachable_maven_central_is_named(tmp_path: Path) -> None:
         </mirror></mirrors></settings>"""
     )
     env = {**os.environ, "KEEL_HOME": str(tmp_path / "home"), "KEEL_MAVEN_SETTINGS": str(settings)}
-    result = _keel("broker", "up", "--port", "39392", env=env)
+    result = _keel("broker", "up", "--port", str(free_base_port()), env=env)
     assert result.returncode == 1
     lines = [ln for ln in result.stderr.splitlines() if ln.startswith("keel: error:")]
     assert len(lines) == 1

@@ -18,14 +18,27 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def test_up_status_down(tmp_path: Path) -> None:
-    base = free_base_port(3)  # three port pairs free: broker, Redis, PostgreSQL
+    base = free_base_port(10)  # ten free port pairs, 100 apart: one per listening service
+    port = {name: base + 100 * i for i, name in enumerate(
+        ["broker", "redis", "postgres", "registry", "streams", "jobs", "smtp", "ingest_lb", "ingest_a", "ingest_b"]
+    )}  # fmt: skip
     env = {
         **os.environ,
         "KEEL_HOME": str(tmp_path / "home"),
-        "KEEL_BROKER_PORT": str(base),
-        "KEEL_BOOTSTRAP_SERVERS": f"127.0.0.1:{base}",
-        "KEEL_REDIS_URL": f"redis://127.0.0.1:{base + 100}/0",
-        "KEEL_POSTGRES_DSN": f"postgresql://keel:keel@127.0.0.1:{base + 200}/keel",
+        "KEEL_BROKER_PORT": str(port["broker"]),
+        "KEEL_BOOTSTRAP_SERVERS": f"127.0.0.1:{port['broker']}",
+        "KEEL_REDIS_URL": f"redis://127.0.0.1:{port['redis']}/0",
+        "KEEL_POSTGRES_DSN": f"postgresql://keel:keel@127.0.0.1:{port['postgres']}/keel",
+        "KEEL_REGISTRY_PORT": str(port["registry"]),
+        "KEEL_SCHEMA_REGISTRY_URL": f"http://127.0.0.1:{port['registry']}",
+        "KEEL_STREAMS_WEB_PORT": str(port["streams"]),
+        "KEEL_JOBS_VIEWS_URL": f"http://127.0.0.1:{port['streams']}",
+        "KEEL_JOBS_HTTP_PORT": str(port["jobs"]),
+        "KEEL_SMTP_PORT": str(port["smtp"]),
+        "KEEL_INGEST_LB_PORT": str(port["ingest_lb"]),
+        "KEEL_INGEST_URL": f"http://127.0.0.1:{port['ingest_lb']}",
+        "KEEL_INGEST_PORT": str(port["ingest_a"]),
+        "KEEL_INGEST_REPLICA_PORTS": f"{port['ingest_a']},{port['ingest_b']}",
     }
 
     def keel(*args: str) -> subprocess.CompletedProcess[str]:
@@ -39,7 +52,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         status = keel("status")
         assert status.returncode == 0, status.stdout + status.stderr
         lines = status.stdout.splitlines()
-        assert {ln.split()[0] for ln in lines} >= {"kafka", "redis", "postgres"}
+        assert {ln.split()[0] for ln in lines} >= {"kafka", "redis", "postgres", "registry"}
         assert all(" healthy " in ln for ln in lines), status.stdout
         # A second `up` reuses what runs.
         again = keel("up", "--detach")
@@ -47,7 +60,7 @@ def test_up_status_down(tmp_path: Path) -> None:
     finally:
         down = keel("down")
         # As root, PostgreSQL keeps its data where the postgres user can reach it.
-        shutil.rmtree(f"/var/lib/postgresql/keel-{base + 200}", ignore_errors=True)
+        shutil.rmtree(f"/var/lib/postgresql/keel-{port['postgres']}", ignore_errors=True)
     assert down.returncode == 0, down.stderr
     after = keel("status")
     assert after.returncode == 1
