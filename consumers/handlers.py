@@ -225,8 +225,8 @@ class ReportJob(JobHandler):
             "formats": list(FORMATS),
             "to": record.get("to"),
         }
-        assert self.events_topic is not None
-        self.emitter.emit(self.events_topic, "report.ready", user_id, ready)
+        topic = self.events_topic or _topic_of("report.ready")
+        self.emitter.emit(topic, "report.ready", user_id, ready)
         log.info(
             "report %s stored at %s", report_id, location, extra={"event_id": job.idempotency_key}
         )
@@ -294,8 +294,8 @@ class ReportReadyTrigger(JobHandler):
             "to": event.get("to"),
             "data_json": json.dumps(data),
         }
-        assert self.email_topic is not None
-        self.emitter.emit(self.email_topic, "job.email", str(event["user_id"]), email_job)
+        topic = self.email_topic or _topic_of("job.email")
+        self.emitter.emit(topic, "job.email", str(event["user_id"]), email_job)
         return {"email_job_id": email_job["job_id"]}
 
 

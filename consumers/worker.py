@@ -468,7 +468,7 @@ class JobRunner:
                 self._fail(msg, entry, job, exc)
                 continue
             if store is not None:
-                self._record_done(key, outcome)
+                self._record_done(store, key, outcome)
                 done.add(key)
             entry.done = True
             finished += 1
@@ -479,14 +479,13 @@ class JobRunner:
             self._m_done.inc(finished)
             self._metrics.latency.observe_many(name, latencies)
 
-    def _record_done(self, key: str, outcome: Any) -> None:
+    def _record_done(self, store: DoneStore, key: str, outcome: Any) -> None:
         """The side effect is done: write its key. A store that fails here is retried briefly;
         if it stays down the job still counts as done (it is committed, so it is not read
         again), and only a crash before the commit could repeat it."""
         for attempt in range(_MARK_DONE_TRIES):
             try:
-                assert self.store is not None
-                self.store.mark_done(self.name, key, outcome)
+                store.mark_done(self.name, key, outcome)
                 return
             except StoreError as exc:
                 log.warning("job %s %s: recording done failed (%s)", self.name, key, exc)
