@@ -7,6 +7,7 @@ import sys
 from importlib.metadata import entry_points
 
 import typer
+from pydantic import ValidationError
 
 from keel.cli.broker import broker_app
 from keel.cli.stack import register_stack_commands
@@ -42,3 +43,9 @@ def main() -> None:
     except KeelError as exc:
         sys.stderr.write(f"keel: error: {exc}\n")
         sys.exit(1)
+    except ValidationError as exc:  # a KEEL_* setting with a wrong value
+        problems = "; ".join(
+            f"KEEL_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        sys.stderr.write(f"keel: error: invalid setting: {problems}\n")
+        sys.exit(2)

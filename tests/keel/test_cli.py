@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,13 @@ def test_bad_arguments_exit_non_zero_with_a_message(args: tuple[str, ...]) -> No
     result = subprocess.run([KEEL, *args], capture_output=True, text=True, check=False)
     assert result.returncode != 0
     assert result.stderr.strip()
+
+
+def test_an_invalid_setting_is_one_line_naming_it() -> None:
+    env = {**os.environ, "KEEL_BROKER_PORT": "not-a-port"}
+    result = subprocess.run(
+        [KEEL, "broker", "status"], capture_output=True, text=True, env=env, check=False
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("keel: error: invalid setting: KEEL_BROKER_PORT:")
+    assert "Traceback" not in result.stderr
