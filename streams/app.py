@@ -92,9 +92,9 @@ class TableReader:
     def get(self, table: str, key: str) -> Any:
         if table == DEDUP_TABLE:
             return self.index.get(self.partition, key)
-        # Straight to the RocksDB store of the current partition: Table.get costs a
+        # Straight to the RocksDB of this partition in Faust's store: Table.get costs a
         # __contains__ plus a __getitem__ (two lookups, two decodes) per key.
-        raw = self.tables[table].data._get(encode_key(key))
+        raw = self.tables[table].data._db_for_partition(self.partition).get(encode_key(key))
         return None if raw is None else json.loads(raw)
 
 
@@ -117,10 +117,15 @@ class StreamsApp:
         for proc in self.processors:
             if isinstance(proc, ProductStats):
                 proc.retention = settings.streams_window_retention_h
-        self.engine = Engine(self.processors, codec.decode, settings.streams_dedup_window_s * 1000)
         self.sinks = [p for p in self.processors if isinstance(p, Sink)]
         if not settings.streams_cache_enabled:
             self.sinks = [s for s in self.sinks if s.name != "cache_fill"]
+        self.engine = Engine(
+            self.processors,
+            codec.decode,
+            settings.streams_dedup_window_s * 1000,
+            render_views={v for sink in self.sinks for v in sink.views},
+        )
         self.views: dict[str, Processor] = {p.name: p for p in self.processors if p.queryable}
         self.metrics = StreamMetrics()
         self.batch_size = settings.streams_batch_size
@@ -181,7 +186,23 @@ class StreamsApp:
         self.tables[DEDUP_TABLE].on_recover(self._index_dedup_batches)
         self.reader = TableReader(self.tables, self.index)
         self.kafka = BatchProducer(settings)
+        self._chain_flush()
         self._wire()
+
+    def _chain_flush(self) -> None:
+        """Faust flushes its producer before it commits offsets (and before it gives up
+        partitions in a rebalance); make that flush wait for this worker's changelog
+        records too. State writes then cost no round trip per batch, and offsets still
+        never pass state that is not on the broker."""
+        producer = self.app.producer
+        faust_flush = producer.flush
+
+        async def flush_both() -> None:
+            await faust_flush()
+            await self.kafka.flush()
+            self._persist_changelog_offsets()
+
+        producer.flush = flush_both  # type: ignore[method-assign]
 
     # -- topics ----------------------------------------------------------------------
     def rekey_topic_name(self, view: str) -> str:
@@ -262,6 +283,7 @@ class StreamsApp:
             with partition_context(last):
                 done.append((last, self.engine.process(raws, self.reader)))
             self.metrics.events.labels(last.message.topic).inc(len(raws))
+        self.metrics.stage_seconds.labels("engine").inc(time.perf_counter() - started)
         await self._commit(done)
         self.metrics.batch_seconds.labels("source").observe(time.perf_counter() - started)
 
@@ -273,6 +295,7 @@ class StreamsApp:
             messages = [
                 (_text(e.key), e.value) for e in partition_events if isinstance(e.value, Mapping)
             ]
+            self.reader.partition = last.message.partition
             with partition_context(last):
                 done.append((last, self.engine.fold(name, messages, self.reader)))
         await self._commit(done)
@@ -280,21 +303,25 @@ class StreamsApp:
 
     async def _commit(self, done: Sequence[tuple[EventT, BatchResult]]) -> None:
         # 1. outputs (dead letters, job events, re-keyed deltas), acknowledged by the broker
+        stage = self.metrics.stage_seconds
+        clock = time.perf_counter()
         outputs = 0
         for _last, result in done:
             outputs += self._produce_outputs(result)
         if outputs:
             await self.kafka.flush()
-        # 2. state: RocksDB and the changelog, acknowledged before Faust may commit offsets
+        clock = _tick(stage, "outputs", clock)  # includes waiting for the broker's acks
+        # 2. state: RocksDB and the changelog, acknowledged before Faust commits offsets
+        #    (see _chain_flush)
         for last, result in done:
             with partition_context(last):
                 self._write(result, last.message.partition)
-        await self.kafka.flush()
-        self._persist_changelog_offsets()
+        clock = _tick(stage, "state", clock)
         # 3. side effects that are idempotent (cache)
         for _last, result in done:
             self.metrics.duplicates.inc(result.duplicates)
             await self._run_sinks(result)
+        _tick(stage, "sinks", clock)
 
     def _produce_outputs(self, result: BatchResult) -> int:
         count = 0
@@ -368,9 +395,9 @@ class StreamsApp:
     def _put(self, table: str, key: str, value: Any, partition: int) -> None:
         raw_key = encode_key(key)
         raw_value = json.dumps(value, separators=(",", ":")).encode()
-        # The same bytes Faust's json codec would write, into the RocksDB of the current
-        # event's partition and to the same partition of the changelog.
-        self.tables[table].data._set(raw_key, raw_value)
+        # The same bytes Faust's json codec would write, into the RocksDB of this partition
+        # in Faust's store and to the same partition of the changelog.
+        self.tables[table].data._db_for_partition(partition).put(raw_key, raw_value)
         self.kafka.produce(
             self.changelog_topic_name(table), raw_value, key=raw_key, partition=partition
         )
@@ -555,6 +582,12 @@ def faust_settings(settings: KeelSettings, partitions: int, datadir: Path) -> di
         "web_tables_enabled": False,
         "web_router_enabled": True,
     }
+
+
+def _tick(counter: Any, stage: str, since: float) -> float:
+    now = time.perf_counter()
+    counter.labels(stage).inc(now - since)
+    return now
 
 
 def encode_key(key: str) -> bytes:

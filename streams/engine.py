@@ -14,7 +14,7 @@ read once and written once per batch however many of its events the batch holds.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -90,13 +90,19 @@ class Engine:
     """Runs the processors over batches. One instance per worker; holds no state itself."""
 
     def __init__(
-        self, processors: Sequence[Processor], decode: Decoder, dedup_window_ms: int
+        self,
+        processors: Sequence[Processor],
+        decode: Decoder,
+        dedup_window_ms: int,
+        render_views: Collection[str] | None = None,
     ) -> None:
         self.stateful = [p for p in processors if isinstance(p, Stateful)]
         self.keyed = {p.name: p for p in processors if isinstance(p, KeyedView)}
         self.views = {p.name: p for p in processors if isinstance(p, View)}
         self.decode = decode
         self.window_ms = dedup_window_ms
+        # Views whose changed values a sink wants (None: all); others are not rendered.
+        self.render_views = None if render_views is None else frozenset(render_views)
 
     # -- stage 1: the source topic, keyed by user ------------------------------------
     def decode_batch(self, raws: Sequence[Raw], result: BatchResult) -> list[Event]:
@@ -193,7 +199,7 @@ class Engine:
                     deltas.append((dkey, {"p": ev.partition, "o": [ev.offset, seq], "d": delta}))
         for key in dirty:
             result.writes[(table, key)] = cache[key]
-        if isinstance(proc, View) and dirty:
+        if isinstance(proc, View) and dirty and self._renders(proc.name):
             changes = result.changes.setdefault(proc.name, {})
             for key in dirty:
                 changes[key] = proc.render(cache[key][1], {})
@@ -242,10 +248,15 @@ class Engine:
             agg["o"][source] = list(msg["o"])
             dirty.add(key)
         changes = result.changes.setdefault(name, {})
+        render = self._renders(name)
         for key in dirty:
             result.writes[(name, key)] = cache[key]
-            changes[key] = proc.render(cache[key]["v"], {})
+            if render:
+                changes[key] = proc.render(cache[key]["v"], {})
         return result
+
+    def _renders(self, view: str) -> bool:
+        return self.render_views is None or view in self.render_views
 
 
 def unwrap_user_state(stored: Any) -> Any:

@@ -30,4 +30,10 @@ class StreamMetrics:
         self.batch_seconds = Histogram(
             "keel_streams_batch_seconds", "Time to process one batch", ["stage"], registry=r
         )
+        self.stage_seconds = Counter(
+            "keel_streams_stage_seconds",
+            "Time spent per stage of batch processing (where the time goes)",
+            ["stage"],
+            registry=r,
+        )
         self.ready = Gauge("keel_streams_ready", "1 when the worker serves queries", registry=r)

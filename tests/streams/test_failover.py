@@ -157,20 +157,25 @@ def test_kill_one_worker_add_another_views_stay_exact(streams_env: StreamsEnv) -
 
     wait_for(all_users_exact, 180, "every user_activity view exact", interval=1.0)
 
+    mismatches: list[Any] = []
+
     def products_exact() -> bool:
+        mismatches.clear()
         for pid, hours in products.items():
             for hour, counts in hours.items():
                 status, body = streams_env.view(
                     "product_stats", pid, worker=rng.choice(survivors), window=hour
                 )
-                if status != 200:
-                    return False
-                got = {k: body[k] for k in ("views", "cart_adds", "orders")}
-                if got != {k: counts.get(k, 0) for k in got}:
-                    return False
-        return True
+                want = {k: counts.get(k, 0) for k in ("views", "cart_adds", "orders")}
+                got = {k: body[k] for k in want} if status == 200 else (status, body)
+                if got != want:
+                    mismatches.append((pid, hour, got, want))
+        return not mismatches
 
-    wait_for(products_exact, 120, "every product_stats window exact", interval=1.0)
+    try:
+        wait_for(products_exact, 120, "every product_stats window exact", interval=1.0)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {mismatches[:5]}") from None
 
     def active_exact() -> bool:
         for hour, count in active.items():
