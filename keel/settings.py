@@ -94,7 +94,7 @@ class KeelSettings(BaseSettings):
         None, description="RocksDB tables; default KEEL_HOME/streams."
     )
     streams_web_host: str = Field(
-        "127.0.0.1", description="Host the query API binds and advertises."
+        "127.0.0.1", description="Host the query API advertises (auto: hostname)."
     )
     streams_web_port: int = Field(8083, description="Query API, /healthz, /readyz, /metrics port.")
     streams_workers: int = Field(1, ge=0, description="Stream workers the local stack runs.")

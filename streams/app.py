@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import socket
 import time
 import weakref
 from collections import defaultdict
@@ -131,7 +132,7 @@ class StreamsApp:
         self.batch_size = settings.streams_batch_size
         self.within = settings.streams_batch_within_s
         self._started = False
-        host, port = settings.streams_web_host, settings.streams_web_port
+        host, port = advertised_host(settings), settings.streams_web_port
         self.datadir = datadir or (
             (settings.streams_data_dir or settings.home / "streams")
             / settings.streams_app_id
@@ -547,10 +548,17 @@ def _unavailable(web_view: View, why: str) -> Response:
     return web_view.json({"error": why}, status=503, headers={"Retry-After": "1"})
 
 
+def advertised_host(settings: KeelSettings) -> str:
+    """The host other workers reach this one at; `auto` is the machine's hostname (in
+    docker-compose, the container's), and then the query API binds every interface."""
+    host = settings.streams_web_host
+    return socket.gethostname() if host in ("", "auto") else host
+
+
 def faust_settings(settings: KeelSettings, partitions: int, datadir: Path) -> dict[str, Any]:
     """The Faust configuration of a Keel worker (also used by the benchmark's Faust floor, so
     both run with the same settings)."""
-    host, port = settings.streams_web_host, settings.streams_web_port
+    host, port = advertised_host(settings), settings.streams_web_port
     batch = settings.streams_batch_size
     return {
         "broker": ";".join(f"kafka://{h.strip()}" for h in settings.bootstrap_servers.split(",")),

@@ -1,0 +1,79 @@
+"""The worker's app without a broker: readiness, query answers, topics it declares, the
+local-stack services it plugs in."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keel.settings import KeelSettings
+from streams.app import StreamsApp, encode_key
+from streams.codec import AvroCodec
+from streams.discovery import discover
+from streams.services import services
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> StreamsApp:
+    settings = KeelSettings(
+        streams_app_id="unit", streams_data_dir=tmp_path, streams_dlq_topic="unit-dlq"
+    )
+    return StreamsApp(settings, discover(), AvroCodec(serde=None, catalog=None), partitions=3)
+
+
+def test_internal_topics_are_declared_up_front(app: StreamsApp) -> None:
+    specs = {s.name: s for s in app.internal_topics()}
+    assert {
+        "unit-user_activity-changelog",
+        "unit-product_stats-changelog",
+        "unit-active_users-changelog",
+        "unit-active_users-users-changelog",
+        "unit-job_triggers-changelog",
+        "unit-dedup-changelog",
+        "unit-product_stats-rekey",
+        "unit-active_users-rekey",
+        "unit-dlq",
+    } <= set(specs)
+    assert specs["unit-user_activity-changelog"].config["cleanup.policy"] == "compact"
+    assert specs["unit-dedup-changelog"].config["cleanup.policy"] == "compact,delete"
+    assert all(s.partitions == 3 for s in specs.values())
+
+
+def test_not_ready_while_starting_rebalancing_or_recovering(app: StreamsApp) -> None:
+    assert app.readiness() == (False, "starting")
+    app._started = True
+    faust_app: Any = app.app
+    faust_app.rebalancing = True
+    assert app.readiness() == (False, "rebalancing")
+    faust_app.rebalancing = False
+    faust_app.in_recovery = True
+    assert app.readiness()[1] == "recovering tables from changelogs"
+    faust_app.in_recovery = False
+    app._indexing = True
+    assert app.readiness()[0] is False
+    app._indexing = False
+    assert app.readiness() == (False, "waiting for the first assignment")
+    faust_app.tables.recovery.completed.set()
+    assert app.readiness() == (True, "ready")
+
+
+def test_unknown_view_is_404_with_the_known_ones(app: StreamsApp) -> None:
+    status, body = app.query("nope", "k", {})
+    assert status == 404
+    assert body["views"] == ["active_users", "product_stats", "user_activity"]
+
+
+def test_table_keys_are_written_as_fausts_json_serializer_does() -> None:
+    assert encode_key("user-1") == b'"user-1"'
+
+
+def test_local_stack_runs_the_configured_workers() -> None:
+    found = [e for e in entry_points(group="keel.services") if e.name == "streams"]
+    assert found and found[0].load() is services
+    workers = services(KeelSettings(streams_workers=2, streams_web_port=9300))
+    assert [w.name for w in workers] == ["streams-1", "streams-2"]
+    assert [w.port for w in workers] == [9300, 9301]  # type: ignore[attr-defined]
+    assert workers[0].argv[-4:] == ["streams", "worker", "--port", "9300"]  # type: ignore[attr-defined]
