@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from keel.kafka import make_consumer, make_producer
+from keel.kafka import TopicSpec, ensure_topics, make_consumer, make_producer, wait_for_topics
 
 KEEL = str(Path(sys.executable).parent / "keel")
 
@@ -103,6 +103,7 @@ class StreamsEnv:
     """One test's streams deployment: its own topics, group, data, Redis keys."""
 
     env: dict[str, str]
+    prefix: str
     source: str
     dlq: str
     jobs_prefix: str
@@ -137,21 +138,25 @@ class StreamsEnv:
             self._serde = AvroSerde(RegistryClient(self.env["KEEL_SCHEMA_REGISTRY_URL"]))
         return self._serde
 
-    def encode(self, event: Mapping[str, Any]) -> tuple[str, bytes]:
-        """(user_id, Confluent-framed Avro) of a client event, validated like the HTTP API."""
-        from schemas.envelope import validate_event
-
-        event_type, record = validate_event(event, source="test")
-        return str(record["user_id"]), self.serde.encode_with(event_type, record)
-
     def send(self, events: Sequence[Mapping[str, Any]], poison: Sequence[bytes] = ()) -> None:
-        producer = make_producer()
-        for event in events:
-            user_id, value = self.encode(event)
-            producer.produce(self.source, key=user_id.encode(), value=value)
-        for raw in poison:
-            producer.produce(self.source, key=b"poison", value=raw)
-        assert producer.flush(30) == 0
+        """Events through Keel's producer SDK (the HTTP API's pipeline); poison as raw bytes."""
+        from producers.sdk import KeelProducer
+
+        with KeelProducer(
+            source="test",
+            registry_url=self.env["KEEL_SCHEMA_REGISTRY_URL"],
+            topic_prefix=self.prefix,
+        ) as producer:
+            for event in events:
+                producer.send(event)
+            results = producer.flush(30)
+        failed = [r for r in results if not r.ok]
+        assert not failed, failed[:3]
+        if poison:
+            raw = make_producer()
+            for value in poison:
+                raw.produce(self.source, key=b"poison", value=value)
+            assert raw.flush(30) == 0
 
     def view(self, view: str, key: str, worker: Worker | None = None, **params: str) -> Any:
         worker = worker or self.alive()[0]
@@ -190,9 +195,13 @@ def streams_env(
     admin: Any,
     tmp_path: Path,
 ) -> Iterator[StreamsEnv]:
-    source = new_topic("events", partitions=4)
+    # The SDK writes to <prefix>events, as the HTTP API does with KEEL_INGEST_TOPIC_PREFIX.
+    prefix = f"test-{uuid.uuid4().hex[:8]}-"
+    source = f"{prefix}events"
+    ensure_topics(admin, [TopicSpec(source, 4)])
+    wait_for_topics(admin, [source])
     dlq = new_topic("events-dlq", partitions=4)
-    jobs_prefix = f"test-{uuid.uuid4().hex[:8]}-"
+    jobs_prefix = prefix
     app_id = f"test-streams-{uuid.uuid4().hex[:10]}"
     cache_prefix = f"test:{uuid.uuid4().hex[:8]}:"
     env = {
@@ -210,7 +219,7 @@ def streams_env(
         "KEEL_STREAMS_BATCH_WITHIN_S": "0.05",
         "KEEL_LOG_LEVEL": "INFO",
     }
-    streams = StreamsEnv(env, source, dlq, jobs_prefix, cache_prefix, tmp_path)
+    streams = StreamsEnv(env, prefix, source, dlq, jobs_prefix, cache_prefix, tmp_path)
     yield streams
     for worker in streams.workers:
         worker.stop()
