@@ -393,7 +393,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     args = parser.parse_args()
     if args.quick:
-        args.runs, args.events = 1, 20_000
+        args.runs, args.events = 1, 15_000
     tmp = Path(tempfile.mkdtemp(prefix="bench-streams-"))
     registry, registry_proc = ensure_registry(tmp)
     topic = fresh_topic("streams", args.partitions)
@@ -418,7 +418,7 @@ def main() -> None:
                 value = run_workers("keel", topic, args.events, registry, tmp, workers=workers)
                 scale[label].append(value)
                 log(f"run {run + 1}: keel with {workers} worker(s) {value:,.0f} events/s")
-        latency = e2e_latency(registry, tmp, 8 if args.quick else 30, rate=20)
+        latency = e2e_latency(registry, tmp, 5 if args.quick else 30, rate=20)
         log(f"end-to-end latency {latency}")
     finally:
         drop_topics(topic)
