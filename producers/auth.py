@@ -118,7 +118,11 @@ class KeyStore:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError("Authorization must be 'Bearer <API key>'")
-        found = self._by_hash.get(hash_key(token.strip()))
+        digest = hash_key(token.strip())
+        found = self._by_hash.get(digest)
+        if found is None:
+            self._load()  # a key created a moment ago: one stat() tells
+            found = self._by_hash.get(digest)
         if found is None:
             raise AuthError("unknown API key")
         return found

@@ -114,6 +114,8 @@ class EventProducer:
             "queue.buffering.max.messages": s.ingest_queue_max_messages,
             "queue.buffering.max.kbytes": 262144,
             "error_cb": self._on_error,
+            # librdkafka's own log lines go through logging (JSON lines), not raw stderr.
+            "logger": logging.getLogger("librdkafka"),
             **self._config,
         }
         self._producer = Producer(s.kafka_config(**config))
