@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from streams import dedup
-from streams.events import Event, plain
+from streams.events import Event
 from streams.processor import KeyedView, Output, Processor, Stateful, View, fresh
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class Engine:
                 result.poison.append(Poison(raw, "undecodable", "empty message (no value)"))
                 continue
             try:
-                record = plain(self.decode(raw.value))
+                record = self.decode(raw.value)
                 event = Event.from_record(
                     record,
                     partition=raw.partition,

@@ -63,7 +63,8 @@ def plain(value: Any) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One user action, decoded. `data` holds every field of the record (plain values)."""
+    """One user action, decoded. `data` holds the record as decoded (fastavro's UUID,
+    datetime, Decimal); `get` and `[]` give plain values (see `plain`)."""
 
     type: str
     event_id: str
@@ -75,10 +76,12 @@ class Event:
     timestamp_ms: int = 0  # Kafka message timestamp
 
     def __getitem__(self, name: str) -> Any:
-        return self.data[name]
+        return plain(self.data[name])
 
     def get(self, name: str, default: Any = None) -> Any:
-        return self.data.get(name, default)
+        """A field as a plain value (converted on access: most fields are never read)."""
+        value = self.data.get(name, default)
+        return value if type(value) in _AS_IS else plain(value)
 
     @classmethod
     def from_record(
@@ -89,7 +92,8 @@ class Event:
         offset: int = 0,
         timestamp_ms: int = 0,
     ) -> Event:
-        """Build from a decoded record; missing envelope fields raise KeyError."""
+        """Build from a decoded record; missing envelope fields raise KeyError. Only the
+        envelope is normalised here (hot path); other fields on access."""
         return cls(
             type=str(record["type"]),
             event_id=str(record["event_id"]),

@@ -91,8 +91,8 @@ class JobTriggers(Trigger):
     @staticmethod
     def _order(event: Event) -> dict[str, Any]:
         data = {
-            k: v
-            for k, v in event.data.items()
+            k: event.get(k)
+            for k in event.data
             if k not in ("event_id", "type", "user_id", "received_at", "source", "context")
         }
         total = order_total(event)
