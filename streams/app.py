@@ -52,7 +52,6 @@ from streams.engine import (
 from streams.errors import BadQuery
 from streams.metrics import StreamMetrics
 from streams.processor import KeyedView, Processor, Sink, Stateful
-from streams.processor import View as ViewProcessor
 from streams.processors.product_stats import ProductStats
 from streams.producer import BatchProducer
 
@@ -149,8 +148,6 @@ class StreamsApp:
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
         raw_codec: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
         self.source = self.app.topic(settings.streams_source_topic, **raw, **raw_codec)
-        self.dlq = self.app.topic(settings.streams_dlq_topic, **raw, **raw_codec)
-        self.job_topics: dict[str, Any] = {}
         self.tables: dict[str, Any] = {}
         window_ms = settings.streams_dedup_window_s * 1000
         self.tables[DEDUP_TABLE] = self.app.Table(
@@ -222,15 +219,6 @@ class StreamsApp:
         specs += [TopicSpec(t.get_topic_name(), n, rf) for t in self.rekey_topics.values()]
         specs.append(TopicSpec(self.settings.streams_dlq_topic, n, rf))
         return specs
-
-    def job_topic(self, job_type: str) -> Any:
-        topic = self.job_topics.get(job_type)
-        if topic is None:
-            name = self.codec.job_topic(job_type, self.settings.streams_jobs_topic_prefix)
-            topic = self.job_topics[job_type] = self.app.topic(
-                name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-            )
-        return topic
 
     # -- agents ----------------------------------------------------------------------
     def _wire(self) -> None:
@@ -636,4 +624,4 @@ def _credentials(settings: KeelSettings) -> Any:
     return None
 
 
-__all__ = ["StreamsApp", "ViewProcessor", "key_partition", "partition_context"]
+__all__ = ["StreamsApp", "faust_settings", "key_partition", "partition_context"]
