@@ -160,9 +160,9 @@ def read_topic(
         while time.monotonic() < deadline:
             if expect is not None and len(out) >= expect:
                 break
-            if expect is None and all(positions[p] >= ends[p] for p in partitions):
-                if time.monotonic() - last_new > idle:
-                    break
+            caught_up = all(positions[p] >= ends[p] for p in partitions)
+            if expect is None and caught_up and time.monotonic() - last_new > idle:
+                break
             msg = consumer.poll(0.2)
             if msg is None or msg.error():
                 continue
