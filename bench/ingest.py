@@ -1,0 +1,266 @@
+"""Ingestion throughput: the events API against a plain producer and a bare aiohttp server.
+
+1. batch: events/s through POST /v1/events (batches of 100, wrk) vs a plain confluent-kafka
+   producer producing the same Avro bytes (same config: acks=all, idempotent, lz4).
+2. single: requests/s of one-event POSTs at a fixed concurrency (wrk) vs a bare aiohttp
+   handler that only answers 202, with the same worker count; p50/p99 of both.
+
+Needs the broker (KEEL_BOOTSTRAP_SERVERS); starts Keel's registry on a free port unless
+KEEL_SCHEMA_REGISTRY_URL answers; installs wrk from Debian when missing. Runs alternate
+Keel and baseline; figures are medians over runs. Last line: one JSON object.
+
+    .venv/bin/python -m bench.ingest --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from bench.common import drop_topics, emit, fresh_topic, machine, summary
+from keel.kafka import PRODUCER_DEFAULTS, make_producer
+from keel.local.system import ensure_command
+from keel.settings import get_settings
+from producers.auth import create_key
+from producers.pipeline import Pipeline
+from schemas.catalog import load_catalog
+from schemas.registry.client import RegistryClient
+from schemas.serde import AvroSerde
+
+BATCH = 100
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not come up") from None
+            time.sleep(0.2)
+
+
+def _event(i: int) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()), "type": "order.placed", "user_id": f"u-{i % 1000}",
+        "occurred_at": "2026-11-28T08:00:00+00:00", "context": {"session_id": "s-1"},
+        "order_id": f"o-{i}", "total": "119.98", "currency": "EUR",
+        "items": [{"product_id": "p-1", "quantity": 2, "unit_price": "9.99"},
+                  {"product_id": "p-2", "quantity": 1, "unit_price": "100.00"}],
+    }  # fmt: skip
+
+
+def _wrk(url: str, body: bytes, key: str, connections: int, seconds: float) -> dict[str, float]:
+    script = Path(tempfile.mkdtemp()) / "post.lua"
+    body_file = script.with_name("body.json")
+    body_file.write_bytes(body)
+    script.write_text(
+        f"""
+local f = io.open("{body_file}", "rb"); local body = f:read("*a"); f:close()
+wrk.method = "POST"; wrk.body = body
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
+"""
+    )
+    out = subprocess.run(
+        [ensure_command("wrk", "wrk"), "-t", "1", "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
+         "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = int(bad.group(1)) if bad else 0
+    if errors:
+        raise RuntimeError(f"{errors} of {total} answers were not 2xx:\n{out}")
+
+    def ms(label: str) -> float:
+        m = re.search(rf"\s{label}\s+([\d.]+)(us|ms|s)", out)
+        if not m:
+            return float("nan")
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    return {"rps": rps, "p50_ms": ms("50%"), "p99_ms": ms("99%")}
+
+
+def _plain_producer(topic: str, values: list[tuple[bytes, bytes]], events: int) -> float:
+    producer = make_producer(**{**PRODUCER_DEFAULTS})
+    started = time.perf_counter()
+    n = 0
+    while n < events:
+        for key, value in values:
+            while True:
+                try:
+                    producer.produce(topic, value, key)
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+        producer.poll(0)
+        n += len(values)
+    producer.flush(60)
+    return n / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="3 short runs (under a minute)")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=10.0, help="wrk duration per case")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--batch-connections", type=int, default=8)
+    parser.add_argument("--single-connections", type=int, default=32)
+    parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare_server:
+        _bare_server(args.bare_server)
+        return
+    if args.quick:
+        args.runs, args.seconds = 3, 3.0
+    settings = get_settings()
+    with ExitStack() as stack:
+        registry_url = settings.schema_registry_url
+        try:
+            _wait_http(f"{registry_url}/subjects", timeout=1)
+        except RuntimeError:
+            port = _free_port()
+            env = {**os.environ, "KEEL_REGISTRY_PORT": str(port),
+                   "KEEL_REGISTRY_TOPIC": f"_schemas-bench-{uuid.uuid4().hex[:6]}"}  # fmt: skip
+            proc = subprocess.Popen([sys.executable, "-m", "keel.cli", "registry"], env=env,
+                                    stderr=subprocess.DEVNULL)  # fmt: skip
+            stack.callback(proc.terminate)
+            registry_url = f"http://127.0.0.1:{port}"
+            _wait_http(f"{registry_url}/subjects", proc)
+        prefix = f"bench-{uuid.uuid4().hex[:6]}-"
+        topic = fresh_topic("ingest", partitions=3)
+        events_topic = prefix + "events"
+        from keel.kafka import TopicSpec, ensure_topics, make_admin, wait_for_topics
+
+        ensure_topics(make_admin(), [TopicSpec(events_topic, 3)])
+        wait_for_topics(make_admin(), [events_topic])
+        stack.callback(drop_topics, topic, events_topic)
+        keys = Path(tempfile.mkdtemp()) / "keys.json"
+        key = create_key(keys, "bench")
+        port = _free_port()
+        env = {
+            **os.environ, "KEEL_SCHEMA_REGISTRY_URL": registry_url,
+            "KEEL_INGEST_TOPIC_PREFIX": prefix, "KEEL_INGEST_KEYS_FILE": str(keys),
+            "KEEL_INGEST_RATE_LIMIT": "1e9", "KEEL_INGEST_RATE_BURST": "1000000000",
+            "KEEL_LOG_LEVEL": "WARNING",
+        }  # fmt: skip
+        ingest = subprocess.Popen(
+            [sys.executable, "-m", "producers", "ingest", "--port", str(port),
+             "--workers", str(args.workers)], env=env,
+        )  # fmt: skip
+        stack.callback(ingest.wait, 30)
+        stack.callback(ingest.terminate)
+        bare_port = _free_port()
+        bare = [
+            subprocess.Popen(
+                [sys.executable, "-m", "bench.ingest", "--bare-server", str(bare_port)]
+            )
+            for _ in range(args.workers)
+        ]
+        for b in bare:
+            stack.callback(b.terminate)
+        base = f"http://127.0.0.1:{port}"
+        _wait_http(f"{base}/healthz", ingest)
+        deadline = time.monotonic() + 60
+        while True:  # ready = schemas registered in every worker (any answers for all here)
+            try:
+                with urllib.request.urlopen(f"{base}/readyz", timeout=3):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        _wait_http(f"http://127.0.0.1:{bare_port}/", bare[0])
+
+        batch = [_event(i) for i in range(BATCH)]
+        batch_body = json.dumps({"events": batch}).encode()
+        single_body = json.dumps(_event(0)).encode()
+        # The same Avro bytes the API produces, for the plain producer.
+        pipeline = Pipeline(AvroSerde(RegistryClient(registry_url), load_catalog()))
+        values = [(o.key, o.value) for o in (pipeline.prepare(e, source="bench") for e in batch)]
+        url = f"{base}/v1/events"
+        bare_url = f"http://127.0.0.1:{bare_port}/v1/events"
+        _wrk(url, batch_body, key, 2, 1.0)  # warm-up
+        _wrk(bare_url, single_body, key, 2, 1.0)
+
+        rows: dict[str, list[float]] = {k: [] for k in (
+            "batch_eps", "plain_eps", "batch_ratio", "batch_p50_ms", "batch_p99_ms",
+            "single_rps", "bare_rps", "single_ratio", "single_p50_ms", "single_p99_ms",
+            "bare_p50_ms", "bare_p99_ms")}  # fmt: skip
+        for run in range(args.runs):
+            plain_events = 200_000 if args.quick else 1_000_000
+            if run % 2:
+                plain = _plain_producer(topic, values, plain_events)
+                b = _wrk(url, batch_body, key, args.batch_connections, args.seconds)
+            else:
+                b = _wrk(url, batch_body, key, args.batch_connections, args.seconds)
+                plain = _plain_producer(topic, values, plain_events)
+            s = _wrk(url, single_body, key, args.single_connections, args.seconds)
+            r = _wrk(bare_url, single_body, key, args.single_connections, args.seconds)
+            figures = {
+                "batch_eps": b["rps"] * BATCH, "plain_eps": plain,
+                "batch_ratio": b["rps"] * BATCH / plain,
+                "batch_p50_ms": b["p50_ms"], "batch_p99_ms": b["p99_ms"],
+                "single_rps": s["rps"], "bare_rps": r["rps"], "single_ratio": s["rps"] / r["rps"],
+                "single_p50_ms": s["p50_ms"], "single_p99_ms": s["p99_ms"],
+                "bare_p50_ms": r["p50_ms"], "bare_p99_ms": r["p99_ms"],
+            }  # fmt: skip
+            for k, v in figures.items():
+                rows[k].append(v)
+            print(f"run {run + 1}: " + ", ".join(f"{k} {v:,.2f}" for k, v in figures.items()),
+                  file=sys.stderr)  # fmt: skip
+
+    result: dict[str, Any] = {k: summary(v) for k, v in rows.items()}
+    result["batch_ratio"] = result["batch_ratio"]["median"]
+    result["single_ratio"] = result["single_ratio"]["median"]
+    result["config"] = {
+        "workers": args.workers, "batch": BATCH, "batch_connections": args.batch_connections,
+        "single_connections": args.single_connections, "seconds": args.seconds, "runs": args.runs,
+    }  # fmt: skip
+    result["machine"] = machine()
+    emit(result)
+
+
+def _bare_server(port: int) -> None:
+    """The baseline: aiohttp answering 202 to any POST, nothing else (reuse-port worker)."""
+    from aiohttp import web
+
+    async def accept(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "accepted"}, status=202)
+
+    async def ok(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/v1/events", accept)
+    app.router.add_get("/", ok)
+    web.run_app(app, host="127.0.0.1", port=port, reuse_port=True, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

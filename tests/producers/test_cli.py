@@ -1,0 +1,99 @@
+"""The console scripts themselves: `keel keys create`, `keel ingest` with two reuse-port
+worker processes, `keel demo` sending sessions through it, and /metrics summing workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from keel.settings import KeelSettings
+from tests.producers.conftest import free_port, post, wait_ready
+from tests.producers.test_http_roundtrip import order
+
+KEEL = [sys.executable, "-m", "keel.cli"]
+
+
+def _env(settings: KeelSettings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "KEEL_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "KEEL_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+        "KEEL_HOME": str(settings.home),
+        "KEEL_INGEST_KEYS_FILE": str(settings.ingest_keys_file),
+        "KEEL_INGEST_TOPIC_PREFIX": settings.ingest_topic_prefix,
+    }
+
+
+def test_keys_create_rejects_unknown_types(ingest_settings: KeelSettings) -> None:
+    result = subprocess.run(
+        [*KEEL, "keys", "create", "shop", "--types", "nope.nope"],
+        env=_env(ingest_settings), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "unknown event type(s) nope.nope" in result.stderr
+    assert not Path(str(ingest_settings.ingest_keys_file)).exists()
+
+
+def test_ingest_with_workers_and_demo(
+    ingest_settings: KeelSettings, topic_reader: Callable[..., Any]
+) -> None:
+    env = _env(ingest_settings)
+    key = subprocess.run(
+        [*KEEL, "keys", "create", "shop", "--types", "order.placed,page.viewed"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert key.startswith("keel_")
+    listed = subprocess.run([*KEEL, "keys", "list"], env=env, capture_output=True, text=True,
+                            check=True).stdout  # fmt: skip
+    entry = json.loads(listed.splitlines()[0])
+    assert entry["source"] == "shop" and "sha256" not in entry and key not in listed
+    assert key not in Path(str(ingest_settings.ingest_keys_file)).read_text()
+    demo_key = subprocess.run([*KEEL, "keys", "create", "demo"], env=env, capture_output=True,
+                              text=True, check=True).stdout.strip()  # fmt: skip
+
+    port = free_port()
+    server = subprocess.Popen(
+        [*KEEL, "ingest", "--port", str(port), "--workers", "2"], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url)
+        for _ in range(10):  # connections spread over both workers
+            status, _, body = post(url, order(), key)
+            assert status == 202, body
+        status, _, _ = post(
+            url, {"type": "track", "user_id": "u", "name": "x", "properties": {}}, key
+        )
+        assert status == 403
+        demo = subprocess.run(
+            [*KEEL, "demo", "--rate", "50", "--duration", "2", "--url", url, "--key", demo_key],
+            env=env, capture_output=True, text=True, check=True, timeout=60,
+        )  # fmt: skip
+        stats = json.loads(demo.stdout.strip().splitlines()[-1])
+        assert stats["accepted"] >= 50 and stats["rejected"] == 0 and stats["failed"] == 0
+        assert "accepted" in demo.stderr  # the live progress line
+        with urllib.request.urlopen(f"{url}/metrics") as response:
+            metrics = response.read().decode()
+        # multiprocess mode: the figures of both workers, summed
+        found = re.search(
+            r'keel_ingest_events_accepted_total\{type="page.viewed"\} ([\d.]+)', metrics
+        )
+        assert found and float(found.group(1)) >= 1
+        assert "keel_ingest_produce_seconds_bucket" in metrics
+    finally:
+        server.terminate()
+        assert server.wait(30) == 0
+    records = topic_reader()
+    sources = {v["source"] for *_, v in records}
+    assert sources == {"shop", "demo"}
+    types = {v["type"] for *_, v in records if v["source"] == "demo"}
+    assert {"user.signed_up", "page.viewed", "product.viewed"} <= types
+    assert len(records) == 10 + stats["accepted"]
