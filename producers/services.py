@@ -8,6 +8,7 @@ from pathlib import Path
 from keel.local.services import ProcessService, Progress, Service, python_module
 from keel.local.system import ensure_command
 from keel.settings import KeelSettings
+from producers.auth import keys_file
 from producers.demo import ensure_dev_key
 
 NGINX_CONF = Path(__file__).resolve().parents[1] / "deploy" / "nginx" / "nginx.conf.template"
@@ -23,7 +24,14 @@ class IngestReplica(ProcessService):
         super().__init__(
             f"ingest-{index}", argv, settings, port=port,
             health_url=f"http://127.0.0.1:{port}/healthz", order=60,
-            env={"KEEL_INGEST_TRUST_FORWARDED": "true"},
+            env={
+                "KEEL_INGEST_TRUST_FORWARDED": "true",
+                "KEEL_HOME": str(settings.home),
+                "KEEL_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+                "KEEL_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+                "KEEL_INGEST_KEYS_FILE": str(keys_file(settings)),
+                "KEEL_INGEST_TOPIC_PREFIX": settings.ingest_topic_prefix,
+            },
         )  # fmt: skip
         self.settings = settings
 
