@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -115,3 +116,4 @@ def serve(host: str, port: int, workers: int) -> None:
         proc.join(timeout=get_settings().ingest_delivery_timeout_s + 10)
         if proc.is_alive():
             proc.kill()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
