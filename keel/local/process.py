@@ -4,7 +4,6 @@ separate invocations of the `keel` command."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -12,14 +11,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM this child when its parent dies (even by SIGKILL)."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _start_time(pid: int) -> str | None:
@@ -74,16 +65,21 @@ class ManagedProcess:
     ) -> int:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        argv = list(argv)
+        if die_with_parent:
+            # The kernel SIGTERMs the child when its parent dies, even by SIGKILL. Done by
+            # util-linux's setpriv before exec, not a preexec_fn, which can deadlock in a
+            # forked child of a process that runs threads.
+            argv = ["setpriv", "--pdeathsig", "TERM", "--", *argv]
         with self.log_file.open("ab") as log:
             proc = subprocess.Popen(
-                list(argv),
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=dict(env) if env is not None else None,
                 cwd=cwd,
                 start_new_session=True,  # Ctrl-C in the terminal reaches us, not the child
-                preexec_fn=_die_with_parent if die_with_parent else None,  # noqa: PLW1509
                 user=user,
             )
         started = _start_time(proc.pid)
