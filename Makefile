@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 up: $(STAMP)
-	$(BIN)/keel up
+	$(BIN)/keel up --demo 5
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

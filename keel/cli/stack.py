@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import threading
 from types import FrameType
 
@@ -29,6 +31,11 @@ def up(
     detach: bool = typer.Option(
         False, "--detach", "-d", help="Start in the background and return."
     ),
+    demo: float = typer.Option(
+        0.0,
+        "--demo",
+        help="Also send demo traffic at this many events/s (`keel demo`) until Ctrl-C.",
+    ),
 ) -> None:
     """Start every service of the local stack; without --detach, run until Ctrl-C, then stop
     what this command started."""
@@ -46,6 +53,7 @@ def up(
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     _progress("stack running; press Ctrl-C to stop it")
+    demo_process = _start_demo(demo) if demo > 0 else None
     reported: set[str] = set()
     while not stop_event.wait(5.0):
         for st in statuses(services):
@@ -54,8 +62,21 @@ def up(
                     f"warning: {st.name} stopped unexpectedly; see its log under {get_settings().home / 'logs'}"
                 )
                 reported.add(st.name)
+    if demo_process is not None:
+        demo_process.terminate()
+        demo_process.wait(10)
     _progress("stopping ...")
     stop_all(started, _progress)
+
+
+def _start_demo(rate: float) -> subprocess.Popen[bytes] | None:
+    """`keel demo` as a child process: the core runs a component's command, never imports it."""
+    argv = [sys.executable, "-m", "keel.cli", "demo", "--rate", str(rate)]
+    if subprocess.run([*argv[:4], "--help"], capture_output=True, check=False).returncode != 0:
+        _progress("warning: no `keel demo` command is installed; running without demo traffic")
+        return None
+    _progress(f"sending demo traffic at {rate:g} events/s (keel demo)")
+    return subprocess.Popen(argv)
 
 
 def down() -> None:
