@@ -10,9 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,8 +19,8 @@ from confluent_kafka.admin import AdminClient
 
 from keel.kafka import TopicSpec, delete_topics, ensure_topics, wait_for_topics
 from keel.local.broker import LocalKafka, free_base_port
-from keel.local.process import ManagedProcess
 from keel.settings import get_settings
+from tests.harness import start_registry
 
 KAFKA_IMAGE = "apache/kafka:4.1.0"
 
@@ -113,23 +110,7 @@ def schema_registry(
     KEEL_SCHEMA_REGISTRY_URL for Keel's clients and any subprocess a test starts."""
     port = free_base_port()
     run = tmp_path_factory.mktemp("registry")
-    process = ManagedProcess("registry", run, run)
-    env = {
-        **os.environ,
-        "KEEL_REGISTRY_TOPIC": unique("_schemas-test"),
-        "KEEL_REGISTRY_PORT": str(port),
-    }
-    process.start([sys.executable, "-m", "keel.cli", "registry"], env=env, die_with_parent=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=2):
-                break
-        except OSError:
-            if process.exited_early() or time.monotonic() > deadline:
-                raise RuntimeError(f"registry did not start:\n{process.tail()}") from None
-            time.sleep(0.2)
+    process, url = start_registry(run, port, unique("_schemas-test"))
     previous = os.environ.get("KEEL_SCHEMA_REGISTRY_URL")
     os.environ["KEEL_SCHEMA_REGISTRY_URL"] = url
     get_settings.cache_clear()

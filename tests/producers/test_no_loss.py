@@ -6,12 +6,10 @@ This test runs its own broker and registry (never the shared one), and kills the
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -22,10 +20,10 @@ import pytest
 
 from keel.kafka import TopicSpec, ensure_topics, make_admin, wait_for_topics
 from keel.local.broker import LocalKafka, free_base_port
-from keel.local.process import ManagedProcess
 from keel.settings import KeelSettings, get_settings
 from producers.app import build_app
 from producers.auth import create_key
+from tests.harness import start_registry
 from tests.producers.conftest import free_port, post, read_topic, serve_in_thread
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -41,22 +39,12 @@ def private_stack(tmp_path: Path) -> Iterator[tuple[LocalKafka, str]]:
     )  # fmt: skip
     bootstrap = cluster.up(progress=lambda _m: None)
     port = free_port()
-    registry = ManagedProcess("registry", tmp_path / "registry", tmp_path / "registry")
-    env = {
-        **os.environ, "KEEL_BOOTSTRAP_SERVERS": bootstrap, "KEEL_REGISTRY_PORT": str(port),
-        "KEEL_REGISTRY_TOPIC": f"_schemas-{uuid.uuid4().hex[:8]}",
-    }  # fmt: skip
-    registry.start([sys.executable, "-m", "keel.cli", "registry"], env=env, die_with_parent=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=2):
-                break
-        except OSError:
-            if registry.exited_early() or time.monotonic() > deadline:
-                raise RuntimeError(f"registry did not start:\n{registry.tail()}") from None
-            time.sleep(0.2)
+    registry, url = start_registry(
+        tmp_path / "registry",
+        port,
+        f"_schemas-{uuid.uuid4().hex[:8]}",
+        KEEL_BOOTSTRAP_SERVERS=bootstrap,
+    )
     try:
         yield cluster, url
     finally:
