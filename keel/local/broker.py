@@ -260,8 +260,8 @@ class LocalKafka:
             f"-Dlog4j2.configurationFile={kafka_dist.log4j_config()}",
             "kafka.tools.StorageTool",
             "format",
-            "-t",
-            cluster_id,
+            # One argument: a base64url id may start with "-", which argparse takes for a flag.
+            f"--cluster-id={cluster_id}",
             "-c",
             str(node.config_file),
             "--ignore-formatted",

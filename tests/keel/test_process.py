@@ -3,7 +3,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from keel.local import kafka_dist
+from keel.local.broker import LocalKafka
 from keel.local.process import ManagedProcess
+from keel.settings import get_settings
 
 
 def test_start_status_stop_across_instances(tmp_path: Path) -> None:
@@ -24,3 +27,20 @@ def test_a_recycled_pid_is_not_taken_for_ours(tmp_path: Path) -> None:
     proc.pid_file.write_text("1 999999999\n")
     assert proc.pid() is None
     assert not proc.pid_file.exists()
+
+
+def test_a_cluster_id_starting_with_a_dash_formats(tmp_path: Path) -> None:
+    """KRaft ids are base64url: one in 64 starts with '-', which must not read as a flag."""
+    settings = get_settings()
+    cluster = LocalKafka(
+        tmp_path, libs_home=settings.home, version=settings.kafka_version, base_port=45000
+    )
+    node = cluster.nodes()[0]
+    cluster._write_config(node)
+    cluster._format(
+        node,
+        kafka_dist.kafka_libs(settings.home, settings.kafka_version),
+        kafka_dist.java_binary(),
+        "-AbCdEfGhIjKlMnOpQrStUv",
+    )
+    assert (node.data_dir / "meta.properties").exists()
