@@ -30,6 +30,7 @@ from typing import Any
 
 from bench.common import drop_topics, emit, fresh_topic, machine, summary
 from keel.kafka import PRODUCER_DEFAULTS, make_producer
+from keel.local.ports import free_port as _free_port
 from keel.local.system import ensure_command
 from keel.settings import get_settings
 from producers.auth import create_key
@@ -39,14 +40,6 @@ from schemas.registry.client import RegistryClient
 from schemas.serde import AvroSerde
 
 BATCH = 100
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60) -> None:

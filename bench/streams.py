@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from typing import Any
 
 from bench.common import drop_topics, emit, fresh_topic, machine, summary
 from keel.kafka import make_admin, make_consumer, make_producer
+from keel.local.ports import free_port
 from keel.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,12 +51,6 @@ TYPES = ["page.viewed", "product.viewed", "cart.item_added", "page.viewed"]
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_ok(url: str) -> bool:

@@ -18,7 +18,9 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from keel.kafka import TopicSpec, delete_topics, ensure_topics, wait_for_topics
-from keel.local.broker import LocalKafka, free_base_port
+from keel.local.broker import LocalKafka
+from keel.local.ports import free_base_port
+from keel.local.ports import free_port as _free_port
 from keel.settings import get_settings
 from tests.harness import start_registry
 
@@ -153,14 +155,6 @@ def new_topic(admin: AdminClient) -> Iterator[Callable[..., str]]:
 @pytest.fixture
 def group_id() -> str:
     return unique("test-group")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,8 @@ One node, or three on distinct ports for fault tests. Node N listens for clients
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -348,20 +346,3 @@ def _wait_port(port: int, timeout: float, process: ManagedProcess) -> None:
                 return
         time.sleep(0.2)
     raise LocalStackError(f"{process.name} did not open port {port} within {timeout:.0f}s")
-
-
-def free_base_port(brokers: int = 1, low: int = 40000, high: int = 60000) -> int:
-    """A base port at which every node of a `brokers`-node cluster finds its two ports free,
-    so that concurrent clusters (test runs, fault tests) on one host never collide."""
-    for _ in range(200):
-        base = random.randrange(low, high - 100 * brokers, 2)
-        ports = [base + 100 * i + offset for i in range(brokers) for offset in (0, 1)]
-        try:
-            with contextlib.ExitStack() as stack:
-                for port in ports:
-                    sock = stack.enter_context(socket.socket())
-                    sock.bind((HOST, port))
-            return base
-        except OSError:
-            continue
-    raise LocalStackError(f"no free ports for a {brokers}-broker cluster between {low} and {high}")

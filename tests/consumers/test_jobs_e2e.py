@@ -8,7 +8,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from consumers.mail.smtp import Mailer
 from consumers.reports import ReportStore, ViewsClient
 from consumers.retry import H_REASON, RetryPolicy, header_map
 from consumers.worker import Worker, WorkerConfig
+from keel.local.ports import free_port as _free_port
 from keel.settings import KeelSettings
 from tests.consumers.conftest import RefusingHandler, RunningWorker, drained, read_all, wait_for
 
@@ -337,12 +337,6 @@ def test_requested_report_is_stored_and_its_ready_email_arrives(
     assert mail.subject == "Your activity report is ready"
     assert str(location) in mail.text()
     assert mail.message["X-Keel-Idempotency-Key"] == str(ready_event["event_id"])
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_worker_killed_between_sending_and_committing_sends_no_second_email(

@@ -3,21 +3,15 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from consumers.mail.server import Outbox
 from consumers.mail.smtp import Mailer, build_message
 from consumers.mail.templates import Templates
 from consumers.services import services
+from keel.local.ports import free_port as _free_port
 from keel.local.services import ProcessService
 from keel.settings import KeelSettings
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_stack_declares_smtp_and_worker(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -27,16 +26,11 @@ from consumers.mail.smtp import Mailer
 from consumers.reports import ReportStore, ViewsClient
 from consumers.worker import Worker, WorkerConfig
 from keel.kafka import TopicSpec, delete_topics, ensure_topics, wait_for_topics
+from keel.local.ports import free_port as _free_port
 from keel.settings import KeelSettings
 from tests.consumers.conftest import RunningWorker, drained, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -10,7 +10,8 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from keel.kafka import TopicSpec, ensure_topics, make_consumer, make_producer, wait_for_topics
-from keel.local.broker import LocalKafka, free_base_port
+from keel.local.broker import LocalKafka
+from keel.local.ports import free_base_port
 from keel.settings import get_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

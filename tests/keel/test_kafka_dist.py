@@ -12,7 +12,7 @@ import pytest
 
 from keel.errors import LocalStackError
 from keel.local import kafka_dist
-from keel.local.broker import free_base_port
+from keel.local.ports import free_base_port
 
 KEEL = str(Path(sys.executable).parent / "keel")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from keel.local.broker import free_base_port
+from keel.local.ports import free_base_port
 from keel.local.process import ManagedProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

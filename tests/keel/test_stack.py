@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from keel.local.broker import free_base_port
+from keel.local.ports import free_base_port
 
 KEEL = str(Path(sys.executable).parent / "keel")
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

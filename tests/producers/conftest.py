@@ -23,17 +23,10 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from keel.kafka import TopicSpec, delete_topics, ensure_topics, wait_for_topics
+from keel.local.ports import free_port
 from keel.settings import KeelSettings
 from producers.app import build_app
 from producers.auth import create_key
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from keel.kafka import TopicSpec, ensure_topics, make_admin, wait_for_topics
-from keel.local.broker import LocalKafka, free_base_port
+from keel.local.broker import LocalKafka
+from keel.local.ports import free_base_port
 from keel.settings import KeelSettings, get_settings
 from producers.app import build_app
 from producers.auth import create_key

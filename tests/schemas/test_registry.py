@@ -23,7 +23,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from keel.local.broker import free_base_port
+from keel.local.ports import free_base_port
 from keel.local.process import ManagedProcess
 from schemas.envelope import validate_event
 from schemas.errors import DecodeError, RegistryError

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import requests
 
-from keel.local.broker import free_base_port
+from keel.local.ports import free_base_port
 from keel.settings import KeelSettings
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,14 +20,9 @@ from typing import Any
 import pytest
 
 from keel.kafka import TopicSpec, ensure_topics, make_consumer, make_producer, wait_for_topics
+from keel.local.ports import free_port
 
 KEEL = str(Path(sys.executable).parent / "keel")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
