@@ -14,6 +14,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from consumers.errors import UndecodableJob
+from consumers.idempotency import DoneStore, RedisDoneStore
 from consumers.job import JobTopics
 from consumers.mail.server import Outbox, OutboxHandler, OutboxServer
 from consumers.worker import Worker
@@ -78,6 +79,15 @@ def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condi
 @pytest.fixture
 def job_topics(new_topic: Callable[..., str]) -> JobTopics:
     return JobTopics(new_topic("jobs", 3), new_topic("retry", 3), new_topic("dlq", 1))
+
+
+@pytest.fixture
+def done_store(redis_url: str) -> Iterator[DoneStore]:
+    """The session's real Redis as the done-key store. Passed explicitly: a worker left to
+    its settings would look for Redis on the default port, which CI does not run."""
+    store = RedisDoneStore(redis_url, ttl_seconds=300)
+    yield store
+    store.close()
 
 
 @pytest.fixture

@@ -93,7 +93,7 @@ def make_worker(
     kafka_bootstrap: str,
     handler: JobHandler,
     group_id: str,
-    store: Any = None,
+    store: DoneStore,
     **config: Any,
 ) -> Worker:
     settings = KeelSettings(bootstrap_servers=kafka_bootstrap)
@@ -124,12 +124,16 @@ def jobs_for(users: int, per_user: int, **extra: Any) -> list[dict[str, Any]]:
 
 
 def test_jobs_run_in_order_per_key_and_offsets_follow(
-    kafka_bootstrap: str, job_topics: JobTopics, producer: Producer, group_id: str
+    kafka_bootstrap: str,
+    job_topics: JobTopics,
+    producer: Producer,
+    group_id: str,
+    done_store: DoneStore,
 ) -> None:
     handler = Recorder(job_topics)
     jobs = jobs_for(users=20, per_user=10)
     produce_json(producer, job_topics.source, jobs)
-    with RunningWorker(make_worker(kafka_bootstrap, handler, group_id)):
+    with RunningWorker(make_worker(kafka_bootstrap, handler, group_id, done_store)):
         wait_for(lambda: len(handler.done) == len(jobs), what="all jobs done")
         wait_for(lambda: drained(kafka_bootstrap, group_id, job_topics.source, 3), what="commit")
     assert sorted(handler.done) == sorted(j["idempotency_key"] for j in jobs)
@@ -139,13 +143,17 @@ def test_jobs_run_in_order_per_key_and_offsets_follow(
 
 
 def test_retriable_failures_come_back_through_the_retry_topic(
-    kafka_bootstrap: str, job_topics: JobTopics, producer: Producer, group_id: str
+    kafka_bootstrap: str,
+    job_topics: JobTopics,
+    producer: Producer,
+    group_id: str,
+    done_store: DoneStore,
 ) -> None:
     handler = Recorder(job_topics)
     flaky = jobs_for(users=3, per_user=1, fail="retriable:2")
     fine = jobs_for(users=5, per_user=2)
     produce_json(producer, job_topics.source, flaky + fine)
-    worker = make_worker(kafka_bootstrap, handler, group_id)
+    worker = make_worker(kafka_bootstrap, handler, group_id, done_store)
     with RunningWorker(worker):
         wait_for(lambda: len(handler.done) == len(flaky) + len(fine), what="all jobs done")
         wait_for(
@@ -164,14 +172,18 @@ def test_retriable_failures_come_back_through_the_retry_topic(
 
 
 def test_permanent_and_exhausted_failures_become_dead_letters_with_headers(
-    kafka_bootstrap: str, job_topics: JobTopics, producer: Producer, group_id: str
+    kafka_bootstrap: str,
+    job_topics: JobTopics,
+    producer: Producer,
+    group_id: str,
+    done_store: DoneStore,
 ) -> None:
     handler = Recorder(job_topics)
     bad = jobs_for(users=1, per_user=1, fail="permanent")
     hopeless = [{**jobs_for(users=1, per_user=1)[0], "user_id": "h", "fail": "always"}]
     after = jobs_for(users=2, per_user=2)
     produce_json(producer, job_topics.source, bad + hopeless + after)
-    with RunningWorker(make_worker(kafka_bootstrap, handler, group_id)):
+    with RunningWorker(make_worker(kafka_bootstrap, handler, group_id, done_store)):
         dead = read_all(kafka_bootstrap, job_topics.dlq, 2)
         wait_for(lambda: len(handler.done) == len(after), what="the jobs after them")
         wait_for(lambda: drained(kafka_bootstrap, group_id, job_topics.source, 3), what="commit")
@@ -191,13 +203,17 @@ def test_permanent_and_exhausted_failures_become_dead_letters_with_headers(
 
 
 def test_undecodable_job_goes_to_dead_letters_and_the_worker_goes_on(
-    kafka_bootstrap: str, job_topics: JobTopics, producer: Producer, group_id: str
+    kafka_bootstrap: str,
+    job_topics: JobTopics,
+    producer: Producer,
+    group_id: str,
+    done_store: DoneStore,
 ) -> None:
     handler = Recorder(job_topics)
     producer.produce(job_topics.source, key=b"u0", value=b"\x00\x00\x00\x00\x07garbage")
     good = jobs_for(users=1, per_user=3)
     produce_json(producer, job_topics.source, good)
-    with RunningWorker(make_worker(kafka_bootstrap, handler, group_id)):
+    with RunningWorker(make_worker(kafka_bootstrap, handler, group_id, done_store)):
         [dead] = read_all(kafka_bootstrap, job_topics.dlq, 1)
         wait_for(lambda: len(handler.done) == 3, what="the good jobs")
     headers = header_map(dead.headers())
@@ -238,12 +254,18 @@ def test_a_done_key_is_not_done_again(
 
 
 def test_in_flight_jobs_are_bounded_and_health_endpoints_answer(
-    kafka_bootstrap: str, job_topics: JobTopics, producer: Producer, group_id: str
+    kafka_bootstrap: str,
+    job_topics: JobTopics,
+    producer: Producer,
+    group_id: str,
+    done_store: DoneStore,
 ) -> None:
     gate = threading.Event()
     handler = Recorder(job_topics, gate=gate)
     produce_json(producer, job_topics.source, jobs_for(users=30, per_user=2))
-    worker = make_worker(kafka_bootstrap, handler, group_id, max_in_flight=5, concurrency=2)
+    worker = make_worker(
+        kafka_bootstrap, handler, group_id, done_store, max_in_flight=5, concurrency=2
+    )
     with RunningWorker(worker):
         runner = worker.runners[0]
         wait_for(lambda: runner._paused, what="backpressure to pause the partitions")
@@ -260,7 +282,11 @@ def test_in_flight_jobs_are_bounded_and_health_endpoints_answer(
 
 
 def test_graceful_stop_finishes_in_flight_jobs_and_commits(
-    kafka_bootstrap: str, job_topics: JobTopics, producer: Producer, group_id: str
+    kafka_bootstrap: str,
+    job_topics: JobTopics,
+    producer: Producer,
+    group_id: str,
+    done_store: DoneStore,
 ) -> None:
     gate = threading.Event()
     handler = Recorder(job_topics, gate=gate)
@@ -268,7 +294,9 @@ def test_graceful_stop_finishes_in_flight_jobs_and_commits(
     users = {slot_for(f"u{i}".encode(), 4): f"u{i}" for i in range(200)}
     jobs = [{"idempotency_key": str(uuid.uuid4()), "user_id": users[s]} for s in range(4)]
     produce_json(producer, job_topics.source, jobs)
-    running = RunningWorker(make_worker(kafka_bootstrap, handler, group_id, concurrency=4))
+    running = RunningWorker(
+        make_worker(kafka_bootstrap, handler, group_id, done_store, concurrency=4)
+    )
     worker = running.__enter__()
     try:
         wait_for(lambda: handler.running == 4, what="four jobs running")
@@ -310,14 +338,18 @@ def test_a_second_worker_joining_takes_partitions_without_losing_or_repeating(
 
 
 def test_a_retry_waiting_for_its_due_time_blocks_no_other_job(
-    kafka_bootstrap: str, job_topics: JobTopics, producer: Producer, group_id: str
+    kafka_bootstrap: str,
+    job_topics: JobTopics,
+    producer: Producer,
+    group_id: str,
+    done_store: DoneStore,
 ) -> None:
     handler = Recorder(job_topics)
     stuck = [{**jobs_for(users=1, per_user=1)[0], "user_id": "stuck", "fail": "always"}]
     later = jobs_for(users=5, per_user=3)
     produce_json(producer, job_topics.source, stuck)
     worker = make_worker(
-        kafka_bootstrap, handler, group_id, policy=RetryPolicy((60.0,), jitter=0.0)
+        kafka_bootstrap, handler, group_id, done_store, policy=RetryPolicy((60.0,), jitter=0.0)
     )
     with RunningWorker(worker):
         runner = worker.runners[0]
