@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from consumers.errors import UndecodableJob
-from consumers.idempotency import DoneStore, RedisDoneStore
+from consumers.idempotency import RedisDoneStore
 from consumers.job import JobTopics
 from consumers.mail.server import Outbox, OutboxHandler, OutboxServer
 from consumers.worker import Worker
@@ -82,7 +82,7 @@ def job_topics(new_topic: Callable[..., str]) -> JobTopics:
 
 
 @pytest.fixture
-def done_store(redis_url: str) -> Iterator[DoneStore]:
+def done_store(redis_url: str) -> Iterator[RedisDoneStore]:
     """The session's real Redis as the done-key store. Passed explicitly: a worker left to
     its settings would look for Redis on the default port, which CI does not run."""
     store = RedisDoneStore(redis_url, ttl_seconds=300)

@@ -14,6 +14,7 @@ import threading
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -51,13 +52,6 @@ def serde(settings: KeelSettings) -> Any:
     from schemas.serde import AvroSerde
 
     return AvroSerde(RegistryClient(settings.schema_registry_url))
-
-
-@pytest.fixture
-def store(redis_url: str) -> Iterator[RedisDoneStore]:
-    made = RedisDoneStore(redis_url, ttl_seconds=600)
-    yield made
-    made.close()
 
 
 def email_job(template: str, to: str | None, data: dict[str, Any], **over: Any) -> dict[str, Any]:
@@ -112,7 +106,7 @@ def worker_for(
 def test_one_welcome_email_even_when_the_job_comes_twice(
     settings: KeelSettings,
     serde: Any,
-    store: RedisDoneStore,
+    done_store: RedisDoneStore,
     job_topics: JobTopics,
     producer: Producer,
     smtp_server: OutboxServer,
@@ -124,7 +118,7 @@ def test_one_welcome_email_even_when_the_job_comes_twice(
         producer, serde, job_topics.source, "job.email", [job, {**job, "job_id": str(uuid.uuid4())}]
     )
     handler = EmailJob(Mailer("127.0.0.1", smtp_server.port), sender=SENDER, topics=job_topics)
-    with RunningWorker(worker_for(settings, [handler], store, group_id)):
+    with RunningWorker(worker_for(settings, [handler], done_store, group_id)):
         wait_for(smtp_server.outbox.messages, what="the welcome email")
         wait_for(
             lambda: drained(settings.bootstrap_servers, f"{group_id}-email", job_topics.source, 3),
@@ -139,7 +133,7 @@ def test_one_welcome_email_even_when_the_job_comes_twice(
 def test_order_receipt_carries_the_order(
     settings: KeelSettings,
     serde: Any,
-    store: RedisDoneStore,
+    done_store: RedisDoneStore,
     job_topics: JobTopics,
     producer: Producer,
     smtp_server: OutboxServer,
@@ -160,7 +154,7 @@ def test_order_receipt_carries_the_order(
         [email_job("order_receipt", "bob@example.com", order)],
     )
     handler = EmailJob(Mailer("127.0.0.1", smtp_server.port), sender=SENDER, topics=job_topics)
-    with RunningWorker(worker_for(settings, [handler], store, group_id)):
+    with RunningWorker(worker_for(settings, [handler], done_store, group_id)):
         [mail] = wait_for(smtp_server.outbox.messages, what="the receipt")
     assert mail.subject == "Your receipt for order o-42"
     body = mail.text()
@@ -170,7 +164,7 @@ def test_order_receipt_carries_the_order(
 def test_smtp_refusing_for_a_while_then_accepting_delivers_each_email_once(
     settings: KeelSettings,
     serde: Any,
-    store: RedisDoneStore,
+    done_store: RedisDoneStore,
     job_topics: JobTopics,
     producer: Producer,
     tmp_path: Path,
@@ -185,7 +179,7 @@ def test_smtp_refusing_for_a_while_then_accepting_delivers_each_email_once(
     produce(producer, serde, job_topics.source, "job.email", jobs)
     with OutboxServer(outbox, port=0, handler=refusing) as server:
         handler = EmailJob(Mailer("127.0.0.1", server.port), sender=SENDER, topics=job_topics)
-        worker = worker_for(settings, [handler], store, group_id)
+        worker = worker_for(settings, [handler], done_store, group_id)
         with RunningWorker(worker):
             wait_for(lambda: len(outbox.messages()) == 3, what="three emails")
             group = f"{group_id}-email"
@@ -208,7 +202,7 @@ def test_smtp_refusing_for_a_while_then_accepting_delivers_each_email_once(
 def test_undecodable_job_is_dead_lettered_and_the_next_one_sent(
     settings: KeelSettings,
     serde: Any,
-    store: RedisDoneStore,
+    done_store: RedisDoneStore,
     job_topics: JobTopics,
     producer: Producer,
     smtp_server: OutboxServer,
@@ -223,7 +217,7 @@ def test_undecodable_job_is_dead_lettered_and_the_next_one_sent(
         [email_job("welcome", "c@example.com", {"user_id": "u-1"})],
     )
     handler = EmailJob(Mailer("127.0.0.1", smtp_server.port), sender=SENDER, topics=job_topics)
-    with RunningWorker(worker_for(settings, [handler], store, group_id)):
+    with RunningWorker(worker_for(settings, [handler], done_store, group_id)):
         [dead] = read_all(settings.bootstrap_servers, job_topics.dlq, 1)
         wait_for(smtp_server.outbox.messages, what="the good job's email")
     assert header_map(dead.headers())[H_REASON] == "undecodable"
@@ -266,7 +260,7 @@ class ViewsApi:
 def test_requested_report_is_stored_and_its_ready_email_arrives(
     settings: KeelSettings,
     serde: Any,
-    store: RedisDoneStore,
+    done_store: RedisDoneStore,
     new_topic: Callable[..., str],
     producer: Producer,
     smtp_server: OutboxServer,
@@ -317,7 +311,7 @@ def test_requested_report_is_stored_and_its_ready_email_arrives(
     produce(producer, serde, events, "job.email", [other])
     producer.produce(events, key=b"u-rep", value=b"not avro at all")
     produce(producer, serde, report_topics.source, "job.report", [job])
-    worker = worker_for(settings, handlers, store, group_id)
+    worker = worker_for(settings, handlers, done_store, group_id)
     try:
         with RunningWorker(worker):
             [mail] = wait_for(smtp_server.outbox.messages, timeout=60, what="the ready email")
@@ -339,31 +333,51 @@ def test_requested_report_is_stored_and_its_ready_email_arrives(
     assert mail.message["X-Keel-Idempotency-Key"] == str(ready_event["event_id"])
 
 
-def test_worker_killed_between_sending_and_committing_sends_no_second_email(
-    settings: KeelSettings,
-    serde: Any,
-    store: RedisDoneStore,
-    admin: Any,
-    producer: Producer,
-    smtp_server: OutboxServer,
-    tmp_path: Path,
-) -> None:
+@dataclass
+class EmailJobs:
+    """Email job topics of one test (own prefix) and the environment for a `keel jobs`
+    subprocess that uses them."""
+
+    topics: JobTopics
+    env: dict[str, str]
+    keel: str = str(Path(sys.executable).parent / "keel")
+
+
+@pytest.fixture
+def email_jobs(settings: KeelSettings, admin: Any) -> Iterator[EmailJobs]:
     from keel.kafka import delete_topics
 
     prefix = f"test-{uuid.uuid4().hex[:8]}."
     topics = JobTopics.for_job("email", prefix=prefix)
-    group = f"{prefix}keel.jobs.email"
     env = {
         **os.environ,
         "KEEL_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
         "KEEL_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+        "KEEL_JOBS_TOPIC_PREFIX": prefix,
+    }
+    yield EmailJobs(topics, env)
+    delete_topics(admin, [topics.source, topics.retry, topics.dlq])
+
+
+def test_worker_killed_between_sending_and_committing_sends_no_second_email(
+    settings: KeelSettings,
+    serde: Any,
+    done_store: RedisDoneStore,
+    admin: Any,
+    producer: Producer,
+    smtp_server: OutboxServer,
+    email_jobs: EmailJobs,
+    tmp_path: Path,
+) -> None:
+    topics, keel = email_jobs.topics, email_jobs.keel
+    group = f"{email_jobs.env['KEEL_JOBS_TOPIC_PREFIX']}keel.jobs.email"
+    env = {
+        **email_jobs.env,
         "KEEL_REDIS_URL": settings.redis_url,
         "KEEL_SMTP_PORT": str(smtp_server.port),
-        "KEEL_JOBS_TOPIC_PREFIX": prefix,
         "KEEL_JOBS_SESSION_TIMEOUT_MS": "6000",
         "KEEL_HOME": str(tmp_path / "home"),
     }
-    keel = str(Path(sys.executable).parent / "keel")
 
     def start(**extra: str) -> subprocess.Popen[bytes]:
         port = _free_port()
@@ -381,7 +395,7 @@ def test_worker_killed_between_sending_and_committing_sends_no_second_email(
         job = email_job("welcome", "dee@example.com", {"user_id": "u-dee"}, user_id="u-dee")
         produce(producer, serde, topics.source, "job.email", [job])
         wait_for(smtp_server.outbox.messages, timeout=60, what="the email")
-        wait_for(lambda: store.outcome("email", job["idempotency_key"]), what="the done key")
+        wait_for(lambda: done_store.outcome("email", job["idempotency_key"]), what="the done key")
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         assert not drained(settings.bootstrap_servers, group, topics.source, 3)  # not committed
@@ -399,29 +413,19 @@ def test_worker_killed_between_sending_and_committing_sends_no_second_email(
     finally:
         if first.poll() is None:
             first.kill()
-        delete_topics(admin, [topics.source, topics.retry, topics.dlq])
 
 
 def test_dead_letters_are_listed_and_replayed_once_through_the_cli(
     settings: KeelSettings,
     serde: Any,
-    store: RedisDoneStore,
-    admin: Any,
+    done_store: RedisDoneStore,
     producer: Producer,
     smtp_server: OutboxServer,
+    email_jobs: EmailJobs,
 ) -> None:
-    from keel.kafka import delete_topics
-
-    prefix = f"test-{uuid.uuid4().hex[:8]}."
-    topics = JobTopics.for_job("email", prefix=prefix)
+    topics, keel, env = email_jobs.topics, email_jobs.keel, email_jobs.env
+    prefix = env["KEEL_JOBS_TOPIC_PREFIX"]
     handler = EmailJob(Mailer("127.0.0.1", smtp_server.port), sender=SENDER, topics=topics)
-    env = {
-        **os.environ,
-        "KEEL_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "KEEL_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
-        "KEEL_JOBS_TOPIC_PREFIX": prefix,
-    }
-    keel = str(Path(sys.executable).parent / "keel")
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -433,25 +437,22 @@ def test_dead_letters_are_listed_and_replayed_once_through_the_cli(
             check=False,
         )
 
-    try:
-        job = email_job("welcome", None, {"user_id": "u-1"})  # no address: permanent
-        with RunningWorker(worker_for(settings, [handler], store, prefix)):
-            produce(producer, serde, topics.source, "job.email", [job])
-            read_all(settings.bootstrap_servers, topics.dlq, 1)
-        listed = cli("--json")
-        assert listed.returncode == 0, listed.stderr
-        [row] = [json.loads(line) for line in listed.stdout.splitlines()]
-        assert row["reason"] == "permanent" and "'to' is null" in row["error"]
-        assert row["origin"].startswith(f"{topics.source}/")
-        first = cli("--replay")
-        assert first.returncode == 0, first.stderr
-        assert "replayed 1 dead letter(s)" in first.stdout
-        again = cli("--replay")
-        assert "replayed 0 dead letter(s)" in again.stdout  # each dead letter once
-        back = read_all(settings.bootstrap_servers, topics.source, 2)
-        [replayed] = [m for m in back if "keel.replayed_from" in header_map(m.headers())]
-        source = header_map(replayed.headers())["keel.replayed_from"]
-        assert source.startswith(f"{topics.dlq}/") and source.endswith("@0")
-        assert {m.value() for m in back} == {replayed.value()}  # the original bytes
-    finally:
-        delete_topics(admin, [topics.source, topics.retry, topics.dlq])
+    job = email_job("welcome", None, {"user_id": "u-1"})  # no address: permanent
+    with RunningWorker(worker_for(settings, [handler], done_store, prefix)):
+        produce(producer, serde, topics.source, "job.email", [job])
+        read_all(settings.bootstrap_servers, topics.dlq, 1)
+    listed = cli("--json")
+    assert listed.returncode == 0, listed.stderr
+    [row] = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert row["reason"] == "permanent" and "'to' is null" in row["error"]
+    assert row["origin"].startswith(f"{topics.source}/")
+    first = cli("--replay")
+    assert first.returncode == 0, first.stderr
+    assert "replayed 1 dead letter(s)" in first.stdout
+    again = cli("--replay")
+    assert "replayed 0 dead letter(s)" in again.stdout  # each dead letter once
+    back = read_all(settings.bootstrap_servers, topics.source, 2)
+    [replayed] = [m for m in back if "keel.replayed_from" in header_map(m.headers())]
+    source = header_map(replayed.headers())["keel.replayed_from"]
+    assert source.startswith(f"{topics.dlq}/") and source.endswith("@0")
+    assert {m.value() for m in back} == {replayed.value()}  # the original bytes

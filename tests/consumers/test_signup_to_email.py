@@ -126,36 +126,36 @@ def _signup(user: str, name: str, when: datetime) -> dict[str, Any]:
 
 
 def test_a_signed_up_user_receives_exactly_one_welcome_email(
-    chain: Chain, redis_url: str, producer: Producer, smtp_server: OutboxServer
+    chain: Chain, done_store: RedisDoneStore, producer: Producer, smtp_server: OutboxServer
 ) -> None:
     topics = JobTopics.for_job("email", prefix=chain.prefix)
     email = EmailJob(
         Mailer("127.0.0.1", smtp_server.port), sender="k@keel.localhost", topics=topics
     )
-    store = RedisDoneStore(redis_url, ttl_seconds=600)
     now = datetime.now(UTC)
     ann, bob = _signup("u-ann", "Ann", now), _signup("u-bob", "Bob", now)
-    try:
-        with RunningWorker(_worker(chain, [email], store)):
-            for event in (ann, ann, bob):  # Ann's client retried: the same event_id twice
-                chain.send(producer, event)
+    with RunningWorker(_worker(chain, [email], done_store)):
+        for event in (ann, ann, bob):  # Ann's client retried: the same event_id twice
+            chain.send(producer, event)
 
-            def two_emails() -> bool:
-                chain.check_streams()
-                return len(smtp_server.outbox.messages()) >= 2
+        def two_emails() -> bool:
+            chain.check_streams()
+            return len(smtp_server.outbox.messages()) >= 2
 
-            wait_for(two_emails, timeout=120, what=f"two welcome emails ({chain.log})")
-            group = f"{chain.prefix}keel.jobs.email"
-            wait_for(lambda: drained(chain.settings.bootstrap_servers, group, topics.source, 3))
-    finally:
-        store.close()
+        wait_for(two_emails, timeout=120, what=f"two welcome emails ({chain.log})")
+        group = f"{chain.prefix}keel.jobs.email"
+        wait_for(lambda: drained(chain.settings.bootstrap_servers, group, topics.source, 3))
     mails = smtp_server.outbox.messages()
     assert sorted(m.envelope_to[0] for m in mails) == ["ann@example.com", "bob@example.com"]
     assert {m.subject for m in mails} == {"Welcome to Keel, Ann!", "Welcome to Keel, Bob!"}
 
 
 def test_a_requested_report_is_built_from_the_view_and_its_ready_email_arrives(
-    chain: Chain, redis_url: str, producer: Producer, smtp_server: OutboxServer, tmp_path: Path
+    chain: Chain,
+    done_store: RedisDoneStore,
+    producer: Producer,
+    smtp_server: OutboxServer,
+    tmp_path: Path,
 ) -> None:
     prefix = chain.prefix
     email_topics = JobTopics.for_job("email", prefix=prefix)
@@ -177,7 +177,6 @@ def test_a_requested_report_is_built_from_the_view_and_its_ready_email_arrives(
             Mailer("127.0.0.1", smtp_server.port), sender="k@keel.localhost", topics=email_topics
         ),
     ]
-    store = RedisDoneStore(redis_url, ttl_seconds=600)
     now = datetime.now(UTC)
     request = {
         "event_id": str(uuid.uuid4()),
@@ -188,20 +187,15 @@ def test_a_requested_report_is_built_from_the_view_and_its_ready_email_arrives(
         "period_start": (now - timedelta(days=7)).isoformat(),
         "period_end": now.isoformat(),
     }
-    try:
-        with RunningWorker(_worker(chain, handlers, store)):
-            chain.send(producer, _signup("u-cat", "Cat", now))
-            chain.send(producer, request)
+    with RunningWorker(_worker(chain, handlers, done_store)):
+        chain.send(producer, _signup("u-cat", "Cat", now))
+        chain.send(producer, request)
 
-            def ready_email() -> bool:
-                chain.check_streams()
-                return any(
-                    m.subject.endswith("report is ready") for m in smtp_server.outbox.messages()
-                )
+        def ready_email() -> bool:
+            chain.check_streams()
+            return any(m.subject.endswith("report is ready") for m in smtp_server.outbox.messages())
 
-            wait_for(ready_email, timeout=120, what=f"the report-ready email ({chain.log})")
-    finally:
-        store.close()
+        wait_for(ready_email, timeout=120, what=f"the report-ready email ({chain.log})")
     [ready] = [m for m in smtp_server.outbox.messages() if "report" in m.subject]
     assert ready.envelope_to == ["cat@example.com"]
     assert ready.subject == "Your activity report is ready"
