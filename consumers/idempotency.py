@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -98,16 +99,28 @@ CREATE TABLE IF NOT EXISTS keel_jobs_done (
     outcome jsonb NOT NULL,
     done_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (job_type, key)
-)
+);
+CREATE INDEX IF NOT EXISTS keel_jobs_done_done_at ON keel_jobs_done (done_at)
 """
 
 
 class PostgresDoneStore(DoneStore):
     """A row per done key in `keel_jobs_done`, the outcome in the same row (one INSERT ... ON
-    CONFLICT DO NOTHING: atomic). One connection per thread (psycopg connections serialise)."""
+    CONFLICT: atomic). One connection per thread (psycopg connections serialise).
 
-    def __init__(self, dsn: str) -> None:
+    Keys expire like Redis's: a row older than `ttl_seconds` counts as not done, may be
+    written again, and is deleted by `purge_expired`, which `mark_done` runs at most once
+    every `purge_every_s` per process, so the table does not grow without bound."""
+
+    PURGE_BATCH = 10_000  # rows per DELETE: short transactions, no long lock on the table
+
+    def __init__(
+        self, dsn: str, ttl_seconds: int = 30 * 86400, purge_every_s: float = 3600.0
+    ) -> None:
         self.dsn = dsn
+        self.ttl = ttl_seconds
+        self.purge_every_s = purge_every_s
+        self._next_purge = time.monotonic() + purge_every_s
         self._local = threading.local()
         self._all: list[Any] = []
         self._lock = threading.Lock()
@@ -145,23 +158,45 @@ class PostgresDoneStore(DoneStore):
         if not keys:
             return set()
         rows = self._run(
-            "SELECT key FROM keel_jobs_done WHERE job_type = %s AND key = ANY(%s)", (scope, keys)
+            "SELECT key FROM keel_jobs_done WHERE job_type = %s AND key = ANY(%s) "
+            "AND done_at > now() - make_interval(secs => %s)",
+            (scope, keys, self.ttl),
         )
         return {row[0] for row in rows}
 
     def mark_done(self, scope: str, key: str, outcome: Mapping[str, Any] | None) -> bool:
+        if time.monotonic() >= self._next_purge:
+            self._next_purge = time.monotonic() + self.purge_every_s
+            self.purge_expired()
+        # An expired row is overwritten; a live one wins (rowcount 0: already done).
         rows = self._run(
             "INSERT INTO keel_jobs_done (job_type, key, outcome) VALUES (%s, %s, %s::jsonb) "
-            "ON CONFLICT DO NOTHING",
-            (scope, key, json.dumps(dict(outcome or {}), default=str)),
+            "ON CONFLICT (job_type, key) DO UPDATE SET outcome = EXCLUDED.outcome, "
+            "done_at = now() WHERE keel_jobs_done.done_at <= now() - make_interval(secs => %s)",
+            (scope, key, json.dumps(dict(outcome or {}), default=str), self.ttl),
         )
         return bool(rows and rows[0][0] == 1)
 
     def outcome(self, scope: str, key: str) -> dict[str, Any] | None:
         rows = self._run(
-            "SELECT outcome FROM keel_jobs_done WHERE job_type = %s AND key = %s", (scope, key)
+            "SELECT outcome FROM keel_jobs_done WHERE job_type = %s AND key = %s "
+            "AND done_at > now() - make_interval(secs => %s)",
+            (scope, key, self.ttl),
         )
         return dict(rows[0][0]) if rows else None
+
+    def purge_expired(self) -> int:
+        """Delete expired rows, a batch at a time; return how many went."""
+        total = 0
+        while True:
+            [(count,)] = self._run(
+                "DELETE FROM keel_jobs_done WHERE ctid IN (SELECT ctid FROM keel_jobs_done "
+                "WHERE done_at <= now() - make_interval(secs => %s) LIMIT %s)",
+                (self.ttl, self.PURGE_BATCH),
+            )
+            total += count
+            if count < self.PURGE_BATCH:
+                return total
 
     def ping(self) -> None:
         self._run("SELECT 1", ())
@@ -179,5 +214,8 @@ def open_store(settings: KeelSettings, kind: str | None = None) -> DoneStore:
     if kind == "redis":
         return RedisDoneStore(settings.redis_url, ttl_seconds=settings.jobs_done_ttl_days * 86400)
     if kind == "postgres":
-        return PostgresDoneStore(settings.postgres_dsn.get_secret_value())
+        return PostgresDoneStore(
+            settings.postgres_dsn.get_secret_value(),
+            ttl_seconds=settings.jobs_done_ttl_days * 86400,
+        )
     raise JobConfigError(f"unknown idempotency store {kind!r}: use redis or postgres")

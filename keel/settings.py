@@ -64,7 +64,9 @@ class KeelSettings(BaseSettings):
     )
     jobs_idempotency_store: Literal["redis", "postgres"] = "redis"
     jobs_topic_prefix: str = Field("", description="Prefix of job topics and groups (tests).")
-    jobs_done_ttl_days: int = Field(30, ge=1, description="How long done keys are kept (Redis).")
+    jobs_done_ttl_days: int = Field(
+        30, ge=1, description="How long done keys are kept (Redis TTL; PostgreSQL rows are purged)."
+    )
     jobs_http_port: int = Field(8095, description="Worker /healthz, /readyz, /metrics port.")
     jobs_report_dir: Path | None = Field(
         None, description="Report store; default KEEL_HOME/reports."

@@ -60,3 +60,35 @@ def test_unreachable_store_raises_store_error() -> None:
 def test_open_store_by_setting(redis_url: str) -> None:
     assert isinstance(open_store(KeelSettings(redis_url=redis_url)), RedisDoneStore)
     assert isinstance(open_store(KeelSettings(), kind="postgres"), PostgresDoneStore)
+
+
+def test_postgres_keys_expire_like_redis_and_are_purged(postgres_dsn: str) -> None:
+    import psycopg
+
+    store = PostgresDoneStore(postgres_dsn, ttl_seconds=86400)
+    scope, old, fresh = f"t-{uuid.uuid4().hex[:6]}", str(uuid.uuid4()), str(uuid.uuid4())
+    try:
+        assert store.mark_done(scope, old, {"n": 1}) and store.mark_done(scope, fresh, {"n": 1})
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE keel_jobs_done SET done_at = now() - interval '2 days' "
+                "WHERE job_type = %s AND key = %s",
+                (scope, old),
+            )
+        assert store.done_keys(scope, [old, fresh]) == {fresh}  # expired: not done any more
+        assert store.outcome(scope, old) is None
+        assert store.mark_done(scope, old, {"n": 2}) is True  # written again, fresh outcome
+        assert store.outcome(scope, old) == {"n": 2}
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE keel_jobs_done SET done_at = now() - interval '2 days' "
+                "WHERE job_type = %s AND key = %s",
+                (scope, old),
+            )
+            assert store.purge_expired() >= 1
+            left = conn.execute(
+                "SELECT key FROM keel_jobs_done WHERE job_type = %s", (scope,)
+            ).fetchall()
+        assert left == [(fresh,)]
+    finally:
+        store.close()
