@@ -203,7 +203,10 @@ def _convert(schema: Any, value: Any, path: str, errors: list[dict[str, Any]]) -
     if schema in ("float", "double"):
         if isinstance(value, bool) or not isinstance(value, int | float):
             return _fail(errors, path, "must be a number")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond a double's range
+            return _fail(errors, path, "out of range")
     if schema == "boolean":
         return value if isinstance(value, bool) else _fail(errors, path, "must be true or false")
     if schema == "null":
@@ -252,7 +255,10 @@ def _decimal(value: Any, schema: dict[str, Any], path: str, errors: list[dict[st
     exponent = number.as_tuple().exponent
     if isinstance(exponent, int) and -exponent > scale:
         return _fail(errors, path, f"at most {scale} decimal places")
-    quantized = number.quantize(Decimal(1).scaleb(-scale))
+    try:
+        quantized = number.quantize(Decimal(1).scaleb(-scale))
+    except InvalidOperation:  # more digits than the decimal context holds (28)
+        return _fail(errors, path, f"at most {precision} digits")
     if len(quantized.as_tuple().digits) > precision:
         return _fail(errors, path, f"at most {precision} digits")
     return quantized
@@ -270,9 +276,10 @@ def _timestamp(value: Any, path: str, errors: list[dict[str, Any]]) -> Any:
         return _fail(errors, path, "must be an ISO 8601 date-time")
     if moment.tzinfo is None:
         return _fail(errors, path, "must carry a time zone (e.g. Z or +00:00)")
-    if not 1 <= moment.year <= 9999:
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is before year 1 in UTC
         return _fail(errors, path, "out of range")
-    return moment.astimezone(UTC)
 
 
 def _fail(errors: list[dict[str, Any]], path: str, message: str) -> None:

@@ -47,12 +47,17 @@ class AvroSerde:
     def encode(self, event_type: str, record: Mapping[str, Any]) -> bytes:
         return self.encode_with(self.catalog.get(event_type), record)
 
-    def encode_with(self, et: EventType, record: Mapping[str, Any]) -> bytes:
-        # Hot path: one dict lookup for the ready-made 5-byte header, then fastavro.
+    def header(self, et: EventType) -> bytes:
+        """The 5-byte wire format header of this event type's schema (registered once)."""
         header = self._headers.get(et.subject)
         if header is None:
             header = frame(self.schema_id(et), b"")
             self._headers[et.subject] = header
+        return header
+
+    def encode_with(self, et: EventType, record: Mapping[str, Any]) -> bytes:
+        # Hot path: one dict lookup for the ready-made 5-byte header, then fastavro.
+        header = self._headers.get(et.subject) or self.header(et)
         buffer = io.BytesIO(header)
         buffer.seek(len(header))
         fastavro.schemaless_writer(buffer, et.parsed, record)
