@@ -87,7 +87,7 @@ def dlq(
 ) -> None:
     """List a job type's dead letters (reason, attempts, error, where the job came from), or
     replay them once the cause is fixed."""
-    from consumers.deadletters import read
+    from consumers.deadletters import attempts, read
     from consumers.deadletters import replay as replay_letters
     from consumers.handlers import build_handlers
 
@@ -104,22 +104,10 @@ def dlq(
         typer.echo(f"no dead letters in {topics.dlq}", err=True)
     for letter in letters:
         if as_json:
-            typer.echo(
-                json.dumps(
-                    {
-                        "partition": letter.partition,
-                        "offset": letter.offset,
-                        "key": (letter.key or b"").decode("utf-8", "replace"),
-                        "reason": letter.reason,
-                        "attempts": letter.attempts,
-                        "error": letter.error,
-                        "origin": letter.origin,
-                    }
-                )
-            )
+            typer.echo(json.dumps({**letter.to_dict(), "attempts": attempts(letter)}))
         else:
             typer.echo(
-                f"{letter.partition}@{letter.offset}  {letter.reason:<17} attempts {letter.attempts}"
+                f"{letter.partition}@{letter.offset}  {letter.reason:<17} attempts {attempts(letter)}"
                 f"  from {letter.origin}  {letter.error}"
             )
 

@@ -1,27 +1,33 @@
 """Retry scheduling as pure functions: the ladder of delays with jitter, the decision for a
 failed job (retry when, or dead letters why), and the headers that carry a job's history
-through the retry and dead-letter topics. No Kafka imports: tested on plain values."""
+through the retry and dead-letter topics. Tested on plain values, without a broker."""
 
 from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from consumers.errors import JobConfigError
+
+# The dead-letter header contract is the core's (shared with stream processors); the last
+# error, the reason (permanent | retries_exhausted | undecodable) and the job's origin.
+from keel.deadletters import (  # noqa: F401  (re-exported: the job headers in one place)
+    H_ERROR,
+    H_ORIG_OFFSET,
+    H_ORIG_PARTITION,
+    H_ORIG_TIMESTAMP,
+    H_ORIG_TOPIC,
+    H_REASON,
+    header_map,
+)
 
 # Headers on retry and dead-letter messages (values are UTF-8 strings).
 H_JOB_TYPE = "keel.job.type"
 H_ATTEMPT = "keel.job.attempt"  # attempts made so far (1 after the first failure)
 H_DUE_AT = "keel.job.due_at_ms"  # when a retry becomes due (epoch milliseconds)
-H_ERROR = "keel.error"  # the last error's message
 H_ERROR_CLASS = "keel.error.class"
-H_REASON = "keel.dlq.reason"  # permanent | retries_exhausted | undecodable
-H_ORIG_TOPIC = "keel.original.topic"
-H_ORIG_PARTITION = "keel.original.partition"
-H_ORIG_OFFSET = "keel.original.offset"
-H_ORIG_TIMESTAMP = "keel.original.timestamp_ms"
 H_FAILED_AT = "keel.failed_at_ms"
 
 REASON_PERMANENT = "permanent"
@@ -101,22 +107,6 @@ class RetryPolicy:
             return RetryDecision(attempt, retry=False, reason=REASON_EXHAUSTED)
         due = now_ms + round(self.delay(attempt, rand) * 1000)
         return RetryDecision(attempt, retry=True, due_at_ms=due)
-
-
-def header_map(
-    headers: Mapping[str, str | bytes | None] | Iterable[tuple[str, str | bytes | None]] | None,
-) -> dict[str, str]:
-    """Kafka headers as a dict of strings (the last value wins for repeated names)."""
-    out: dict[str, str] = {}
-    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
-    for name, value in pairs:
-        if value is None:
-            out[name] = ""
-        elif isinstance(value, bytes):
-            out[name] = value.decode("utf-8", "replace")
-        else:
-            out[name] = value
-    return out
 
 
 def attempts_of(headers: Mapping[str, str]) -> int:

@@ -10,6 +10,7 @@ import typer
 from pydantic import ValidationError
 
 from keel.cli.broker import broker_app
+from keel.cli.dlq import dlq_app
 from keel.cli.lag import lag
 from keel.cli.stack import register_stack_commands
 from keel.errors import KeelError
@@ -22,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(broker_app, name="broker")
+app.add_typer(dlq_app, name="dlq")
 app.command(name="lag")(lag)
 register_stack_commands(app)
 

@@ -1,0 +1,203 @@
+"""Dead letters: the header contract every Keel dead-letter topic follows, and reading and
+replaying any of them.
+
+A dead letter keeps the original key and value bytes; its headers say why it failed and
+where it came from. Job workers and stream processors write the same headers, so one
+`keel dlq` reads and replays both. `replay` sends letters back to the topic they came from
+(or another), each with a `keel.replayed_from` header, and records how far it got in its own
+consumer group, so a dead letter is replayed once even if `replay` runs again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from keel.errors import KafkaEdgeError, KeelError
+from keel.kafka import make_consumer, make_producer
+from keel.settings import KeelSettings
+
+# Header names (values are UTF-8 strings).
+H_ERROR = "keel.error"  # the error's message
+H_REASON = "keel.dlq.reason"  # why it was given up: permanent, undecodable, processor_error, ...
+H_ORIG_TOPIC = "keel.original.topic"
+H_ORIG_PARTITION = "keel.original.partition"
+H_ORIG_OFFSET = "keel.original.offset"
+H_ORIG_TIMESTAMP = "keel.original.timestamp_ms"
+H_REPLAYED_FROM = "keel.replayed_from"  # on a replayed message: <dlq topic>/<partition>@<offset>
+
+
+class NothingToReplayTo(KeelError):
+    """A dead letter names no original topic and no target topic was given."""
+
+
+def header_map(
+    headers: Mapping[str, str | bytes | None] | Iterable[tuple[str, str | bytes | None]] | None,
+) -> dict[str, str]:
+    """Kafka headers as a dict of strings (the last value wins for repeated names)."""
+    out: dict[str, str] = {}
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    for name, value in pairs:
+        if value is None:
+            out[name] = ""
+        elif isinstance(value, bytes):
+            out[name] = value.decode("utf-8", "replace")
+        else:
+            out[name] = value
+    return out
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: dict[str, str]
+
+    @property
+    def reason(self) -> str:
+        return self.headers.get(H_REASON, "")
+
+    @property
+    def error(self) -> str:
+        return self.headers.get(H_ERROR, "")
+
+    @property
+    def original_topic(self) -> str | None:
+        return self.headers.get(H_ORIG_TOPIC) or None
+
+    @property
+    def origin(self) -> str:
+        h = self.headers
+        return (
+            f"{h.get(H_ORIG_TOPIC, '?')}/{h.get(H_ORIG_PARTITION, '?')}@{h.get(H_ORIG_OFFSET, '?')}"
+        )
+
+    @property
+    def address(self) -> str:
+        return f"{self.topic}/{self.partition}@{self.offset}"
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "partition": self.partition,
+            "offset": self.offset,
+            "key": (self.key or b"").decode("utf-8", "replace"),
+            "reason": self.reason,
+            "error": self.error,
+            "origin": self.origin,
+            "headers": self.headers,
+        }
+
+    @classmethod
+    def of(cls, msg: object) -> DeadLetter:
+        return cls(
+            msg.topic() or "",  # type: ignore[attr-defined]
+            msg.partition() or 0,  # type: ignore[attr-defined]
+            msg.offset() or 0,  # type: ignore[attr-defined]
+            msg.key(),  # type: ignore[attr-defined]
+            msg.value() or b"",  # type: ignore[attr-defined]
+            header_map(msg.headers()),  # type: ignore[attr-defined]
+        )
+
+
+def _drain(consumer: Consumer, topic: str, committed: bool, timeout: float) -> list[DeadLetter]:
+    """Everything from the start (or the group's committed offsets) up to the end offsets
+    seen when called. Partitions are assigned, not subscribed: no rebalance to wait for."""
+    metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+    if metadata is None or metadata.error is not None or not metadata.partitions:
+        raise KafkaEdgeError(f"dead-letter topic {topic} does not exist")
+    partitions = sorted(metadata.partitions)
+    marks = {
+        p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+        for p in partitions
+    }
+    starts = {p: OFFSET_BEGINNING for p in partitions}
+    if committed:
+        for tp in consumer.committed([TopicPartition(topic, p) for p in partitions], timeout):
+            if tp.offset >= 0:
+                starts[tp.partition] = tp.offset
+    remaining = {p for p in partitions if marks[p][1] > max(marks[p][0], starts[p], 0)}
+    consumer.assign([TopicPartition(topic, p, starts[p]) for p in partitions])
+    out: list[DeadLetter] = []
+    deadline = time.monotonic() + timeout
+    while remaining and time.monotonic() < deadline:
+        msg = consumer.poll(0.2)
+        if msg is None or msg.error() is not None:
+            continue
+        deadline = time.monotonic() + timeout  # progress: keep going
+        partition, offset = msg.partition() or 0, msg.offset() or 0
+        if offset < marks[partition][1]:
+            out.append(DeadLetter.of(msg))
+        if offset + 1 >= marks[partition][1]:
+            remaining.discard(partition)
+    if remaining:
+        raise KafkaEdgeError(f"reading {topic}: no progress for {timeout}s")
+    return out
+
+
+def read(settings: KeelSettings, topic: str, timeout: float = 10.0) -> list[DeadLetter]:
+    """The dead letters in `topic` now, oldest first per partition (commits nothing)."""
+    consumer = make_consumer(f"keel.dlq.reader.{time.monotonic_ns()}", settings)
+    try:
+        return _drain(consumer, topic, committed=False, timeout=timeout)
+    finally:
+        consumer.close()
+
+
+def replay_group(topic: str) -> str:
+    """The consumer group that remembers how far `topic` was replayed."""
+    return f"keel.dlq.replay.{topic}"
+
+
+def replay(
+    settings: KeelSettings,
+    topic: str,
+    *,
+    to: str | None = None,
+    group: str | None = None,
+    timeout: float = 10.0,
+) -> list[DeadLetter]:
+    """Send the letters of `topic` not replayed yet to `to`, or each to its original topic;
+    return them. Nothing is sent when a letter has nowhere to go."""
+    consumer = make_consumer(group or replay_group(topic), settings)
+    producer = make_producer(settings)
+    try:
+        letters = _drain(consumer, topic, committed=True, timeout=timeout)
+        homeless = [x.address for x in letters if not (to or x.original_topic)]
+        if homeless:
+            raise NothingToReplayTo(
+                f"{len(homeless)} dead letter(s) name no original topic (first {homeless[0]}): "
+                "give the target with --to"
+            )
+        failures: list[str] = []
+
+        def delivered(err: KafkaError | None, _msg: object) -> None:
+            if err is not None:
+                failures.append(str(err))
+
+        for letter in letters:
+            producer.produce(
+                to or letter.original_topic or "",
+                key=letter.key,
+                value=letter.value,
+                headers=[(H_REPLAYED_FROM, letter.address)],
+                on_delivery=delivered,
+            )
+        if producer.flush(timeout) or failures:
+            raise KafkaEdgeError(f"replaying {topic} failed: {failures[:1]}")
+        last: dict[int, int] = {}
+        for letter in letters:
+            last[letter.partition] = max(last.get(letter.partition, -1), letter.offset)
+        if last:  # only after every letter was acknowledged: a failed run replays again
+            consumer.commit(
+                offsets=[TopicPartition(topic, p, off + 1) for p, off in last.items()],
+                asynchronous=False,
+            )
+        return letters
+    finally:
+        consumer.close()
