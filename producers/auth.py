@@ -88,15 +88,19 @@ class KeyStore:
         self.path = path
         self._mtime: float | None = None
         self._by_hash: dict[str, ApiKey] = {}
+        # Authorization header -> its key, so a request costs one dict lookup, not a hash.
+        # Only known keys are kept (bounded by the file), and a reload empties it.
+        self._by_header: dict[str, ApiKey] = {}
 
     def _load(self) -> None:
         try:
             mtime = self.path.stat().st_mtime
         except FileNotFoundError:
-            self._by_hash, self._mtime = {}, None
+            self._by_hash, self._by_header, self._mtime = {}, {}, None
             return
         if mtime == self._mtime:
             return
+        self._by_header = {}
         entries = _read(self.path)["keys"]
         self._by_hash = {
             e["sha256"]: ApiKey(
@@ -113,6 +117,9 @@ class KeyStore:
         self._load()
 
     def authenticate(self, header: str | None) -> ApiKey:
+        known = self._by_header.get(header) if header else None
+        if known is not None:
+            return known
         if not header:
             raise AuthError("missing Authorization header (Authorization: Bearer <API key>)")
         scheme, _, token = header.partition(" ")
@@ -125,4 +132,6 @@ class KeyStore:
             found = self._by_hash.get(digest)
         if found is None:
             raise AuthError("unknown API key")
+        if len(self._by_header) < 4 * len(self._by_hash) + 16:  # spellings of known keys
+            self._by_header[header] = found
         return found

@@ -6,6 +6,8 @@ and /metrics aggregates every worker's figures (prometheus-client's multiprocess
 from __future__ import annotations
 
 import os
+from functools import lru_cache
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -39,6 +41,23 @@ QUEUED = Gauge(
     "Events waiting in the producer queue.",
     multiprocess_mode="livesum",
 )
+
+
+# The labelled children, looked up once: `labels()` costs about as much as `inc()`. Label
+# values are bounded (statuses, catalog types or "unknown", reasons).
+@lru_cache(maxsize=1024)
+def requests_counter(status: int) -> Any:
+    return REQUESTS.labels(str(status))
+
+
+@lru_cache(maxsize=1024)
+def accepted_counter(event_type: str) -> Any:
+    return ACCEPTED.labels(event_type)
+
+
+@lru_cache(maxsize=1024)
+def rejected_counter(event_type: str, reason: str) -> Any:
+    return REJECTED.labels(event_type, reason)
 
 
 def exposition() -> tuple[bytes, str]:

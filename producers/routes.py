@@ -11,19 +11,47 @@ import json
 import logging
 import time
 from collections import Counter as Tally
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from producers.context import Ingest, ingest_of
 from producers.errors import AuthError, Backpressure
 from producers.kafka_out import Delivery, Outgoing
 from producers.limits import retry_after_header
-from producers.metrics import ACCEPTED, IN_FLIGHT, PRODUCE_LATENCY, REJECTED, REQUESTS, exposition
+from producers.metrics import (
+    IN_FLIGHT,
+    PRODUCE_LATENCY,
+    accepted_counter,
+    exposition,
+    rejected_counter,
+    requests_counter,
+)
 from schemas.errors import RegistryError, ValidationFailed
 
 log = logging.getLogger(__name__)
 JSON_TYPES = frozenset({"application/json"})
+
+
+def _loads(raw: bytes) -> Any:
+    """orjson first (4x faster); what it refuses (NaN, integers past 64 bits, lone
+    surrogates) goes to the standard parser, so accepted bodies and error messages stay
+    those of `json`."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
+def _json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, headers=headers,
+        content_type="application/json", charset="utf-8",
+    )  # fmt: skip
 
 
 def _error(
@@ -40,17 +68,19 @@ def _error(
     if results is not None:
         body["results"] = results
     headers = {"Retry-After": retry_after_header(retry_after)} if retry_after is not None else None
-    REQUESTS.labels(str(status)).inc()
+    requests_counter(status).inc()
     if reason:
         for event_type, n in Tally(types or ["unknown"]).items():
-            REJECTED.labels(event_type, reason).inc(n)
-    return web.json_response(body, status=status, headers=headers)
+            rejected_counter(event_type, reason).inc(n)
+    return _json_response(body, status, headers)
 
 
-def _types_of(events: list[Any]) -> list[str]:
+def _types_of(events: list[Any], known: Any) -> list[str]:
+    """Each event's type for the metrics' labels: a catalog type or "unknown" (a client's
+    made-up types must not grow the label set)."""
     return [
-        e["type"] if isinstance(e, dict) and isinstance(e.get("type"), str) else "unknown"
-        for e in events
+        t if type(t) is str and t in known else "unknown"
+        for t in (e.get("type") if type(e) is dict else None for e in events)
     ]
 
 
@@ -84,7 +114,7 @@ async def _post_events(request: web.Request, ingest: Ingest) -> web.StreamRespon
     if len(raw) > s.ingest_max_body_bytes:
         return _body_too_large(s.ingest_max_body_bytes)
     try:
-        body = json.loads(raw)
+        body = _loads(raw)
     except (ValueError, RecursionError) as exc:
         return _error(400, f"body is not valid JSON: {exc}", reason="bad_json")
 
@@ -113,7 +143,7 @@ async def _post_events(request: web.Request, ingest: Ingest) -> web.StreamRespon
                 413,
                 f"a batch holds at most {s.ingest_max_batch_events} events, not {len(events)}",
                 [{"field": "events", "error": f"at most {s.ingest_max_batch_events} events"}],
-                reason="too_large", types=_types_of(events),
+                reason="too_large", types=_types_of(events, ingest.pipeline.catalog),
             )  # fmt: skip
     elif isinstance(body, dict):
         events = [body]
@@ -123,7 +153,7 @@ async def _post_events(request: web.Request, ingest: Ingest) -> web.StreamRespon
             [{"field": "", "error": "must be an object"}], reason="bad_json",
         )  # fmt: skip
 
-    types = _types_of(events)
+    types = _types_of(events, ingest.pipeline.catalog)
     if len(raw) > s.ingest_max_event_bytes:  # only then can one event be too large
         for index, event in enumerate(events):
             size = len(raw) if single else len(json.dumps(event, separators=(",", ":")))
@@ -157,16 +187,17 @@ async def _post_events(request: web.Request, ingest: Ingest) -> web.StreamRespon
     positions: list[int] = []
     results: list[dict[str, Any] | None] = [None] * len(events)
     rejected: list[dict[str, Any]] = []
-    pipeline = ingest.pipeline
+    prepare = ingest.pipeline.prepare
+    now = datetime.now(UTC)  # one received_at for the request's events
     for index, event in enumerate(events):
         try:
-            outgoing.append(pipeline.prepare(event, source=key.source, context=context))
+            outgoing.append(prepare(event, source=key.source, context=context, now=now))
             positions.append(index)
         except ValidationFailed as exc:
             errors = [_at(index, single, e["field"], e["error"]) for e in exc.errors]
             rejected.extend(errors)
             results[index] = {"index": index, "status": "rejected", "errors": errors}
-            REJECTED.labels(types[index], "invalid").inc()
+            rejected_counter(types[index], "invalid").inc()
         except RegistryError as exc:
             log.warning("registry unavailable: %s", exc)
             return _error(
@@ -204,11 +235,20 @@ def _answer(
     results: list[dict[str, Any] | None],
     types: list[str],
 ) -> web.Response:
+    if single and deliveries[0].error is None:  # the common case, answered at once
+        d = deliveries[0]
+        accepted_counter(types[0]).inc()
+        requests_counter(202).inc()
+        return _json_response(
+            {"event_id": d.event_id, "topic": d.topic, "partition": d.partition,
+             "offset": d.offset},
+            202,
+        )  # fmt: skip
     accepted: Tally[str] = Tally()
     failed = 0
     retry_after = 0.0
     for index, d in zip(positions, deliveries, strict=True):
-        if d.ok:
+        if d.error is None:
             accepted[types[index]] += 1
             results[index] = {
                 "index": index, "status": "accepted", "event_id": d.event_id,
@@ -217,14 +257,14 @@ def _answer(
         else:
             failed += 1
             retry_after = max(retry_after, getattr(d.error, "retry_after", 2.0))
-            REJECTED.labels(types[index], "backpressure").inc()
+            rejected_counter(types[index], "backpressure").inc()
             log.warning("event not acknowledged: %s", d.error, extra={"event_id": d.event_id})
             results[index] = {
                 "index": index, "status": "failed", "event_id": d.event_id,
                 "errors": [{"index": index, "field": "", "error": f"not stored: {d.error}"}],
             }  # fmt: skip
     for event_type, n in accepted.items():
-        ACCEPTED.labels(event_type).inc(n)
+        accepted_counter(event_type).inc(n)
     n_ok = sum(accepted.values())
     items = [r for r in results if r is not None]
     if n_ok == 0:
@@ -234,18 +274,12 @@ def _answer(
             results=items,
         )  # fmt: skip
     rejected = len(items) - n_ok - failed
-    if single:
-        REQUESTS.labels("202").inc()
-        r = items[0]
-        return web.json_response(
-            {k: r[k] for k in ("event_id", "topic", "partition", "offset")}, status=202
-        )
     status = 202 if n_ok == len(items) else 207
-    REQUESTS.labels(str(status)).inc()
+    requests_counter(status).inc()
     headers = {"Retry-After": retry_after_header(retry_after)} if failed else None
-    return web.json_response(
+    return _json_response(
         {"accepted": n_ok, "rejected": rejected, "failed": failed, "results": items},
-        status=status, headers=headers,
+        status, headers,
     )  # fmt: skip
 
 
@@ -278,7 +312,7 @@ def _client_context(request: web.Request, trust_forwarded: bool) -> dict[str, An
 
 
 async def healthz(_request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return _json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -236,7 +236,8 @@ def _gen_decimal(src: _Source, ind: int, schema: dict[str, Any], v: str) -> None
     src.emit(ind + 1, f"if len({d}) > {scale}: return None")
     src.emit(ind + 1, f"{u} = int({m}.group(1) + {d} + '0' * ({scale} - len({d})))")
     src.emit(ind + 1, f"if not -{10**precision} < {u} < {10**precision}: return None")
-    src.emit(ind + 1, f"{m} = _decimal_bytes({u})")
+    # _decimal_bytes inlined: two's complement sized from the magnitude, as fastavro does.
+    src.emit(ind + 1, f"{m} = {u}.to_bytes((abs({u}).bit_length() + 8) >> 3, 'big', signed=True)")
     src.emit(
         ind, f"elif type({v}) is int and -{10**precision} < {v} * {10**scale} < {10**precision}:"
     )
@@ -311,26 +312,28 @@ def _gen_record(
     for f in fields:
         name, ftype = f["name"], f["type"]
         fv = src.var("f")
-        if overrides and name in overrides:
-            src.emit(ind, f"{fv} = {overrides[name]}")
-        else:
-            src.emit(ind, f"{fv} = {v}.get({name!r}, _MISSING)")
+        get = overrides[name] if overrides and name in overrides else f"{v}.get({name!r})"
         # As the reference: absent, or null where null is not allowed, takes the default,
-        # else null where allowed, else it is "required".
+        # else null where allowed, else it is "required". Every check below refuses None
+        # where the schema does, so absence needs no test of its own unless a default or
+        # a union with null makes it differ.
         nullable = _nullable(ftype)
-        absent = f"{fv} is _MISSING" if nullable else f"{fv} is _MISSING or {fv} is None"
-        if "default" in f:
-            encoded = _default_bytes(ftype, f["default"])
-            src.emit(ind, f"if {absent}:")
-            src.emit(ind + 1, "return None" if encoded is None else f"out += {encoded!r}")
-            src.emit(ind, "else:")
-            _gen(src, ind + 1, ftype, fv, depth + 1)
-        elif nullable:
-            src.emit(ind, f"if {absent}: {fv} = None")
+        if "default" not in f or (nullable and f["default"] is None):
+            src.emit(ind, f"{fv} = {get}")
             _gen(src, ind, ftype, fv, depth + 1)
+            continue
+        encoded = _default_bytes(ftype, f["default"])
+        if nullable:  # null and absent differ: null, or the (non-null) default
+            if overrides and name in overrides:
+                raise _Unsupported(name)
+            src.emit(ind, f"{fv} = {v}.get({name!r}, _MISSING)")
+            src.emit(ind, f"if {fv} is _MISSING:")
         else:
-            src.emit(ind, f"if {absent}: return None")
-            _gen(src, ind, ftype, fv, depth + 1)
+            src.emit(ind, f"{fv} = {get}")
+            src.emit(ind, f"if {fv} is None:")
+        src.emit(ind + 1, "return None" if encoded is None else f"out += {encoded!r}")
+        src.emit(ind, "else:")
+        _gen(src, ind + 1, ftype, fv, depth + 1)
 
 
 def compile_encoder(et: EventType) -> Encoder | None:
@@ -354,9 +357,17 @@ def compile_encoder(et: EventType) -> Encoder | None:
     src.emit(2, "if event_id is None: event_id = str(_uuid4())")
     src.emit(2, "user_id = data.get('user_id')")
     src.emit(2, "if type(user_id) is not str or not user_id: return None")
-    src.emit(2, "occurred_at = data.get('occurred_at')")
-    src.emit(2, "occurred_us = now_us if occurred_at is None else _timestamp(occurred_at)")
-    src.emit(2, "if occurred_us is None: return None")
+    # A request's events share `now`: its varint is encoded once (a tuple, swapped whole,
+    # so threads sharing the encoder never see half an update).
+    src.emit(2, "cached = _NOW[0]")
+    src.emit(2, "if cached[0] != now_us: cached = _NOW[0] = (now_us, _varint(now_us))")
+    src.emit(2, "now = cached[1]")
+    src.emit(2, "occurred = data.get('occurred_at')")
+    src.emit(2, "if occurred is None: occurred = now")
+    src.emit(2, "else:")
+    src.emit(3, "occurred = _timestamp(occurred)")
+    src.emit(3, "if occurred is None: return None")
+    src.emit(3, "occurred = _varint(occurred)")
     src.emit(2, "ctx = data.get('context')")
     src.emit(2, "if ctx is None: ctx = dict(context) if context else None")
     src.emit(2, "elif type(ctx) is not dict: return None")
@@ -373,6 +384,7 @@ def compile_encoder(et: EventType) -> Encoder | None:
     namespace: dict[str, Any] = {
         **src.consts,
         "_MISSING": _MISSING,
+        "_NOW": [(None, b"")],
         "_BYTE": _BYTE,
         "_varint": _varint,
         "_decimal_bytes": _decimal_bytes,
@@ -404,7 +416,7 @@ def _gen_envelope(
         if name in ("occurred_at", "received_at"):
             if not (timestamp and ftype.get("type") == "long"):
                 raise _Unsupported(name)
-            src.emit(ind, f"out += _varint({'occurred_us' if name == 'occurred_at' else 'now_us'})")
+            src.emit(ind, f"out += {'occurred' if name == 'occurred_at' else 'now'}")
             continue
         if name == "event_id":
             if not (
