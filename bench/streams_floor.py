@@ -15,7 +15,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from keel.settings import get_settings
-from streams.app import METRICS_CONTENT_TYPE, faust_settings
+from streams.app import METRICS_CONTENT_TYPE, faust_settings, tune_gc
 
 
 def main() -> None:
@@ -57,6 +57,7 @@ def main() -> None:
             return self.bytes(generate_latest(registry), content_type=METRICS_CONTENT_TYPE)
 
     app.page("/metrics")(Metrics)
+    tune_gc()  # as a Keel worker does
     worker: Any = Worker(app, loglevel="warning", override_logging=False, quiet=True)
     worker.execute_from_commandline()
 

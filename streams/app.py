@@ -17,6 +17,7 @@ Responsibilities:
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import socket
@@ -28,11 +29,15 @@ from pathlib import Path
 from typing import Any, cast
 
 import faust
+import orjson
 from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
 from faust.types import TP, EventT
+from faust.utils import json as faust_json
 from faust.web import Request, Response, View
+from mode.utils.compat import want_bytes
 from prometheus_client import generate_latest
+from rocksdict import WriteBatch
 
 from keel.kafka import TopicSpec
 from keel.settings import KeelSettings
@@ -80,22 +85,58 @@ def partition_context(event: EventT) -> Iterator[None]:
         _current_event.reset(token)
 
 
+_MISSING = object()
+
+
 class TableReader:
     """The engine's `StateReader`: Faust tables (inside a partition context), and the local
-    dedup index for `dedup` lookups."""
+    dedup index for `dedup` lookups.
 
-    def __init__(self, tables: Mapping[str, Any], index: DedupIndex) -> None:
+    It keeps the values this worker last wrote per (table, partition) in memory, so a key
+    seen in consecutive batches costs no RocksDB read and no JSON decoding (profiled: most
+    keys are). They are this worker's own writes, so they stay true while it owns the
+    partition: `clear` drops them at every rebalance and after a failed batch, `forget` a
+    key whose processor raised (the engine updates values in place before they are
+    written, and a processor that raises may have changed one halfway)."""
+
+    def __init__(self, tables: Mapping[str, Any], index: DedupIndex, max_keys: int) -> None:
         self.tables = tables
         self.index = index
         self.partition = 0
+        self.max_keys = max_keys
+        self.cache: dict[tuple[str, int], dict[str, Any]] = {}
 
     def get(self, table: str, key: str) -> Any:
         if table == DEDUP_TABLE:
             return self.index.get(self.partition, key)
+        known = self.cache.get((table, self.partition))
+        if known is not None:
+            value = known.get(key, _MISSING)
+            if value is not _MISSING:
+                return value
         # Straight to the RocksDB of this partition in Faust's store: Table.get costs a
         # __contains__ plus a __getitem__ (two lookups, two decodes) per key.
         raw = self.tables[table].data._db_for_partition(self.partition).get(encode_key(key))
-        return None if raw is None else json.loads(raw)
+        return None if raw is None else json_loads(raw)
+
+    def get_many(self, table: str, keys: Sequence[str]) -> list[Any]:
+        if table == DEDUP_TABLE:
+            return self.index.get_many(self.partition, keys)
+        return [self.get(table, key) for key in keys]
+
+    def remember(self, table: str, partition: int, key: str, value: Any) -> None:
+        known = self.cache.get((table, partition))
+        if known is None or len(known) >= self.max_keys:
+            known = self.cache[(table, partition)] = {}
+        known[key] = value
+
+    def forget(self, partition: int, key: str) -> None:
+        for (_table, p), known in self.cache.items():
+            if p == partition:
+                known.pop(key, None)
+
+    def clear(self) -> None:
+        self.cache.clear()
 
 
 class StreamsApp:
@@ -128,6 +169,8 @@ class StreamsApp:
         )
         self.views: dict[str, Processor] = {p.name: p for p in self.processors if p.queryable}
         self.metrics = StreamMetrics()
+        # messages handled per agent ("source" or a keyed view's name), for tests
+        self.handled: dict[str, int] = defaultdict(int)
         self.batch_size = settings.streams_batch_size
         self.within = settings.streams_batch_within_s
         self._started = False
@@ -179,10 +222,12 @@ class StreamsApp:
                     value_serializer="json",
                     internal=True,
                 )
+        self._changelogs = {name: self.changelog_topic_name(name) for name in self.tables}
         self.index = DedupIndex(self.datadir / "dedup-index", settings.streams_dedup_window_s * 2)
         self._indexing = False
         self.tables[DEDUP_TABLE].on_recover(self._index_dedup_batches)
-        self.reader = TableReader(self.tables, self.index)
+        self.reader = TableReader(self.tables, self.index, max_keys=100_000)
+        self._generation = -1  # Faust's rebalance count the reader's memory belongs to
         self.kafka = BatchProducer(settings)
         self._chain_flush()
         self._wire()
@@ -223,6 +268,7 @@ class StreamsApp:
     # -- agents ----------------------------------------------------------------------
     def _wire(self) -> None:
         app = self.app
+        self.fold_agents: dict[str, Any] = {}
 
         @app.agent(self.source, name="keel-source")
         async def source_agent(stream: faust.StreamT) -> None:
@@ -230,6 +276,9 @@ class StreamsApp:
                 self.batch_size, within=self.within
             ):
                 await self.handle_source(events)
+
+        # The agents, for Faust's test context (`agent.test_context()`, see streams.testing)
+        self.source_agent = source_agent
 
         for name, topic in self.rekey_topics.items():
             self._fold_agent(name, topic)
@@ -250,44 +299,76 @@ class StreamsApp:
             ):
                 await self.handle_fold(name, events)
 
+        self.fold_agents[name] = fold_agent
+
     async def handle_source(self, events: Sequence[EventT]) -> None:
         """One batch of the source topic: every partition group through the engine, then
         outputs acknowledged, then state written and acknowledged, then sinks."""
         started = time.perf_counter()
+        self._check_generation()
         done: list[tuple[EventT, BatchResult]] = []
+        try:
+            await self._source_batch(events, done, started)
+            self.handled["source"] += len(events)
+        except BaseException:
+            self.reader.clear()  # values may have been updated in place and not written
+            raise
+        self.metrics.batch_seconds.labels("source").observe(time.perf_counter() - started)
+
+    def _check_generation(self) -> None:
+        """Forget the reader's remembered values after a rebalance (partitions may have
+        moved, and come back restored from their changelogs)."""
+        generation = self.app.rebalancing_count
+        if generation != self._generation or self.app.rebalancing:
+            self.reader.clear()
+            self._generation = generation
+
+    async def _source_batch(
+        self, events: Sequence[EventT], done: list[tuple[EventT, BatchResult]], started: float
+    ) -> None:
         for partition_events in _by_partition(events):
             last = partition_events[-1]
-            raws = [
-                Raw(
-                    value=e.value if isinstance(e.value, bytes) else e.message.value,
-                    partition=e.message.partition,
-                    offset=e.message.offset,
-                    timestamp_ms=int(e.message.timestamp * 1000),
-                    key=e.message.key,
-                    topic=e.message.topic,
+            raws: list[Raw] = []
+            append = raws.append
+            for e in partition_events:  # hot: positional arguments, each attribute read once
+                m, value = e.message, e.value
+                append(
+                    Raw(
+                        value if type(value) is bytes else m.value,
+                        m.partition,
+                        m.offset,
+                        int(m.timestamp * 1000),
+                        m.key,
+                        m.topic,
+                    )
                 )
-                for e in partition_events
-            ]
             self.reader.partition = last.message.partition
             with partition_context(last):
                 done.append((last, self.engine.process(raws, self.reader)))
             self.metrics.events.labels(last.message.topic).inc(len(raws))
         self.metrics.stage_seconds.labels("engine").inc(time.perf_counter() - started)
         await self._commit(done)
-        self.metrics.batch_seconds.labels("source").observe(time.perf_counter() - started)
 
     async def handle_fold(self, name: str, events: Sequence[EventT]) -> None:
         started = time.perf_counter()
+        self._check_generation()
         done: list[tuple[EventT, BatchResult]] = []
-        for partition_events in _by_partition(events):
-            last = partition_events[-1]
-            messages = [
-                (_text(e.key), e.value) for e in partition_events if isinstance(e.value, Mapping)
-            ]
-            self.reader.partition = last.message.partition
-            with partition_context(last):
-                done.append((last, self.engine.fold(name, messages, self.reader)))
-        await self._commit(done)
+        try:
+            for partition_events in _by_partition(events):
+                last = partition_events[-1]
+                messages = [
+                    (_text(e.key), e.value)
+                    for e in partition_events
+                    if isinstance(e.value, Mapping)
+                ]
+                self.reader.partition = last.message.partition
+                with partition_context(last):
+                    done.append((last, self.engine.fold(name, messages, self.reader)))
+            await self._commit(done)
+            self.handled[name] += len(events)
+        except BaseException:
+            self.reader.clear()
+            raise
         self.metrics.batch_seconds.labels(name).observe(time.perf_counter() - started)
 
     async def _commit(self, done: Sequence[tuple[EventT, BatchResult]]) -> None:
@@ -305,6 +386,9 @@ class StreamsApp:
         for last, result in done:
             with partition_context(last):
                 self._write(result, last.message.partition)
+            for poison in result.poison:
+                if poison.key:  # a processor raised, maybe halfway through changing the state
+                    self.reader.forget(last.message.partition, poison.key)
         clock = _tick(stage, "state", clock)
         # 3. side effects that are idempotent (cache)
         for _last, result in done:
@@ -336,7 +420,7 @@ class StreamsApp:
                 raw_key = key.encode()
                 self.kafka.produce(
                     topic,
-                    json.dumps(message, separators=(",", ":")).encode(),
+                    json_dumps(message),
                     key=raw_key,
                     partition=key_partition(key, partitions),
                 )
@@ -366,30 +450,34 @@ class StreamsApp:
         self.kafka.produce(self.settings.streams_dlq_topic, raw.value, key=raw.key, headers=headers)
 
     def _write(self, result: BatchResult, partition: int) -> None:
-        """Each key once: into the table's RocksDB (Faust's store, this partition) and as
-        one changelog record to the same partition of the table's changelog topic."""
+        """Each key once: into the table's RocksDB (Faust's store, this partition, one
+        WriteBatch per table) and as one changelog record to the same partition of the
+        table's changelog topic."""
         seen: dict[str, Any] = {}
+        batches: dict[str, WriteBatch] = {}
+        produce = self.kafka.produce
+        remember = self.reader.remember
         for (table, key), value in result.writes.items():
             if table == DEDUP_TABLE:
                 seen[key] = value
-            else:
-                self._put(table, key, value, partition)
+                continue
+            raw_key, raw_value = encode_key(key), json_dumps(value)
+            batch = batches.get(table)
+            if batch is None:
+                batch = batches[table] = WriteBatch(raw_mode=True)
+            batch.put(raw_key, raw_value)
+            produce(self._changelogs[table], raw_value, key=raw_key, partition=partition)
+            remember(table, partition, key, value)
         if seen:
             # One record for the whole batch, and the local index (see dedup_index).
             first_offset = min(entry[0] for entry in seen.values())
             record = {"e": [[event_id, entry[0], entry[1]] for event_id, entry in seen.items()]}
-            self._put(DEDUP_TABLE, f"{partition}:{first_offset}", record, partition)
+            raw_key, raw_value = encode_key(f"{partition}:{first_offset}"), json_dumps(record)
+            batches.setdefault(DEDUP_TABLE, WriteBatch(raw_mode=True)).put(raw_key, raw_value)
+            produce(self._changelogs[DEDUP_TABLE], raw_value, key=raw_key, partition=partition)
             self.index.put_many(partition, seen)
-
-    def _put(self, table: str, key: str, value: Any, partition: int) -> None:
-        raw_key = encode_key(key)
-        raw_value = json.dumps(value, separators=(",", ":")).encode()
-        # The same bytes Faust's json codec would write, into the RocksDB of this partition
-        # in Faust's store and to the same partition of the changelog.
-        self.tables[table].data._db_for_partition(partition).put(raw_key, raw_value)
-        self.kafka.produce(
-            self.changelog_topic_name(table), raw_value, key=raw_key, partition=partition
-        )
+        for table, batch in batches.items():
+            self.tables[table].data._db_for_partition(partition).write(batch)
 
     def _persist_changelog_offsets(self) -> None:
         """Tell Faust's RocksDB stores how far their changelogs were written, as Faust does
@@ -543,6 +631,17 @@ def advertised_host(settings: KeelSettings) -> str:
     return socket.gethostname() if host in ("", "auto") else host
 
 
+def tune_gc() -> None:
+    """Garbage collection for a stream worker (Keel's, and the benchmark's Faust floor, so
+    both run alike): move what start-up built (modules, Faust's app, the processors) out of
+    the collector's way with `gc.freeze`, so the full collections that millions of
+    short-lived objects trigger do not walk it again and again (measured: a fifth of a
+    worker's time per event, see bench/RESULTS.md; a higher young-generation threshold on
+    top changed nothing measurable)."""
+    gc.collect()
+    gc.freeze()
+
+
 def faust_settings(settings: KeelSettings, partitions: int, datadir: Path) -> dict[str, Any]:
     """The Faust configuration of a Keel worker (also used by the benchmark's Faust floor, so
     both run with the same settings)."""
@@ -587,8 +686,24 @@ def _tick(counter: Any, stage: str, since: float) -> float:
 
 
 def encode_key(key: str) -> bytes:
-    """A table key as Faust's json key serializer writes it."""
-    return json.dumps(key).encode()
+    """A table key as Faust's json key serializer writes it: Faust uses orjson when it is
+    installed, as it is with Keel (non-ASCII characters as UTF-8, not escaped)."""
+    return orjson.dumps(key) if faust_json.orjson is not None else want_bytes(faust_json.dumps(key))
+
+
+_encoder = json.JSONEncoder(separators=(",", ":"))
+
+
+def json_dumps(value: Any) -> bytes:
+    """A table value or delta as compact JSON bytes, which Faust's json codec reads."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # e.g. an integer beyond 64 bits: the standard library takes it
+        return _encoder.encode(value).encode()
+
+
+def json_loads(raw: bytes) -> Any:
+    return orjson.loads(raw)
 
 
 def _by_partition(events: Sequence[EventT]) -> list[list[EventT]]:
@@ -624,4 +739,4 @@ def _credentials(settings: KeelSettings) -> Any:
     return None
 
 
-__all__ = ["StreamsApp", "faust_settings", "key_partition", "partition_context"]
+__all__ = ["StreamsApp", "faust_settings", "key_partition", "partition_context", "tune_gc"]

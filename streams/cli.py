@@ -93,7 +93,7 @@ def worker(
     if update:
         settings = settings.model_copy(update=update)
     configure_logging(settings.log_level, settings.log_format)
-    from streams.app import StreamsApp
+    from streams.app import StreamsApp, tune_gc
 
     app = build(settings)
     if not isinstance(app, StreamsApp):  # pragma: no cover - build's return type
@@ -105,6 +105,7 @@ def worker(
         app.partitions,
         ",".join(p.name for p in app.processors),
     )
+    tune_gc()
     Worker(
         app.app,
         loglevel=settings.log_level.lower(),

@@ -1,8 +1,10 @@
 """Typed events: a decoded Avro record plus where it came from (partition, offset).
 
 Pure: no Kafka, no Faust. Timestamps are normalised to integer epoch microseconds and UUIDs
-to strings, so processors work on plain values whether the record came from fastavro
-(datetime, UUID, Decimal) or from a test.
+to strings, so processors work on plain values whether the record came from the worker's
+codec (which decodes uuid and timestamp-micros fields to exactly those plain values, see
+`streams.codec`), from fastavro with every logical type (datetime, UUID, Decimal) or from
+a test.
 """
 
 from __future__ import annotations
@@ -61,10 +63,13 @@ def plain(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, about a
+# microsecond an event on the hot path. Treat events as read-only all the same.
+@dataclass(slots=True)
 class Event:
-    """One user action, decoded. `data` holds the record as decoded (fastavro's UUID,
-    datetime, Decimal); `get` and `[]` give plain values (see `plain`)."""
+    """One user action, decoded (read-only by convention). `data` holds the record as decoded (in a worker: uuid
+    fields as strings, timestamps as epoch µs, decimals as `Decimal`); `get` and `[]` give
+    plain values (see `plain`)."""
 
     type: str
     event_id: str
@@ -93,14 +98,31 @@ class Event:
         timestamp_ms: int = 0,
     ) -> Event:
         """Build from a decoded record; missing envelope fields raise KeyError. Only the
-        envelope is normalised here (hot path); other fields on access."""
+        envelope is normalised here (hot path: plain values pass through as they are);
+        other fields on access."""
+        event_type, event_id = record["type"], record["event_id"]
+        user_id, occurred_at = record["user_id"], record["occurred_at"]
         return cls(
-            type=str(record["type"]),
-            event_id=str(record["event_id"]),
-            user_id=str(record["user_id"]),
-            occurred_at=to_micros(record["occurred_at"]),
-            data=record,
-            partition=partition,
-            offset=offset,
-            timestamp_ms=timestamp_ms,
+            event_type if type(event_type) is str else str(event_type),
+            event_id if type(event_id) is str and _canonical(event_id) else _uuid_text(event_id),
+            user_id if type(user_id) is str else str(user_id),
+            occurred_at if type(occurred_at) is int else to_micros(occurred_at),
+            record,
+            partition,
+            offset,
+            timestamp_ms,
         )
+
+
+def _canonical(text: str) -> bool:
+    """A UUID's canonical text (36 characters, lower case), as Keel's producers write it."""
+    return len(text) == 36 and text.islower()
+
+
+def _uuid_text(value: Any) -> str:
+    """An event id as text: a UUID in its canonical form (so the same id written in upper
+    case by another client dedups with it), anything else as it is."""
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        return str(value)

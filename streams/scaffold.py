@@ -101,21 +101,39 @@ class {cls}(Trigger):
 processor = {cls}()
 '''
 
-TEST = '''"""Tests of the `{name}` processor: pure (no broker) and through a real worker."""
+TEST = '''"""Tests of the `{name}` processor without a broker: on the engine alone (`run`) and
+through a worker's Faust agents in Faust's test context (`faust_run`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+from streams.events import Event
 from streams.processors.{name} import processor
-from streams.testing import event, run
+from streams.testing import event, faust_run, run
+
+
+def make_events() -> list[Event]:
+    # Complete events of their catalog schema: faust_run encodes them as Avro.
+    fields: dict[str, Any] = {fields}
+    return [event("{etype}", user_id="u1", **fields) for _ in range(2)]
 
 
 def test_{name}_counts_on_plain_values() -> None:
-    events = [event("{etype}", user_id="u1", product_id="p1"), event("{etype}", user_id="u1", product_id="p1")]
+    events = make_events()
     result = run([processor], events)
     assert result.view("{name}", "{key}") is not None
     # Sending the same event_id again changes nothing.
     again = run([processor], [*events, events[0]])
     assert again.view("{name}", "{key}") == result.view("{name}", "{key}")
+
+
+def test_{name}_through_fausts_test_context(tmp_path: Path) -> None:
+    events = make_events()
+    result = faust_run([processor], [*events, events[0]], tmp_path)
+    expected = run([processor], events).view("{name}", "{key}")
+    assert result.view("{name}", "{key}") == expected
 '''
 
 KINDS = {
@@ -123,20 +141,48 @@ KINDS = {
     "keyed-view": (KEYED, "product.viewed", "p1"),
     "trigger": (TRIGGER, "order.placed", ""),
 }
+# The fields (beyond the envelope) the generated test gives its events.
+FIELDS = {
+    "page.viewed": '{"url": "https://shop.example/p", "path": "/p"}',
+    "product.viewed": '{"product_id": "p1"}',
+    "order.placed": (
+        '{\n        "order_id": "o1",\n        "items": [],\n        "total": Decimal("9.90"),\n'
+        '        "currency": "EUR",\n    }'
+    ),
+}
 
-TRIGGER_TEST = '''"""Tests of the `{name}` trigger: pure (no broker)."""
+TRIGGER_TEST = '''"""Tests of the `{name}` trigger without a broker: on the engine alone (`run`) and
+through a worker's Faust agents in Faust's test context (`faust_run`)."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from streams.events import Event
 from streams.processors.{name} import processor
-from streams.testing import event, run
+from streams.testing import event, faust_run, run
+
+
+def make_events() -> list[Event]:
+    # Complete events of their catalog schema: faust_run encodes them as Avro.
+    fields: dict[str, Any] = {fields}
+    return [event("{etype}", user_id="u1", **fields)]
 
 
 def test_{name}_emits_one_job_per_event() -> None:
-    events = [event("{etype}", user_id="u1")]
+    events = make_events()
     result = run([processor], [*events, events[0]])  # the duplicate emits nothing
     assert [job.job_type for job in result.jobs] == ["job.email"]
     assert result.jobs[0].record["idempotency_key"] == events[0].data["event_id"]
+
+
+def test_{name}_emits_avro_job_events_through_fausts_test_context(tmp_path: Path) -> None:
+    events = make_events()
+    result = faust_run([processor], [*events, events[0]], tmp_path)
+    [job] = result.jobs("job.email")  # decoded from the job topic's Avro
+    assert job["idempotency_key"] == events[0].data["event_id"]
 '''
 
 
@@ -160,5 +206,5 @@ def scaffold(name: str, kind: str, root: Path) -> list[Path]:
     module.write_text(template.format(name=name, cls=cls))
     test.parent.mkdir(parents=True, exist_ok=True)
     test_template = TRIGGER_TEST if kind == "trigger" else TEST
-    test.write_text(test_template.format(name=name, etype=etype, key=key))
+    test.write_text(test_template.format(name=name, etype=etype, key=key, fields=FIELDS[etype]))
     return [module, test]

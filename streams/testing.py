@@ -1,12 +1,33 @@
-"""Run processors on plain values, without a broker: the same `Engine` a worker runs, with
-a dict for the tables. For processor tests (`keel streams new` writes one)."""
+"""Test processors without a broker, two ways (`keel streams new` writes tests of both):
+
+- `run(processors, events)`: the batch `Engine` alone, on plain values, with a dict for the
+  tables. Fast (no Faust, no RocksDB), and it lets a test choose the batches and replay
+  them (the dedup and crash-replay rules are tested this way).
+- `faust_run(processors, events, datadir)`: a real worker's `StreamsApp` driven through
+  Faust's own test context (`agent.test_context()`): events are encoded as Keel's
+  Confluent-framed Avro, put into the source agent's stream (`AgentTestWrapper.put`), taken
+  in batches by `stream.take_events`, decoded by the worker's codec and handled by its
+  batch handler, with tables in RocksDB under `datadir`; re-keyed deltas go on through the
+  fold agents' test contexts the same way. What the worker would send to Kafka (changelog
+  records, job events, deltas, dead letters) is kept in order by a `RecordingProducer`
+  instead, as Faust's test context keeps its own topics in memory, and schema ids come
+  from a `LocalRegistry` (the catalog's schemas, numbered in memory).
+  Views are read through the worker's query path (`StreamsApp.query`).
+
+Both run the same engine, so a processor's views, jobs and dedup behave the same in each;
+the integration tests (tests/streams/test_worker.py) then run workers on a real broker.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 from streams.engine import (
     BatchResult,
@@ -97,3 +118,225 @@ def run(
             folded = engine.fold(name, deltas, state)
             state.put_all(folded.writes)
     return out
+
+
+# -- Faust's test context -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Record:
+    """A record the worker would have produced to Kafka."""
+
+    topic: str
+    value: bytes | None
+    key: bytes | None
+    partition: int | None
+    headers: list[tuple[str, bytes]] | None
+
+
+class RecordingProducer:
+    """In Faust's test context, in place of the worker's librdkafka producer (same methods):
+    keeps every record, and answers `flush` at once."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self.offsets: dict[tuple[str, int], int] = {}
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None:
+        self.records.append(Record(topic, value, key, partition, list(headers or []) or None))
+
+    async def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class LocalRegistry:
+    """The two calls `AvroSerde` makes of a schema registry, in memory: `register` numbers
+    each distinct schema, `get_schema` returns it by number."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self._schemas: dict[int, Any] = {}
+
+    def register(self, subject: str, schema: Any) -> int:
+        import json
+
+        text = json.dumps(schema, sort_keys=True)
+        schema_id = self._ids.get(text)
+        if schema_id is None:
+            schema_id = self._ids[text] = len(self._ids) + 1
+            self._schemas[schema_id] = json.loads(text)
+        return schema_id
+
+    def get_schema(self, schema_id: int) -> Any:
+        from schemas.errors import RegistryError
+
+        try:
+            return self._schemas[schema_id]
+        except KeyError:
+            raise RegistryError(
+                f"schema {schema_id} not found", status=404, error_code=40403
+            ) from None
+
+
+def local_codec() -> Any:
+    """An `AvroCodec` over the catalog with a `LocalRegistry`: encodes and decodes without a
+    registry server."""
+    from schemas.catalog import load_catalog
+    from schemas.serde import AvroSerde
+    from streams.codec import AvroCodec
+
+    catalog = load_catalog()
+    return AvroCodec(AvroSerde(cast(Any, LocalRegistry()), catalog), catalog)
+
+
+@dataclass
+class FaustRun:
+    """A `StreamsApp` inside Faust's test context (see `faust_context`)."""
+
+    app: Any  # streams.app.StreamsApp
+    source: Any  # the source agent's AgentTestWrapper
+    folds: dict[str, Any]  # keyed view -> its fold agent's AgentTestWrapper
+    codec: Any
+    producer: RecordingProducer
+    timeout_s: float = 30.0
+
+    def encode(self, ev: Event | Mapping[str, Any]) -> bytes:
+        record = dict(ev.data if isinstance(ev, Event) else ev)
+        return bytes(self.codec.serde.encode(str(record["type"]), record))
+
+    async def send(self, *events: Event | Mapping[str, Any] | bytes, key: str = "u1") -> None:
+        """Put events (or raw bytes, keyed by `key`) into the source agent's stream, each to
+        its user's partition, and wait until the worker has handled them, keyed views'
+        deltas included."""
+        from streams.app import key_partition
+
+        target = self.app.handled["source"] + len(events)
+        sent = len(self.producer.records)
+        for ev in events:
+            if isinstance(ev, bytes):
+                value, user, ts = ev, key, time.time()
+            else:
+                record = ev.data if isinstance(ev, Event) else ev
+                value, user = self.encode(record), str(record["user_id"])
+                occurred = Event.from_record(record).occurred_at
+                ts = occurred / 1e6
+            await self.source.put(
+                value,
+                key=user.encode(),
+                partition=key_partition(user, self.app.partitions),
+                timestamp=ts,
+                wait=False,
+            )
+        await self._handled("source", target, self.source)
+        await self._fold(self.producer.records[sent:])
+
+    async def _fold(self, records: Sequence[Record]) -> None:
+        import json
+
+        for name, agent in self.folds.items():
+            topic = self.app.rekey_topic_name(name)
+            deltas = [r for r in records if r.topic == topic]
+            if not deltas:
+                continue
+            target = self.app.handled[name] + len(deltas)
+            for r in deltas:
+                await agent.put(
+                    json.loads(r.value or b"null"), key=r.key, partition=r.partition, wait=False
+                )
+            await self._handled(name, target, agent)
+
+    async def _handled(self, name: str, target: int, agent: Any) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while self.app.handled[name] < target:
+            if agent._crash_reason is not None:
+                raise agent._crash_reason
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name}: {self.app.handled[name]} of {target} handled")
+            await asyncio.sleep(0.005)
+
+    def view(self, name: str, key: str, params: Mapping[str, str] | None = None) -> Any:
+        """The view's value for a key as the query API answers it, or None (404)."""
+        status, body = self.app.query(name, key, dict(params or {}))
+        return body if status == 200 else None
+
+    def records(self, topic: str) -> list[Record]:
+        return [r for r in self.producer.records if r.topic == topic]
+
+    def jobs(self, job_type: str) -> list[dict[str, Any]]:
+        """The job events produced on a job type's topic, decoded."""
+        topic = self.codec.job_topic(job_type, self.app.settings.streams_jobs_topic_prefix)
+        return [dict(self.codec.decode(r.value)) for r in self.records(topic)]
+
+    def dead_letters(self) -> list[Record]:
+        return self.records(self.app.settings.streams_dlq_topic)
+
+
+@contextlib.asynccontextmanager
+async def faust_context(
+    processors: Sequence[Processor],
+    datadir: Path,
+    *,
+    partitions: int = 4,
+    settings: Any = None,
+) -> AsyncIterator[FaustRun]:
+    """A worker's app with its agents in Faust's test context (no broker, no registry).
+    `settings` (a KeelSettings) defaults to a unique app id, small batches and no cache."""
+    from faust import Schema
+
+    from keel.settings import KeelSettings
+    from streams.app import StreamsApp
+
+    settings = settings or KeelSettings(
+        streams_app_id=f"test-{uuid.uuid4().hex[:8]}",
+        streams_data_dir=datadir,
+        streams_cache_enabled=False,
+        streams_batch_within_s=0.01,
+        streams_standby_replicas=0,
+    )
+    codec = local_codec()
+    app = StreamsApp(settings, processors, codec, partitions=partitions, datadir=datadir)
+    producer = RecordingProducer()
+    app.kafka = cast(Any, producer)
+    raw: Any = Schema(
+        key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        source = await stack.enter_async_context(
+            app.source_agent.test_context(channel=app.app.channel(schema=raw))
+        )
+        folds = {}
+        for name, agent in app.fold_agents.items():
+            deltas: Any = Schema(key_type=bytes, key_serializer="raw", value_serializer="raw")
+            folds[name] = await stack.enter_async_context(
+                agent.test_context(channel=app.app.channel(schema=deltas))
+            )
+        try:
+            yield FaustRun(app, source, folds, codec, producer)
+        finally:
+            app.index.close()
+
+
+def faust_run(
+    processors: Sequence[Processor],
+    events: Sequence[Event | Mapping[str, Any]],
+    datadir: Path,
+    *,
+    partitions: int = 4,
+) -> FaustRun:
+    """Send events through a worker in Faust's test context; the returned run answers
+    `view(...)`, `jobs(...)` and `dead_letters()` (its tables stay readable in `datadir`)."""
+
+    async def go() -> FaustRun:
+        async with faust_context(processors, datadir, partitions=partitions) as ctx:
+            await ctx.send(*events)
+            return ctx
+
+    return asyncio.run(go())

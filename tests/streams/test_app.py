@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faust.serializers import codecs
 
 from keel.settings import KeelSettings
 from streams.app import StreamsApp, encode_key
@@ -68,6 +69,8 @@ def test_unknown_view_is_404_with_the_known_ones(app: StreamsApp) -> None:
 
 def test_table_keys_are_written_as_fausts_json_serializer_does() -> None:
     assert encode_key("user-1") == b'"user-1"'
+    for key in ("user-1", "ünïcode-ß", 'quote"d', "emoji-🙂"):
+        assert encode_key(key) == codecs.dumps("json", key)
 
 
 def test_local_stack_runs_the_configured_workers() -> None:
