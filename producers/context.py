@@ -35,8 +35,7 @@ class Ingest:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
-        # Delivery reports served on this loop: no thread hand-off per request.
-        self.producer.start(asyncio.get_running_loop())
+        self.producer.start()
         self.keys.refresh()
         self._tasks = [
             asyncio.create_task(self._warm_up()),

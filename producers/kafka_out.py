@@ -1,20 +1,20 @@
 """The producer wrapper shared by the HTTP API and the SDK.
 
 One confluent-kafka producer (`acks=all`, idempotent, bounded queue, bounded delivery
-time). Delivery reports are gathered per *batch*: the batch's last report settles its
-waiter once, so a batch of 100 costs one wake-up, not 100.
+time) served by a poll thread. Delivery reports are gathered per *batch*: the callback of
+the batch's last report wakes the waiter once, so a batch of 100 costs one cross-thread
+wake-up, not 100 (that is what keeps the asyncio loop cheap under load).
 
-Who serves the reports: a poll thread (the SDK), or, with `start(loop)`, the asyncio loop
-itself (the HTTP API): a task polls every millisecond while a request waits for its acks
-and every 50 ms otherwise. On the loop the callbacks run without a cross-thread hand-off:
-no self-pipe write per request and no waiting for the GIL held by the thread serving
-requests (up to the 5 ms switch interval), which under load cost more than the work.
+Measured alternative, not kept: polling from the asyncio loop instead (a 1 ms timer plus a
+poll after each produce) saves the hand-off, but at the benchmark's fixed concurrency the
+single-event path waits on acks, not CPU, and the loop's timer granularity added ~1 ms to
+each answer (6.0k against 7.2k requests/s, bench/RESULTS.md); the thread, blocked in
+poll(), runs a report as soon as it lands.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -30,8 +30,6 @@ from producers.errors import Backpressure, DeliveryFailed
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.05
-# While a request waits for acks on the loop: the loop's timer resolution (epoll: 1 ms).
-BUSY_POLL_INTERVAL_S = 0.001
 PROBE_INTERVAL_S = 1.0
 
 
@@ -104,15 +102,9 @@ class EventProducer:
         self._stop = threading.Event()
         self._broker_down = threading.Event()
         self._last_probe = 0.0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._poller: asyncio.Task[None] | None = None
-        self._waiting = 0  # requests on the loop waiting for their acks
-        self._wake: asyncio.Event | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
-    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """Connect (lazily, librdkafka) and serve delivery reports: on `loop` when given
-        (call from that loop), else on a poll thread."""
+    def start(self) -> None:
         if self._producer is not None:
             return
         s = self.settings
@@ -133,11 +125,6 @@ class EventProducer:
         }
         self._producer = Producer(s.kafka_config(**config))
         self._stop.clear()
-        self._loop = loop
-        if loop is not None:
-            self._wake = asyncio.Event()
-            self._poller = loop.create_task(self._serve_reports(self._producer))
-        # On the loop too a thread stays: it probes a broker that went down (blocking calls).
         self._thread = threading.Thread(target=self._poll_loop, name="keel-producer", daemon=True)
         self._thread.start()
 
@@ -147,10 +134,6 @@ class EventProducer:
             return 0
         left = self._producer.flush(timeout)
         self._stop.set()
-        poller, loop = self._poller, self._loop
-        if poller is not None and loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(poller.cancel)
-        self._poller = None
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._producer = None
@@ -185,26 +168,11 @@ class EventProducer:
         else:
             log.info("producer: %s", err.str())
 
-    async def _serve_reports(self, producer: Producer) -> None:
-        wake = self._wake
-        assert wake is not None  # set before the task starts
-        while not self._stop.is_set():
-            producer.poll(0)
-            if self._waiting:
-                await asyncio.sleep(BUSY_POLL_INTERVAL_S)
-                continue
-            wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), POLL_INTERVAL_S)
-
     def _poll_loop(self) -> None:
         producer = self._producer
         assert producer is not None  # set before the thread starts
         while not self._stop.is_set():
-            if self._loop is None:
-                producer.poll(POLL_INTERVAL_S)
-            else:
-                self._stop.wait(POLL_INTERVAL_S)
+            producer.poll(POLL_INTERVAL_S)
             if (
                 self._broker_down.is_set()
                 and time.monotonic() - self._last_probe > PROBE_INTERVAL_S
@@ -258,29 +226,18 @@ class EventProducer:
         """Produce and wait (asyncio) for every report, at most the delivery timeout + 1 s."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Delivery]] = loop.create_future()
-        loop_thread = threading.get_ident()
 
         def done(deliveries: list[Delivery]) -> None:
-            if threading.get_ident() == loop_thread:  # served by the loop's own poll
-                _settle(future, deliveries)
-            else:
-                loop.call_soon_threadsafe(_settle, future, deliveries)
+            loop.call_soon_threadsafe(_settle, future, deliveries)
 
         self.produce_batch(items, done)
-        if self._loop is not None:
-            # Serve reports that arrived meanwhile (other requests' acks): under load this
-            # runs far more often than the 1 ms timer, at ~1 µs when there is nothing.
-            self.producer.poll(0)
         limit = timeout if timeout is not None else self.settings.ingest_delivery_timeout_s + 1
-        # librdkafka reports every event within message.timeout.ms; this is the backstop.
+        # librdkafka reports every event within message.timeout.ms; this is the backstop
+        # (a plain timer: wait_for + shield cost a task and two futures per request).
         timer = loop.call_later(limit, _expire, future, items)
-        self._waiting += 1
-        if self._wake is not None and self._waiting == 1:
-            self._wake.set()
         try:
             return await future
         finally:
-            self._waiting -= 1
             timer.cancel()
 
 

@@ -64,6 +64,11 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+# Varints of the small non-negative longs (string lengths, counts, quantities), ready-made.
+_SMALL_MAX = 4096
+_SMALL = [_varint(i) for i in range(_SMALL_MAX)]
+
+
 def _decimal_bytes(unscaled: int) -> bytes:
     # fastavro's sizing: from the magnitude, one spare bit for the sign.
     return unscaled.to_bytes((abs(unscaled).bit_length() + 8) // 8, "big", signed=True)
@@ -144,7 +149,7 @@ def _write_bytes(src: _Source, ind: int, expr: str) -> None:
     b = src.var("b")
     src.emit(ind, f"{b} = {expr}")
     src.emit(ind, f"n = len({b})")
-    src.emit(ind, "out += _BYTE[n << 1] if n < 64 else _varint(n)")
+    src.emit(ind, f"out += _SMALL[n] if n < {_SMALL_MAX} else _varint(n)")
     src.emit(ind, f"out += {b}")
 
 
@@ -206,7 +211,7 @@ def _gen(src: _Source, ind: int, schema: Any, v: str, depth: int = 0) -> None:
     elif schema in ("int", "long"):
         lo, hi = (_INT_MIN, _INT_MAX) if schema == "int" else (_LONG_MIN, _LONG_MAX)
         src.emit(ind, f"if type({v}) is not int or not {lo} <= {v} <= {hi}: return None")
-        src.emit(ind, f"out += _varint({v})")
+        src.emit(ind, f"out += _SMALL[{v}] if 0 <= {v} < {_SMALL_MAX} else _varint({v})")
     elif schema in ("float", "double"):
         pack = "_DOUBLE" if schema == "double" else "_FLOAT"
         src.emit(ind, f"if type({v}) is float: out += {pack}({v})")
@@ -386,6 +391,7 @@ def compile_encoder(et: EventType) -> Encoder | None:
         "_MISSING": _MISSING,
         "_NOW": [(None, b"")],
         "_BYTE": _BYTE,
+        "_SMALL": _SMALL,
         "_varint": _varint,
         "_decimal_bytes": _decimal_bytes,
         "_decimal_any": _decimal_any,
