@@ -39,6 +39,7 @@ from mode.utils.compat import want_bytes
 from prometheus_client import generate_latest
 from rocksdict import WriteBatch
 
+from keel.deadletters import H_ERROR, H_ORIG_OFFSET, H_ORIG_PARTITION, H_ORIG_TOPIC, H_REASON
 from keel.kafka import TopicSpec
 from keel.settings import KeelSettings
 from streams.codec import AvroCodec
@@ -430,11 +431,11 @@ class StreamsApp:
     def _dead_letter(self, poison: Poison) -> None:
         raw = poison.raw
         headers = [
-            ("keel.error", poison.error.encode()[:4000]),
-            ("keel.error.reason", poison.reason.encode()),
-            ("keel.original.topic", (raw.topic or self.source.get_topic_name()).encode()),
-            ("keel.original.partition", str(raw.partition).encode()),
-            ("keel.original.offset", str(raw.offset).encode()),
+            (H_ERROR, poison.error.encode()[:4000]),
+            (H_REASON, poison.reason.encode()),
+            (H_ORIG_TOPIC, (raw.topic or self.source.get_topic_name()).encode()),
+            (H_ORIG_PARTITION, str(raw.partition).encode()),
+            (H_ORIG_OFFSET, str(raw.offset).encode()),
         ]
         if poison.processor:
             headers.append(("keel.processor", poison.processor.encode()))

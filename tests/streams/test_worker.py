@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 
+from keel.deadletters import H_ORIG_OFFSET, H_ORIG_PARTITION, DeadLetter
 from tests.streams.conftest import StreamsEnv, wait_for
 
 HOUR = "2026-11-28T08:00:00Z"
@@ -193,13 +194,13 @@ def test_events_become_views_jobs_cache_entries_and_dead_letters(
     # Poison messages: in the dead-letter topic, with the error and where they came from.
     dead = streams_env.read_topic(streams_env.dlq, 2)
     assert sorted(m.value() for m in dead) == sorted(POISON)
-    for message in dead:
-        headers = {k: v.decode() for k, v in message.headers()}
-        assert headers["keel.original.topic"] == streams_env.source
-        assert int(headers["keel.original.offset"]) >= 0
-        assert headers["keel.original.partition"].isdigit()
-        assert headers["keel.error.reason"] == "undecodable"
-        assert headers["keel.error"]
+    for message in dead:  # the core's dead-letter contract, so `keel dlq` reads and replays them
+        letter = DeadLetter.of(message)
+        assert letter.original_topic == streams_env.source
+        assert int(letter.headers[H_ORIG_OFFSET]) >= 0
+        assert letter.headers[H_ORIG_PARTITION].isdigit()
+        assert letter.reason == "undecodable"
+        assert letter.error
 
     with urllib.request.urlopen(first.url + "/metrics", timeout=5) as response:
         text = response.read().decode()
