@@ -98,6 +98,16 @@ wrk.headers["Authorization"] = "Bearer {key}"
     return {"rps": rps, "p50_ms": ms("50%"), "p99_ms": ms("99%")}
 
 
+def _produce_wait(base: str) -> tuple[float, float]:
+    """(sum of seconds, count) of Keel's produce latency histogram: from handing a request's
+    events to librdkafka to its last ack, summed over the worker processes."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    total = re.search(r"^keel_ingest_produce_seconds_sum (\S+)$", text, re.M)
+    count = re.search(r"^keel_ingest_produce_seconds_count (\S+)$", text, re.M)
+    return (float(total.group(1)) if total else 0.0, float(count.group(1)) if count else 0.0)
+
+
 def _plain_producer(topic: str, values: list[tuple[bytes, bytes]], events: int) -> float:
     producer = make_producer(**{**PRODUCER_DEFAULTS})
     started = time.perf_counter()
@@ -123,7 +133,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="wrk duration per case")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--batch-connections", type=int, default=8)
+    # 32: enough for two workers to overlap parsing, producing and answering, and the bare
+    # server is CPU-bound there already (its p50 ~1 ms); the same for both sides.
     parser.add_argument("--single-connections", type=int, default=32)
+    parser.add_argument(
+        "--linger-ms", type=int, help="KEEL_INGEST_LINGER_MS for Keel (default: Keel's own)"
+    )
     parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
@@ -162,6 +177,8 @@ def main() -> None:
             "KEEL_INGEST_RATE_LIMIT": "1e9", "KEEL_INGEST_RATE_BURST": "1000000000",
             "KEEL_LOG_LEVEL": "WARNING",
         }  # fmt: skip
+        if args.linger_ms is not None:
+            env["KEEL_INGEST_LINGER_MS"] = str(args.linger_ms)
         ingest = subprocess.Popen(
             [sys.executable, "-m", "producers", "ingest", "--port", str(port),
              "--workers", str(args.workers)], env=env,
@@ -204,6 +221,7 @@ def main() -> None:
         rows: dict[str, list[float]] = {k: [] for k in (
             "batch_eps", "plain_eps", "batch_ratio", "batch_p50_ms", "batch_p99_ms",
             "single_rps", "bare_rps", "single_ratio", "single_p50_ms", "single_p99_ms",
+            "single_ack_wait_ms",
             "bare_p50_ms", "bare_p99_ms")}  # fmt: skip
         for run in range(args.runs):
             plain_events = 200_000 if args.quick else 1_000_000
@@ -213,7 +231,14 @@ def main() -> None:
             else:
                 b = _wrk(url, batch_body, key, args.batch_connections, args.seconds)
                 plain = _plain_producer(topic, values, plain_events)
+            waited_before = _produce_wait(base)
             s = _wrk(url, single_body, key, args.single_connections, args.seconds)
+            waited_after = _produce_wait(base)
+            # The mean ack wait of the single-event requests: how much of their latency is
+            # Kafka's (linger + acks=all round trip + the hand-back to the handler).
+            ack_wait_ms = (
+                (waited_after[0] - waited_before[0]) / (waited_after[1] - waited_before[1]) * 1000
+            )
             r = _wrk(bare_url, single_body, key, args.single_connections, args.seconds)
             figures = {
                 "batch_eps": b["rps"] * BATCH, "plain_eps": plain,
@@ -221,6 +246,7 @@ def main() -> None:
                 "batch_p50_ms": b["p50_ms"], "batch_p99_ms": b["p99_ms"],
                 "single_rps": s["rps"], "bare_rps": r["rps"], "single_ratio": s["rps"] / r["rps"],
                 "single_p50_ms": s["p50_ms"], "single_p99_ms": s["p99_ms"],
+                "single_ack_wait_ms": ack_wait_ms,
                 "bare_p50_ms": r["p50_ms"], "bare_p99_ms": r["p99_ms"],
             }  # fmt: skip
             for k, v in figures.items():
@@ -234,6 +260,7 @@ def main() -> None:
     result["config"] = {
         "workers": args.workers, "batch": BATCH, "batch_connections": args.batch_connections,
         "single_connections": args.single_connections, "seconds": args.seconds, "runs": args.runs,
+        "linger_ms": settings.ingest_linger_ms if args.linger_ms is None else args.linger_ms,
     }  # fmt: skip
     result["machine"] = machine()
     emit(result)

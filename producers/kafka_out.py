@@ -15,6 +15,7 @@ poll(), runs a report as soon as it lands.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 import time
@@ -64,22 +65,20 @@ Waker = Callable[[list[Delivery]], None]
 class _Batch:
     """Collects the delivery reports of one batch; calls `done` once when all arrived."""
 
-    __slots__ = ("done", "lock", "pending", "results")
+    __slots__ = ("count", "done", "last", "results")
 
     def __init__(self, size: int, done: Waker) -> None:
         self.results: list[Delivery | None] = [None] * size
-        self.pending = size
+        self.last = size - 1
         self.done = done
         # Reports come from the poll thread, and from the caller's thread for events that
-        # could not be queued at all.
-        self.lock = threading.Lock()
+        # could not be queued at all. next() on a count is atomic (one C call under the
+        # GIL), so exactly one report draws the last number: no lock per event.
+        self.count = itertools.count()
 
     def report(self, index: int, delivery: Delivery) -> None:
-        with self.lock:
-            self.results[index] = delivery
-            self.pending -= 1
-            finished = self.pending == 0
-        if finished:
+        self.results[index] = delivery
+        if next(self.count) == self.last:
             self.done([r for r in self.results if r is not None])
 
 
