@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +28,8 @@ from faust.serializers import codecs
 from keel.settings import KeelSettings
 from schemas.errors import DecodeError, RegistryError
 from schemas.wire import unframe
+
+_HEADER = struct.Struct(">bI")  # the Confluent wire format header: magic 0, schema id
 
 
 class AvroCodec:
@@ -48,12 +51,18 @@ class AvroCodec:
         return cls(AvroSerde(RegistryClient(settings.schema_registry_url), catalog), catalog)
 
     def decode(self, data: bytes) -> dict[str, Any]:
-        schema_id, payload = unframe(data)
+        if type(data) is bytes and len(data) >= _HEADER.size and data[0] == 0:
+            schema_id = _HEADER.unpack_from(data)[1]  # hot path: no memoryview, no copy
+            payload = io.BytesIO(data)
+            payload.seek(_HEADER.size)
+        else:  # the wire module's checks and errors
+            schema_id, view = unframe(data)
+            payload = io.BytesIO(view)
         schema = self._plain.get(schema_id)
         if schema is None:
             schema = self._plain_schema(schema_id)
         try:
-            record = fastavro.schemaless_reader(io.BytesIO(payload), schema, None)
+            record = fastavro.schemaless_reader(payload, schema, None)
         except Exception as exc:  # truncated or corrupt Avro raises EOFError, ValueError, ...
             raise DecodeError(
                 f"undecodable Avro payload for schema id {schema_id}: {exc!r}"

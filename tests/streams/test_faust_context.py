@@ -7,6 +7,7 @@ import asyncio
 from decimal import Decimal
 from pathlib import Path
 
+from keel.deadletters import H_REASON
 from streams.events import Event
 from streams.processor import View
 from streams.processors.job_triggers import JobTriggers
@@ -71,7 +72,7 @@ def test_duplicates_across_batches_and_poison_in_fausts_test_context(tmp_path: P
             assert ctx.view("user_activity", "u1")["events"] == 3
             [dead] = ctx.dead_letters()
             headers = dict(dead.headers or [])
-            assert headers["keel.error.reason"] == b"undecodable"
+            assert headers[H_REASON] == b"undecodable"
             assert dead.value == b"\x00\x00\x00\x00"
 
     asyncio.run(go())
