@@ -101,6 +101,7 @@ class EventProducer:
         self._stop = threading.Event()
         self._broker_down = threading.Event()
         self._last_probe = 0.0
+        self._handback: _Handback | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -225,9 +226,12 @@ class EventProducer:
         """Produce and wait (asyncio) for every report, at most the delivery timeout + 1 s."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Delivery]] = loop.create_future()
+        handback = self._handback
+        if handback is None or handback.loop is not loop:
+            handback = self._handback = _Handback(loop)
 
         def done(deliveries: list[Delivery]) -> None:
-            loop.call_soon_threadsafe(_settle, future, deliveries)
+            handback.push(future, deliveries)
 
         self.produce_batch(items, done)
         limit = timeout if timeout is not None else self.settings.ingest_delivery_timeout_s + 1
@@ -238,6 +242,32 @@ class EventProducer:
             return await future
         finally:
             timer.cancel()
+
+
+class _Handback:
+    """Settles the futures of finished batches on their loop, with one wake-up per burst:
+    the acks of many requests often land in one poll() (one produce response), and each
+    call_soon_threadsafe is a write to the loop's self-pipe."""
+
+    __slots__ = ("lock", "loop", "ready")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.ready: list[tuple[asyncio.Future[list[Delivery]], list[Delivery]]] = []
+
+    def push(self, future: asyncio.Future[list[Delivery]], deliveries: list[Delivery]) -> None:
+        with self.lock:
+            self.ready.append((future, deliveries))
+            first = len(self.ready) == 1
+        if first:  # later pushes ride on the wake-up already on its way
+            self.loop.call_soon_threadsafe(self.drain)
+
+    def drain(self) -> None:
+        with self.lock:
+            ready, self.ready = self.ready, []
+        for future, deliveries in ready:
+            _settle(future, deliveries)
 
 
 def _settle(future: asyncio.Future[list[Delivery]], deliveries: list[Delivery]) -> None:
