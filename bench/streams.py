@@ -17,7 +17,8 @@
 
     .venv/bin/python -m bench.streams [--quick] [--runs 3] [--events 200000]
 
-(--quick: one run of 40,000 events; the pair needs that many to still be busy once settled.)
+(--quick: one run of 30,000 events, about 40 s; the pair needs that many to still be busy
+once settled, and its figure is rough: use full runs for the record.)
 
 Figures go to stderr as they come; the last stdout line is one JSON object.
 """
@@ -406,7 +407,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     args = parser.parse_args()
     if args.quick:
-        args.runs, args.events = 1, 40_000
+        args.runs, args.events = 1, 30_000
     tmp = Path(tempfile.mkdtemp(prefix="bench-streams-"))
     registry, registry_proc = ensure_registry(tmp)
     topic = fresh_topic("streams", args.partitions)
