@@ -145,7 +145,9 @@ class KeelSettings(BaseSettings):
     ingest_queue_max_messages: int = Field(
         100_000, ge=1, description="Producer queue bound; beyond it 503."
     )
-    ingest_linger_ms: int = Field(2, ge=0, description="Producer linger for ingestion.")
+    ingest_linger_ms: int = Field(
+        1, ge=0, description="Producer linger for ingestion (each answer waits for its ack)."
+    )
     ingest_topic_prefix: str = Field("", description="Prefix of the topics produced to (tests).")
     ingest_trust_forwarded: bool = Field(
         False, description="Take the client ip from X-Forwarded-For (behind nginx)."
