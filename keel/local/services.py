@@ -219,7 +219,10 @@ class PostgresService(ProcessService):
         self.data_dir = (
             Path(f"/var/lib/postgresql/keel-{port}") if as_root else settings.home / "postgres"
         )
-        super().__init__("postgres", [], settings, port=port, order=20, user=self.run_as)
+        # Up to two minutes: after a crash PostgreSQL replays its WAL before it accepts anyone.
+        super().__init__(
+            "postgres", [], settings, port=port, order=20, user=self.run_as, start_timeout=120
+        )
 
     def _bin(self, name: str) -> str:
         found = sorted(glob(f"/usr/lib/postgresql/*/bin/{name}"), key=_version_key)
@@ -274,6 +277,17 @@ class PostgresService(ProcessService):
         started = super().start(progress)
         self._ensure_database()
         return started
+
+    def healthy(self) -> bool:
+        """Accepting connections (`pg_isready`), not merely listening: during crash recovery
+        the port is open but every connection is refused."""
+        ready = self._bin("pg_isready")
+        if not ready:
+            return _port_open(self.port)
+        probe = subprocess.run(
+            [ready, "-q", "-h", "127.0.0.1", "-p", str(self.port), "-t", "2"], check=False
+        )
+        return probe.returncode == 0
 
     def stop(self, progress: Progress) -> bool:
         # SIGINT is PostgreSQL's "fast" shutdown: it disconnects clients and stops cleanly.
