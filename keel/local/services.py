@@ -135,6 +135,17 @@ class ProcessService(Service):
         self.prepare(progress)
         progress(f"starting {self.name} on 127.0.0.1:{self.port} (log: {self.process.log_file})")
         self.process.start(self.argv, env=self.env, user=self.user)
+        try:
+            self._wait_healthy()
+            self.after_start(progress)
+        except BaseException:
+            # Not ours to leave behind: a half-started service would hold its port, and a
+            # later `up` would take it for running.
+            self.stop(progress)
+            raise
+        return True
+
+    def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.start_timeout
         while not self.healthy():
             if self.process.exited_early():
@@ -146,7 +157,9 @@ class ProcessService(Service):
                     f"{self.name} not healthy after {self.start_timeout:.0f}s; see {self.process.log_file}"
                 )
             time.sleep(0.2)
-        return True
+
+    def after_start(self, progress: Progress) -> None:
+        """Hook run once the process is healthy (create roles, databases, ...)."""
 
     def prepare(self, progress: Progress) -> None:
         """Hook run before the first start (install, initialise data)."""
@@ -273,10 +286,8 @@ class PostgresService(ProcessService):
             "unix_socket_directories=/tmp",
         ]
 
-    def start(self, progress: Progress) -> bool:
-        started = super().start(progress)
+    def after_start(self, progress: Progress) -> None:
         self._ensure_database()
-        return started
 
     def healthy(self) -> bool:
         """Accepting connections (`pg_isready`), not merely listening: during crash recovery

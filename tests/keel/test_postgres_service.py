@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from keel.errors import LocalStackError
 from keel.local.ports import free_port
 from keel.local.services import PostgresService
 from keel.settings import KeelSettings
@@ -38,4 +39,20 @@ def test_a_killed_postgres_starts_again_with_its_committed_rows(tmp_path: Path) 
         assert service.healthy()
     finally:
         service.stop(quiet)
+        shutil.rmtree(service.data_dir, ignore_errors=True)
+
+
+def test_a_start_that_fails_after_the_process_is_up_leaves_nothing_running(
+    tmp_path: Path,
+) -> None:
+    # The server starts, then creating the database fails (a name psql cannot take bare).
+    dsn = f"postgresql://keel:keel@127.0.0.1:{free_port()}/bad-name"
+    service = PostgresService(KeelSettings(home=tmp_path, postgres_dsn=dsn))  # type: ignore[arg-type]
+    try:
+        with pytest.raises(LocalStackError, match="psql"):
+            service.start(lambda _m: None)
+        assert service.process.pid() is None  # stopped, pid file gone
+        assert not service.healthy()
+    finally:
+        service.stop(lambda _m: None)
         shutil.rmtree(service.data_dir, ignore_errors=True)
