@@ -10,15 +10,12 @@ from typing import Annotated
 
 import typer
 
+from keel.cli.group import command_group
 from keel.logging import configure_logging
 from keel.settings import KeelSettings, get_settings
 
-jobs_app = typer.Typer(
-    name="jobs",
-    help="Background job workers (emails, reports) with retries and dead letters.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+jobs_app = command_group(
+    "jobs", "Background job workers (emails, reports) with retries and dead letters."
 )
 
 

@@ -7,15 +7,10 @@ from typing import Annotated
 
 import typer
 
+from keel.cli.group import command_group
 from keel.settings import get_settings
 
-keys_app = typer.Typer(
-    name="keys",
-    help="API keys of the events API (stored hashed).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+keys_app = command_group("keys", "API keys of the events API (stored hashed).")
 
 
 def ingest(

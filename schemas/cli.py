@@ -8,15 +8,14 @@ from typing import Any
 
 import typer
 
+from keel.cli.group import command_group
 from keel.logging import configure_logging
 from keel.settings import get_settings
 from schemas.catalog import CATALOG_DIR, load_catalog
 from schemas.errors import InvalidSchema, RegistryError
 from schemas.registry.client import RegistryClient
 
-schemas_app = typer.Typer(
-    help="The Avro event catalog: check, register, list.", no_args_is_help=True
-)
+schemas_app = command_group("schemas", "The Avro event catalog: check, register, list.")
 
 
 def registry(

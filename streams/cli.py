@@ -8,18 +8,15 @@ from typing import Annotated
 
 import typer
 
+from keel.cli.group import command_group
 from keel.errors import KeelError
 from keel.kafka import TopicSpec, ensure_topics, make_admin, wait_for_topics
 from keel.logging import configure_logging
 from keel.settings import KeelSettings, get_settings
 from streams.errors import StreamsError
 
-streams_app = typer.Typer(
-    name="streams",
-    help="Stream processors: materialized views, job triggers, cache fill (Faust).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+streams_app = command_group(
+    "streams", "Stream processors: materialized views, job triggers, cache fill (Faust)."
 )
 
 log = logging.getLogger(__name__)

@@ -11,17 +11,12 @@ from pydantic import ValidationError
 
 from keel.cli.broker import broker_app
 from keel.cli.dlq import dlq_app
+from keel.cli.group import command_group
 from keel.cli.lag import lag
 from keel.cli.stack import register_stack_commands
 from keel.errors import KeelError
 
-app = typer.Typer(
-    name="keel",
-    help="Keel: an event-driven streaming backbone on Apache Kafka.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+app = command_group("keel", "Keel: an event-driven streaming backbone on Apache Kafka.")
 app.add_typer(broker_app, name="broker")
 app.add_typer(dlq_app, name="dlq")
 app.command(name="lag")(lag)

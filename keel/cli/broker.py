@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import typer
 
+from keel.cli.group import command_group
 from keel.local.services import local_kafka
 from keel.settings import get_settings
 
-broker_app = typer.Typer(help="Run a real Apache Kafka (KRaft) on this host.", no_args_is_help=True)
+broker_app = command_group("broker", "Run a real Apache Kafka (KRaft) on this host.")
 
 
 def _progress(message: str) -> None:

@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
+from keel.cli.group import command_group
 from keel.deadletters import read, replay, replay_group
 from keel.settings import get_settings
 
-dlq_app = typer.Typer(
-    help="Read and replay dead-letter topics (jobs and stream processors alike).",
-    no_args_is_help=True,
+dlq_app = command_group(
+    "dlq", "Read and replay dead-letter topics (jobs and stream processors alike)."
 )
 
 Topic = Annotated[str, typer.Argument(help="The dead-letter topic.")]
