@@ -7,12 +7,18 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from keel.kafka import TopicSpec, delete_topics, ensure_topics, make_admin, wait_for_topics
+from keel.local.ports import free_port
+from keel.settings import get_settings
 
 
 def machine() -> str:
@@ -47,6 +53,57 @@ def fresh_topic(prefix: str, partitions: int = 1) -> str:
 
 def drop_topics(*names: str) -> None:
     delete_topics(make_admin(), names)
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(200 <= response.status < 300)
+    except OSError:  # URLError and HTTPError included
+        return False
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60.0) -> None:
+    """Poll until `url` answers 2xx; fail early if `proc` (the server) has exited."""
+    deadline = time.monotonic() + timeout
+    while not http_ok(url):
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: its server exited with status {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+        time.sleep(0.1)
+
+
+def ensure_registry(log_file: Path) -> tuple[str, subprocess.Popen[bytes] | None]:
+    """The configured registry when it answers, else a private `keel registry` on a free port
+    and its own topic; returns its URL and the process to stop (None when not ours)."""
+    url = get_settings().schema_registry_url
+    if http_ok(f"{url}/subjects"):
+        return url, None
+    port = free_port()
+    env = {
+        **os.environ,
+        "KEEL_REGISTRY_PORT": str(port),
+        "KEEL_REGISTRY_TOPIC": f"_schemas-bench-{uuid.uuid4().hex[:6]}",
+    }
+    with log_file.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "keel.cli", "registry"], env=env, stdout=out, stderr=out
+        )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/subjects", proc)
+    return url, proc
+
+
+def stop_processes(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
+    """Terminate all first, then wait for each (killing a straggler): they stop in parallel."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def emit(result: dict[str, Any]) -> None:

@@ -28,9 +28,18 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench.common import drop_topics, emit, fresh_topic, machine, summary
+from bench.common import (
+    drop_topics,
+    emit,
+    ensure_registry,
+    fresh_topic,
+    machine,
+    stop_processes,
+    summary,
+    wait_http,
+)
 from keel.kafka import PRODUCER_DEFAULTS, make_producer
-from keel.local.ports import free_port as _free_port
+from keel.local.ports import free_port
 from keel.local.system import ensure_command
 from keel.settings import get_settings
 from producers.auth import create_key
@@ -40,18 +49,6 @@ from schemas.registry.client import RegistryClient
 from schemas.serde import AvroSerde
 
 BATCH = 100
-
-
-def _wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not come up") from None
-            time.sleep(0.2)
 
 
 def _event(i: int) -> dict[str, Any]:
@@ -148,18 +145,9 @@ def main() -> None:
         args.runs, args.seconds = 3, 3.0
     settings = get_settings()
     with ExitStack() as stack:
-        registry_url = settings.schema_registry_url
-        try:
-            _wait_http(f"{registry_url}/subjects", timeout=1)
-        except RuntimeError:
-            port = _free_port()
-            env = {**os.environ, "KEEL_REGISTRY_PORT": str(port),
-                   "KEEL_REGISTRY_TOPIC": f"_schemas-bench-{uuid.uuid4().hex[:6]}"}  # fmt: skip
-            proc = subprocess.Popen([sys.executable, "-m", "keel.cli", "registry"], env=env,
-                                    stderr=subprocess.DEVNULL)  # fmt: skip
-            stack.callback(proc.terminate)
-            registry_url = f"http://127.0.0.1:{port}"
-            _wait_http(f"{registry_url}/subjects", proc)
+        registry_url, registry_proc = ensure_registry(Path(tempfile.mkdtemp()) / "registry.log")
+        if registry_proc is not None:
+            stack.callback(stop_processes, [registry_proc])
         prefix = f"bench-{uuid.uuid4().hex[:6]}-"
         topic = fresh_topic("ingest", partitions=3)
         events_topic = prefix + "events"
@@ -170,7 +158,7 @@ def main() -> None:
         stack.callback(drop_topics, topic, events_topic)
         keys = Path(tempfile.mkdtemp()) / "keys.json"
         key = create_key(keys, "bench")
-        port = _free_port()
+        port = free_port()
         env = {
             **os.environ, "KEEL_SCHEMA_REGISTRY_URL": registry_url,
             "KEEL_INGEST_TOPIC_PREFIX": prefix, "KEEL_INGEST_KEYS_FILE": str(keys),
@@ -185,7 +173,7 @@ def main() -> None:
         )  # fmt: skip
         stack.callback(ingest.wait, 30)
         stack.callback(ingest.terminate)
-        bare_port = _free_port()
+        bare_port = free_port()
         bare = [
             subprocess.Popen(
                 [sys.executable, "-m", "bench.ingest", "--bare-server", str(bare_port)]
@@ -195,7 +183,7 @@ def main() -> None:
         for b in bare:
             stack.callback(b.terminate)
         base = f"http://127.0.0.1:{port}"
-        _wait_http(f"{base}/healthz", ingest)
+        wait_http(f"{base}/healthz", ingest)
         deadline = time.monotonic() + 60
         while True:  # ready = schemas registered in every worker (any answers for all here)
             try:
@@ -205,7 +193,7 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.3)
-        _wait_http(f"http://127.0.0.1:{bare_port}/", bare[0])
+        wait_http(f"http://127.0.0.1:{bare_port}/", bare[0])
 
         batch = [_event(i) for i in range(BATCH)]
         batch_body = json.dumps({"events": batch}).encode()

@@ -42,7 +42,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.common import drop_topics, emit, fresh_topic, machine, summary
+from bench.common import (
+    drop_topics,
+    emit,
+    ensure_registry,
+    fresh_topic,
+    http_ok,
+    machine,
+    stop_processes,
+    summary,
+    wait_http,
+)
 from keel.kafka import make_admin, make_consumer, make_producer
 from keel.local.ports import free_port
 from keel.settings import get_settings
@@ -58,40 +68,7 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(200 <= response.status < 300)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def wait_until(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-# -- the registry and the topic ---------------------------------------------------------
-def ensure_registry(tmp: Path) -> tuple[str, subprocess.Popen[bytes] | None]:
-    url = get_settings().schema_registry_url
-    if http_ok(f"{url}/subjects"):
-        return url, None
-    port = free_port()
-    env = {
-        **os.environ,
-        "KEEL_REGISTRY_PORT": str(port),
-        "KEEL_REGISTRY_TOPIC": f"_schemas-bench-{uuid.uuid4().hex[:6]}",
-    }
-    with (tmp / "registry.log").open("wb") as out:
-        process = subprocess.Popen([KEEL, "registry"], env=env, stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: http_ok(f"{url}/subjects"), 60, "the registry")
-    return url, process
-
-
+# -- the topic ---------------------------------------------------------------------------
 def event(i: int, users: int) -> dict[str, Any]:
     kind = TYPES[i % len(TYPES)]
     base = {
@@ -214,13 +191,7 @@ def run_workers(
     try:
         return rate_of(ports, count, procs, settled=settled)
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
         admin = make_admin()
         drop_topics(*[t for t in admin.list_topics(timeout=10).topics if t.startswith(app_id)])
 
@@ -341,8 +312,8 @@ def e2e_latency(registry: str, tmp: Path, seconds: float, rate: float) -> dict[s
     ingest = f"http://127.0.0.1:{ingest_port}"
     views = f"http://127.0.0.1:{worker_port}/v1/views/user_activity/"
     try:
-        wait_until(lambda: http_ok(f"{ingest}/readyz"), 60, "keel ingest")
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{worker_port}/readyz"), 90, "the worker")
+        wait_http(f"{ingest}/readyz", timeout=60)
+        wait_http(f"http://127.0.0.1:{worker_port}/readyz", timeout=90)
 
         def post(body: dict[str, Any]) -> None:
             request = urllib.request.Request(
@@ -386,13 +357,7 @@ def e2e_latency(registry: str, tmp: Path, seconds: float, rate: float) -> dict[s
             "background_rate": rate,
         }
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
         drop_topics(
             source, *[t for t in admin.list_topics(timeout=10).topics if t.startswith(app_id)]
         )
@@ -409,7 +374,7 @@ def main() -> None:
     if args.quick:
         args.runs, args.events = 1, 30_000
     tmp = Path(tempfile.mkdtemp(prefix="bench-streams-"))
-    registry, registry_proc = ensure_registry(tmp)
+    registry, registry_proc = ensure_registry(tmp / "registry.log")
     topic = fresh_topic("streams", args.partitions)
     results: dict[str, list[float]] = {k: [] for k in ("keel", "faust_floor", "quix", "plain")}
     scale: dict[str, list[float]] = {"one_worker": [], "two_workers": []}
@@ -442,7 +407,7 @@ def main() -> None:
     finally:
         drop_topics(topic)
         if registry_proc is not None:
-            registry_proc.terminate()
+            stop_processes([registry_proc])
         shutil.rmtree(tmp, ignore_errors=True)
     ratio = lambda a, b: [x / y for x, y in zip(results[a], results[b], strict=True)]  # noqa: E731
     emit({
