@@ -15,7 +15,22 @@ import fastavro
 from schemas.catalog import Catalog, EventType, load_catalog
 from schemas.errors import DecodeError, RegistryError
 from schemas.registry.client import RegistryClient, canonical
-from schemas.wire import frame, unframe
+from schemas.wire import HEADER_SIZE, frame, schema_id_of, unframe
+
+PLAIN_LOGICAL_TYPES = frozenset({"uuid", "timestamp-micros"})
+
+
+def strip_logical_types(schema: Any) -> Any:
+    """A copy of a schema (parsed JSON) without the logical types in PLAIN_LOGICAL_TYPES."""
+    if isinstance(schema, dict):
+        return {
+            k: strip_logical_types(v)
+            for k, v in schema.items()
+            if not (k == "logicalType" and v in PLAIN_LOGICAL_TYPES)
+        }
+    if isinstance(schema, list):
+        return [strip_logical_types(v) for v in schema]
+    return schema
 
 
 class AvroSerde:
@@ -28,6 +43,7 @@ class AvroSerde:
         self._ids: dict[str, int] = {}  # subject -> schema id of the catalog's version
         self._headers: dict[str, bytes] = {}  # subject -> wire format header
         self._writers: dict[int, Any] = {}  # schema id -> parsed writer schema
+        self._plain_writers: dict[int, Any] = {}  # the same, plain logical types stripped
         self._parsed_readers: dict[str, Any] = {}  # canonical reader text -> parsed
         # id(reader dict) -> (that dict, parsed): the hot path skips canonicalising the
         # reader schema on every call. Holding the dict keeps its id from being reused.
@@ -64,19 +80,45 @@ class AvroSerde:
         return buffer.getvalue()
 
     # -- decoding -------------------------------------------------------------------------
+    def _fetch(self, schema_id: int) -> dict[str, Any]:
+        """The writer schema of `schema_id` from the registry; DecodeError if it has none."""
+        try:
+            return self.registry.get_schema(schema_id)
+        except RegistryError as exc:
+            if exc.retriable:
+                raise
+            raise DecodeError(f"unknown schema id {schema_id}: {exc}") from exc
+
     def _writer(self, schema_id: int) -> Any:
         parsed = self._writers.get(schema_id)
         if parsed is None:
-            try:
-                schema = self.registry.get_schema(schema_id)
-            except RegistryError as exc:
-                if exc.retriable:
-                    raise
-                raise DecodeError(f"unknown schema id {schema_id}: {exc}") from exc
-            parsed = fastavro.parse_schema(schema)
+            parsed = fastavro.parse_schema(self._fetch(schema_id))
             with self._lock:
                 self._writers[schema_id] = parsed
         return parsed
+
+    def _plain_writer(self, schema_id: int) -> Any:
+        parsed = self._plain_writers.get(schema_id)
+        if parsed is None:
+            parsed = fastavro.parse_schema(strip_logical_types(self._fetch(schema_id)))
+            with self._lock:
+                self._plain_writers[schema_id] = parsed
+        return parsed
+
+    def decode_plain(self, data: bytes) -> dict[str, Any]:
+        """Decode with the writer schema only, `uuid` as its string and `timestamp-micros` as
+        its integer microseconds, as written: no `UUID`/`datetime` objects built for a
+        consumer that wants plain values (a third of the decoding time, profiled in the
+        stream workers). Other logical types come as `decode` makes them."""
+        schema_id = schema_id_of(data)
+        if schema_id is not None:  # hot path: no memoryview, no copy
+            payload = io.BytesIO(data)
+            payload.seek(HEADER_SIZE)
+        else:  # the wire module's checks and errors
+            schema_id, view = unframe(data)
+            payload = io.BytesIO(view)
+        schema = self._plain_writers.get(schema_id) or self._plain_writer(schema_id)
+        return self._read(payload, schema, None, schema_id)
 
     def decode(self, data: bytes, reader_schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
         schema_id, payload = unframe(data)
@@ -87,13 +129,17 @@ class AvroSerde:
             reader = hit[1] if hit is not None and hit[0] is reader_schema else None
             if reader is None:
                 reader = self._reader(reader_schema)
+        return self._read(io.BytesIO(payload), writer, reader, schema_id)
+
+    @staticmethod
+    def _read(payload: io.BytesIO, writer: Any, reader: Any, schema_id: int) -> dict[str, Any]:
         try:
-            record = fastavro.schemaless_reader(io.BytesIO(payload), writer, reader)
+            record = fastavro.schemaless_reader(payload, writer, reader)
         except Exception as exc:  # truncated or corrupt Avro raises EOFError, ValueError, ...
             raise DecodeError(
                 f"undecodable Avro payload for schema id {schema_id}: {exc!r}"
             ) from exc
-        if not isinstance(record, dict):
+        if type(record) is not dict:
             raise DecodeError(f"schema id {schema_id} is not a record schema")
         return record
 

@@ -28,3 +28,11 @@ def unframe(data: bytes | bytearray | memoryview) -> tuple[int, memoryview]:
     if magic != MAGIC:
         raise DecodeError(f"unknown magic byte {magic} (expected {MAGIC}: Confluent wire format)")
     return schema_id, memoryview(data)[HEADER_SIZE:]
+
+
+def schema_id_of(data: bytes) -> int | None:
+    """The schema id of well-framed bytes without copying them (a hot-path peek), or None:
+    then `unframe` says what is wrong."""
+    if type(data) is bytes and len(data) >= HEADER_SIZE and data[0] == MAGIC:
+        return int(_HEADER.unpack_from(data)[1])
+    return None

@@ -13,6 +13,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import fastavro
@@ -196,6 +197,26 @@ def test_decode_with_reader_schema_reads_old_and_new(schema_registry: str) -> No
         AvroSerde(client).decode(frame(999_999, b"\x02a"))
     with pytest.raises(DecodeError, match="undecodable"):
         AvroSerde(client).decode(frame(old_id, b"\xff"))
+
+
+def test_decode_plain_keeps_uuids_and_timestamps_as_written(schema_registry: str) -> None:
+    serde = AvroSerde(RegistryClient(schema_registry))
+    _et, record = validate_event(
+        {"type": "page.viewed", "user_id": "u-1", "url": "https://x.example/", "path": "/"},
+        source="test",
+    )
+    data = serde.encode("page.viewed", record)
+    typed, plain = serde.decode(data), serde.decode_plain(data)
+    assert plain["event_id"] == str(typed["event_id"])  # a str, not a UUID
+    micros = (typed["occurred_at"] - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    assert plain["occurred_at"] == micros  # integer microseconds, not a datetime
+    assert {
+        k: v for k, v in plain.items() if k not in ("event_id", "occurred_at", "received_at")
+    } == {k: v for k, v in typed.items() if k not in ("event_id", "occurred_at", "received_at")}
+    with pytest.raises(DecodeError, match="undecodable"):
+        serde.decode_plain(data[:8])
+    with pytest.raises(DecodeError, match="magic byte"):
+        serde.decode_plain(b"\x01" + data[1:])
 
 
 NOTE = {"name": "note", "type": ["null", "string"], "default": None}
