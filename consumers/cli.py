@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from keel.cli.group import command_group
+from keel.command_group import command_group
 from keel.logging import configure_logging
 from keel.settings import KeelSettings, get_settings
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from keel.cli.group import command_group
+from keel.command_group import command_group
 from keel.settings import get_settings
 
 keys_app = command_group("keys", "API keys of the events API (stored hashed).")

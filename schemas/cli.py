@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from keel.cli.group import command_group
+from keel.command_group import command_group
 from keel.logging import configure_logging
 from keel.settings import get_settings
 from schemas.catalog import CATALOG_DIR, load_catalog

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from keel.cli.group import command_group
+from keel.command_group import command_group
 from keel.errors import KeelError
 from keel.kafka import TopicSpec, ensure_topics, make_admin, wait_for_topics
 from keel.logging import configure_logging

@@ -11,9 +11,9 @@ from pydantic import ValidationError
 
 from keel.cli.broker import broker_app
 from keel.cli.dlq import dlq_app
-from keel.cli.group import command_group
 from keel.cli.lag import lag
 from keel.cli.stack import register_stack_commands
+from keel.command_group import command_group
 from keel.errors import KeelError
 
 app = command_group("keel", "Keel: an event-driven streaming backbone on Apache Kafka.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from keel.cli.group import command_group
+from keel.command_group import command_group
 from keel.local.services import local_kafka
 from keel.settings import get_settings
 

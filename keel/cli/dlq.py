@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from keel.cli.group import command_group
+from keel.command_group import command_group
 from keel.deadletters import read, replay, replay_group
 from keel.settings import get_settings
 

@@ -1,4 +1,7 @@
-"""One way to make a `keel` command group, for the core and the components alike."""
+"""One way to make a `keel` command group, for the core and the components alike.
+
+Outside `keel.cli` on purpose: importing that package mounts every component's commands,
+so a component importing it from its own CLI module would import itself half-made."""
 
 from __future__ import annotations
 
