@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import json
 import logging
 import socket
 import time
+import uuid
 import weakref
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -43,7 +45,7 @@ from keel.deadletters import H_ERROR, H_ORIG_OFFSET, H_ORIG_PARTITION, H_ORIG_TO
 from keel.kafka import TopicSpec
 from keel.settings import KeelSettings
 from streams.codec import AvroCodec
-from streams.dedup_index import DedupIndex
+from streams.dedup_index import DedupIndex, batch_record_key
 from streams.engine import (
     DEDUP_TABLE,
     BatchResult,
@@ -225,6 +227,8 @@ class StreamsApp:
                 )
         self._changelogs = {name: self.changelog_topic_name(name) for name in self.tables}
         self.index = DedupIndex(self.datadir / "dedup-index", settings.streams_dedup_window_s * 2)
+        self._writer = uuid.uuid4().hex[:8]  # names this process's dedup batch records
+        self._records = itertools.count()
         self._indexing = False
         self.tables[DEDUP_TABLE].on_recover(self._index_dedup_batches)
         self.reader = TableReader(self.tables, self.index, max_keys=100_000)
@@ -473,7 +477,8 @@ class StreamsApp:
             # One record for the whole batch, and the local index (see dedup_index).
             first_offset = min(entry[0] for entry in seen.values())
             record = {"e": [[event_id, entry[0], entry[1]] for event_id, entry in seen.items()]}
-            raw_key, raw_value = encode_key(f"{partition}:{first_offset}"), json_dumps(record)
+            key = batch_record_key(partition, first_offset, f"{self._writer}.{next(self._records)}")
+            raw_key, raw_value = encode_key(key), json_dumps(record)
             batches.setdefault(DEDUP_TABLE, WriteBatch(raw_mode=True)).put(raw_key, raw_value)
             produce(self._changelogs[DEDUP_TABLE], raw_value, key=raw_key, partition=partition)
             self.index.put_many(partition, seen)

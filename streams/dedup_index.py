@@ -3,7 +3,7 @@
 Why not a Faust table keyed by event_id: that costs one changelog message per event, which
 measured here (profiled) made the processor several times slower than Faust's own floor.
 Instead each batch writes ONE changelog record holding all its new entries (the `dedup`
-table, keyed `<partition>:<first offset>`), and every worker keeps this local index of the
+table, keyed by `batch_record_key`), and every worker keeps this local index of the
 entries. After a rebalance, `index_batches` adds the entries of batch records the worker
 has not indexed yet (restored from the changelog or kept as a standby), so an event_id
 seen by a worker that died is still known to the one that takes its partition over.
@@ -22,6 +22,14 @@ from typing import Any, cast
 from rocksdict import AccessType, Options, Rdict, WriteBatch
 
 MARK = b"\x00batch:"
+
+
+def batch_record_key(partition: int, first_offset: int, writer: str) -> str:
+    """`<partition>:<first offset>:<writer>`. The writer part (unique per worker process and
+    record) keeps two records apart that start at the same offset: a worker still finishing
+    a batch of a partition it just lost, and the new owner replaying it, write records
+    whose entries differ, and on a compacted topic one would erase the other."""
+    return f"{partition}:{first_offset}:{writer}"
 
 
 class DedupIndex:
@@ -70,8 +78,9 @@ class DedupIndex:
         self._db(partition).write(batch)
 
     def index_batches(self, keys: Iterable[Any], value_of: Callable[[Any], Any]) -> int:
-        """Index the batch records (key `<partition>:<offset>`, value {"e": [[id, o, ts]]})
-        not indexed before; returns how many were new. Only new records are read."""
+        """Index the batch records (key from `batch_record_key`, value {"e": [[id, o, ts]]})
+        not indexed before; returns how many were new. Only new records are read (a key is
+        never written twice, so an indexed one cannot have changed)."""
         added = 0
         for key in keys:
             partition = int(str(key).split(":", 1)[0])
