@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
+from keel.errors import KeelError
 from keel.kafka import TopicSpec, ensure_topics, make_consumer, make_producer, wait_for_topics
+from keel.lag import group_lag
 from keel.local.ports import free_port
 
 KEEL = str(Path(sys.executable).parent / "keel")
@@ -75,6 +77,29 @@ class Worker:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+    def digest(self, limit: int = 60) -> str:
+        """What to read when a test fails: warnings, errors and the group and recovery
+        milestones of the worker's JSON log (pytest shows it only for failed tests)."""
+        milestones = ("Worker ready", "generation", "Recovery", "indexed", "Revoking")
+        picked = []
+        try:
+            lines = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        for line in lines:
+            start = line.find("{")
+            try:
+                record = json.loads(line[start:]) if start >= 0 else None
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                continue
+            msg = str(record.get("msg", ""))
+            if record.get("level") != "info" or any(m in msg for m in milestones):
+                first = msg.splitlines()[0] if msg else ""
+                picked.append(f"{str(record.get('ts'))[11:23]} {record.get('level')} {first[:160]}")
+        return "\n".join(picked[-limit:])
 
     def kill(self) -> None:
         """SIGKILL: no commit, no flush, no goodbye to the group."""
@@ -215,7 +240,23 @@ def streams_env(
     }
     streams = StreamsEnv(env, prefix, source, dlq, jobs_prefix, cache_prefix, tmp_path)
     yield streams
+    try:  # where each partition's committed offset stands: tells a stuck partition apart
+        lag = group_lag(admin, app_id)
+        print(f"--- group {app_id}: {lag.state}, {lag.members} members, lag {lag.total}")
+        for p in lag.partitions:
+            if p.topic.endswith(("-changelog", "-__leader")):  # read, never committed
+                continue
+            print(f"{p.topic.removeprefix(app_id)}[{p.partition}] at {p.committed}, lag {p.lag}")
+    except KeelError as exc:
+        print(f"--- group {app_id}: {exc}")
     for worker in streams.workers:
+        # Printed in teardown: pytest shows it under the failure, so a CI log holds the
+        # evidence after the temporary directory is gone.
+        alive = worker.process.poll() is None
+        print(f"--- worker {worker.port} ({'alive' if alive else 'exited'}):")
+        if alive:
+            print(f"readyz: {worker.get('/readyz')}")
+        print(worker.digest())
         worker.stop()
     _delete_app_topics(admin, app_id, jobs_prefix)
 

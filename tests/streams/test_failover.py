@@ -151,11 +151,18 @@ def test_kill_one_worker_add_another_views_stay_exact(streams_env: StreamsEnv) -
             and Decimal(body["lifetime_value"].get("EUR", "0")) == want["ltv"]
         )
 
-    def all_users_exact() -> list[str] | bool:
-        wrong = [u for u in users if not user_view_exact(u)]
-        return not wrong
+    wrong_users: list[Any] = []
 
-    wait_for(all_users_exact, 180, "every user_activity view exact", interval=1.0)
+    def all_users_exact() -> bool:
+        wrong_users.clear()
+        wrong_users.extend(u for u in users if not user_view_exact(u))
+        return not wrong_users
+
+    try:
+        wait_for(all_users_exact, 180, "every user_activity view exact", interval=1.0)
+    except AssertionError as exc:
+        details = [(u, streams_env.view("user_activity", u), users[u]) for u in wrong_users[:3]]
+        raise AssertionError(f"{exc}: {len(wrong_users)} wrong, e.g. {details}") from None
 
     mismatches: list[Any] = []
 
