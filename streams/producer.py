@@ -79,8 +79,8 @@ class BatchProducer:
     async def flush(self) -> None:
         """Wait (off the event loop) until every record produced so far is acknowledged."""
         producer = self.producer
+        producer.poll(0)  # serve delivery reports first: a failed one must not pass unseen
         if len(producer) == 0 and not self._errors:
-            producer.poll(0)
             return
         await asyncio.get_running_loop().run_in_executor(None, producer.flush)
         if self._errors:
