@@ -13,6 +13,7 @@ from keel.cli.broker import broker_app
 from keel.cli.dlq import dlq_app
 from keel.cli.lag import lag
 from keel.cli.stack import register_stack_commands
+from keel.cli.topics import topics_app
 from keel.command_group import command_group
 from keel.errors import KeelError
 
@@ -20,6 +21,7 @@ app = command_group("keel", "Keel: an event-driven streaming backbone on Apache 
 app.add_typer(broker_app, name="broker")
 app.add_typer(dlq_app, name="dlq")
 app.command(name="lag")(lag)
+app.add_typer(topics_app, name="topics")
 register_stack_commands(app)
 
 

@@ -1,0 +1,108 @@
+"""`keel topics plan|apply`: the topics file (`topics.toml`) against the cluster."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from keel.command_group import command_group
+from keel.errors import KafkaEdgeError
+from keel.kafka import make_admin
+from keel.settings import get_settings
+from keel.topics import DEFAULT_FILE, Plan, TopicsError, apply, load_topics, plan
+
+EXIT_PENDING = 2
+
+topics_app = command_group(
+    "topics",
+    "Topics as code: compare topics.toml with the cluster (plan) and make it so (apply).",
+)
+
+File = Annotated[
+    Path,
+    typer.Option("--file", "-f", help="The topics file.", dir_okay=False),
+]
+Timeout = Annotated[
+    float, typer.Option(help="Seconds to wait for the brokers at each step.", min=1)
+]
+
+
+def _plan(file: Path, timeout: float) -> Plan:
+    declared = load_topics(file).specs()  # a bad file fails before any connection
+    settings = get_settings()
+    try:
+        return plan(make_admin(settings), declared, timeout)
+    except KafkaEdgeError as exc:
+        raise KafkaEdgeError(
+            f"Kafka at {settings.bootstrap_servers}: {exc}", code=exc.code, retriable=exc.retriable
+        ) from None
+
+
+def _show(planned: Plan) -> None:
+    for name in planned.unmanaged:
+        typer.echo(f"  {name}  unmanaged (not in the file; left alone)")
+    for line in planned.lines():
+        typer.echo(line)
+    typer.echo(planned.summary())
+
+
+@topics_app.command(
+    "plan", short_help="What apply would change; exit 2 when changes are pending (CI drift check)."
+)
+def plan_command(
+    file: File = DEFAULT_FILE,
+    as_json: Annotated[bool, typer.Option("--json", help="The plan as one JSON object.")] = False,
+    timeout: Timeout = 30.0,
+) -> None:
+    """Show what apply would change: topics to create (+), partitions to add and configs to
+    set (~, only keys the file declares, old -> new), and what Kafka cannot do (!: fewer
+    partitions, another replication factor, a value the brokers reject). Topics the file does
+    not name are listed as unmanaged and never touched. Exit status 0 when the cluster matches
+    the file, 2 when changes are pending (so CI can check for drift), 1 for a bad file or an
+    unreachable broker."""
+    planned = _plan(file, timeout)
+    if as_json:
+        typer.echo(json.dumps(planned.to_dict()))
+    else:
+        _show(planned)
+    if planned.pending:
+        raise typer.Exit(EXIT_PENDING)
+
+
+@topics_app.command(
+    "apply", short_help="Print the plan, then create topics, add partitions, set configs."
+)
+def apply_command(
+    file: File = DEFAULT_FILE,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Apply without asking (needed off a terminal).")
+    ] = False,
+    timeout: Timeout = 30.0,
+) -> None:
+    """Print the plan, then create topics, add partitions and set configs until the cluster
+    matches the file. Nothing is changed while any item is refused, and nothing is ever
+    deleted. Asks first unless --yes; off a terminal (CI) it needs --yes."""
+    planned = _plan(file, timeout)
+    _show(planned)
+    if planned.refusals:
+        raise TopicsError("refusing to apply: fix the refused items (!) first; nothing changed")
+    if not planned.changes:
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise TopicsError("refusing to apply without --yes: stdin is not a terminal")
+        if not typer.confirm("Apply these changes?"):
+            typer.echo("apply cancelled: nothing changed", err=True)
+            raise typer.Exit(1)
+    settings = get_settings()
+    left = apply(make_admin(settings), planned, timeout)
+    typer.echo(
+        f"applied: {len(planned.creates)} created, {len(planned.partitions)} with more "
+        f"partitions, {len(planned.configs)} config(s) set"
+    )
+    if left.pending:  # changed by someone else meanwhile: say so rather than claim a match
+        typer.echo("the cluster changed meanwhile; run `keel topics plan` again", err=True)
