@@ -153,6 +153,10 @@ class KeelSettings(BaseSettings):
         False, description="Take the client ip from X-Forwarded-For (behind nginx)."
     )
 
+    # Outbox source (connectors/outbox.py)
+
+    # Webhook sink (connectors/webhooks.py)
+
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 
