@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 import sys
 import time
@@ -245,3 +246,36 @@ def test_an_unreachable_broker_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     [line] = result.stderr.splitlines()  # no librdkafka connection log, no traceback
     assert line.startswith(f"keel: error: Kafka at {nobody}: listing topics: ")
+
+
+@pytest.mark.parametrize(("answer", "created"), [("n", False), ("y", True)])
+def test_apply_on_a_terminal_asks_first(
+    kafka_bootstrap: str,
+    admin: AdminClient,
+    prefix: str,
+    tmp_path: Path,
+    answer: str,
+    created: bool,
+) -> None:
+    topic = f"{prefix}-tty"
+    file = _write(tmp_path / "topics.toml", [(topic, 1, {})])
+    primary, secondary = pty.openpty()  # stdin is a terminal, as for a person at a shell
+    try:
+        os.write(primary, f"{answer}\n".encode())
+        result = subprocess.run(
+            [KEEL, "topics", "apply", "-f", str(file)],
+            env={**os.environ, "KEEL_BOOTSTRAP_SERVERS": kafka_bootstrap},
+            stdin=secondary,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(primary)
+        os.close(secondary)
+    assert "Apply these changes?" in result.stdout
+    assert result.returncode == (0 if created else 1), result.stderr
+    assert (topic in admin.list_topics(timeout=30).topics) is created
+    if not created:
+        assert "apply cancelled: nothing changed" in result.stderr
