@@ -17,7 +17,8 @@ from keel.kafka import make_admin
 from keel.settings import KeelSettings, get_settings
 from keel.topics import DEFAULT_FILE, Plan, TopicsError, apply, load_topics, plan
 
-EXIT_PENDING = 2
+# Not 2: typer exits 2 on a usage error, and a drift check must tell the two apart.
+EXIT_PENDING = 3
 
 topics_app = command_group(
     "topics",
@@ -55,8 +56,9 @@ def _plan(file: Path, timeout: float) -> Plan:
         ) from None
 
 
-def _show(planned: Plan) -> None:
-    for name in planned.unmanaged:
+def _show(planned: Plan, unmanaged: bool = False) -> None:
+    # A shared cluster has many topics no file names: counted in the summary, listed on demand.
+    for name in planned.unmanaged if unmanaged else ():
         typer.echo(f"  {name}  unmanaged (not in the file; left alone)")
     for line in planned.lines():
         typer.echo(line)
@@ -64,24 +66,27 @@ def _show(planned: Plan) -> None:
 
 
 @topics_app.command(
-    "plan", short_help="What apply would change; exit 2 when changes are pending (CI drift check)."
+    "plan", short_help="What apply would change; exit 3 when changes are pending (CI drift check)."
 )
 def plan_command(
     file: File = DEFAULT_FILE,
     as_json: Annotated[bool, typer.Option("--json", help="The plan as one JSON object.")] = False,
+    unmanaged: Annotated[
+        bool, typer.Option("--unmanaged", help="Also list the topics the file does not name.")
+    ] = False,
     timeout: Timeout = 30.0,
 ) -> None:
     """Show what apply would change: topics to create (+), partitions to add and configs to
     set (~, only keys the file declares, old -> new), and what Kafka cannot do (!: fewer
     partitions, another replication factor, a value the brokers reject). Topics the file does
-    not name are listed as unmanaged and never touched. Exit status 0 when the cluster matches
-    the file, 2 when changes are pending (so CI can check for drift), 1 for a bad file or an
-    unreachable broker."""
+    not name are counted as unmanaged (listed with --unmanaged) and never touched. Exit status 0
+    when the cluster matches the file, 3 when changes are pending (so CI can check for drift),
+    1 for a bad file or an unreachable broker, 2 for a usage error."""
     planned = _plan(file, timeout)
     if as_json:
         typer.echo(json.dumps(planned.to_dict()))
     else:
-        _show(planned)
+        _show(planned, unmanaged)
     if planned.pending:
         raise typer.Exit(EXIT_PENDING)
 

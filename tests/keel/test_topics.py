@@ -23,7 +23,7 @@ from keel.local.ports import free_port
 from tests.conftest import unique
 
 KEEL = str(Path(sys.executable).parent / "keel")
-PENDING = 2
+PENDING = 3  # keel.cli.topics.EXIT_PENDING
 
 
 def _keel(bootstrap: str, *args: str, stdin: str | None = "") -> subprocess.CompletedProcess[str]:
