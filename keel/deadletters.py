@@ -4,8 +4,10 @@ replaying any of them.
 A dead letter keeps the original key and value bytes; its headers say why it failed and
 where it came from. Job workers and stream processors write the same headers, so one
 `keel dlq` reads and replays both. `replay` sends letters back to the topic they came from
-(or another), each with a `keel.replayed_from` header, and records how far it got in its own
-consumer group, so a dead letter is replayed once even if `replay` runs again.
+(or another), each with a `keel.replayed_from` header (and `keel.replay.processor` when the
+letter named the stream processor that failed, so only that one applies it again), and
+records how far it got in its own consumer group, so a dead letter is replayed once even if
+`replay` runs again.
 """
 
 from __future__ import annotations
@@ -28,15 +30,19 @@ H_ORIG_PARTITION = "keel.original.partition"
 H_ORIG_OFFSET = "keel.original.offset"
 H_ORIG_TIMESTAMP = "keel.original.timestamp_ms"
 H_REPLAYED_FROM = "keel.replayed_from"  # on a replayed message: <dlq topic>/<partition>@<offset>
+H_PROCESSOR = "keel.processor"  # on a stream processor's letter: the processor that raised
+# On a replayed message whose letter named a processor: the stream worker applies it to that
+# processor only (the others applied the event the first time).
+H_REPLAY_PROCESSOR = "keel.replay.processor"
+
+Headers = Mapping[str, str | bytes | None] | Iterable[tuple[str, str | bytes | None]]
 
 
 class NothingToReplayTo(KeelError):
     """A dead letter names no original topic and no target topic was given."""
 
 
-def header_map(
-    headers: Mapping[str, str | bytes | None] | Iterable[tuple[str, str | bytes | None]] | None,
-) -> dict[str, str]:
+def header_map(headers: Headers | None) -> dict[str, str]:
     """Kafka headers as a dict of strings (the last value wins for repeated names)."""
     out: dict[str, str] = {}
     pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
@@ -48,6 +54,32 @@ def header_map(
         else:
             out[name] = value
     return out
+
+
+def replayed_for(headers: Headers | None) -> str | None:
+    """The processor a replayed message is meant for: set only on a replay (it carries
+    `H_REPLAYED_FROM`) of a letter that named one; None otherwise."""
+    # A scan, not header_map: a stream worker asks this of every message that has headers.
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    replayed, target = False, None
+    for name, value in pairs:
+        if name == H_REPLAYED_FROM:
+            replayed = True
+        elif name == H_REPLAY_PROCESSOR:
+            target = value
+    if not replayed or not target:
+        return None
+    return target.decode("utf-8", "replace") if isinstance(target, bytes) else target
+
+
+def replay_headers(letter: DeadLetter) -> list[tuple[str, str | bytes | None]]:
+    """The headers `replay` gives a letter's message: where it was replayed from, and the
+    processor it is for when the letter named one."""
+    headers: list[tuple[str, str | bytes | None]] = [(H_REPLAYED_FROM, letter.address)]
+    processor = letter.headers.get(H_PROCESSOR)
+    if processor:
+        headers.append((H_REPLAY_PROCESSOR, processor))
+    return headers
 
 
 @dataclass(frozen=True)
@@ -185,7 +217,7 @@ def replay(
                 to or letter.original_topic or "",
                 key=letter.key,
                 value=letter.value,
-                headers=[(H_REPLAYED_FROM, letter.address)],
+                headers=replay_headers(letter),
                 on_delivery=delivered,
             )
         if producer.flush(timeout) or failures:

@@ -9,6 +9,12 @@ already applied, so views count every event exactly once.
 
 Why batches: per-event overhead dominates stream processing in Python, so each key is
 read once and written once per batch however many of its events the batch holds.
+
+A replayed dead letter of a processor that raised (`keel dlq replay`; its headers name the
+processor, see `keel.deadletters.replayed_for`) goes to that processor only, past the dedup
+by `event_id`: the others applied the event the first time, and the dedup entry is the
+original's. Its new offset is above the processor's watermark, so it is applied once, and a
+crash replay of it is skipped like any other.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from keel.deadletters import Headers, replayed_for
 from streams import dedup
 from streams.events import Event
 from streams.processor import KeyedView, Output, Processor, Stateful, View, fresh
@@ -54,12 +61,14 @@ class Raw:
     timestamp_ms: int = 0
     key: bytes | None = None
     topic: str = ""
+    # As the consumer gave them (usually empty); only a replayed dead letter's matter here.
+    headers: Headers | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Poison:
     raw: Raw
-    reason: str  # undecodable | processor
+    reason: str  # undecodable | processor | unknown_processor
     error: str
     processor: str = ""
     key: str = ""  # the user whose state the processor was updating
@@ -115,7 +124,11 @@ class Engine:
         self.render_views = None if render_views is None else frozenset(render_views)
 
     # -- stage 1: the source topic, keyed by user ------------------------------------
-    def decode_batch(self, raws: Sequence[Raw], result: BatchResult) -> list[Event]:
+    def decode_batch(
+        self, raws: Sequence[Raw], result: BatchResult, replays: dict[int, str] | None = None
+    ) -> list[Event]:
+        """The decodable events; `replays` gets offset -> processor of those that are a
+        replayed dead letter meant for one processor."""
         events: list[Event] = []
         for raw in raws:
             if raw.value is None:
@@ -133,17 +146,61 @@ class Engine:
                 result.poison.append(Poison(raw, "undecodable", f"{type(exc).__name__}: {exc}"))
                 continue
             events.append(event)
+            if raw.headers and replays is not None:  # rare: most messages carry none
+                target = replayed_for(raw.headers)
+                if target is not None:
+                    replays[raw.offset] = target
         return events
 
     def process(self, raws: Sequence[Raw], state: StateReader) -> BatchResult:
         """One partition's messages, in offset order."""
         result = BatchResult()
         by_offset = {raw.offset: raw for raw in raws}
-        events = self._dedup(self.decode_batch(raws, result), state, result)
+        replays: dict[int, str] = {}
+        decoded = self.decode_batch(raws, result, replays)
+        if replays:
+            self._replays(decoded, replays, state, result, by_offset)
+            return result
+        events = self._dedup(decoded, state, result)
         result.events = events
         for proc in self.stateful:
             self._run(proc, events, state, result, by_offset)
         return result
+
+    def _replays(
+        self,
+        decoded: list[Event],
+        replays: Mapping[int, str],
+        state: StateReader,
+        result: BatchResult,
+        by_offset: Mapping[int, Raw],
+    ) -> None:
+        """A batch holding replayed dead letters meant for one processor each: those skip
+        the dedup and go to their processor only, in offset order with the batch's other
+        events (a processor's keys are read and written once per batch)."""
+        names = {proc.name for proc in self.stateful}
+        targeted: dict[str, list[Event]] = {}
+        others: list[Event] = []
+        for ev in decoded:
+            name = replays.get(ev.offset)
+            if name is None:
+                others.append(ev)
+            elif name in names:
+                targeted.setdefault(name, []).append(ev)
+            else:  # the processor was removed (or renamed) since the event failed in it
+                log.warning("replayed event %s is for unknown processor %s", ev.event_id, name)
+                raw = by_offset.get(ev.offset) or Raw(None, ev.partition, ev.offset)
+                error = (
+                    f"replayed for processor {name!r}, which this worker does not run "
+                    f"(it runs {', '.join(sorted(names)) or 'none'})"
+                )
+                result.poison.append(Poison(raw, "unknown_processor", error, name))
+        # Not in result.events: the sinks saw the event the first time.
+        events = result.events = self._dedup(others, state, result)
+        for proc in self.stateful:
+            mine = targeted.get(proc.name)
+            batch = sorted([*events, *mine], key=_offset) if mine else events
+            self._run(proc, batch, state, result, by_offset)
 
     def _dedup(self, events: list[Event], state: StateReader, result: BatchResult) -> list[Event]:
         kept: list[Event] = []
@@ -282,6 +339,10 @@ class Engine:
 
     def _renders(self, view: str) -> bool:
         return self.render_views is None or view in self.render_views
+
+
+def _offset(ev: Event) -> int:
+    return ev.offset
 
 
 def unwrap_user_state(stored: Any) -> Any:

@@ -212,10 +212,15 @@ class FaustRun:
         record = dict(ev.data if isinstance(ev, Event) else ev)
         return bytes(self.codec.serde.encode(str(record["type"]), record))
 
-    async def send(self, *events: Event | Mapping[str, Any] | bytes, key: str = "u1") -> None:
+    async def send(
+        self,
+        *events: Event | Mapping[str, Any] | bytes,
+        key: str = "u1",
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None:
         """Put events (or raw bytes, keyed by `key`) into the source agent's stream, each to
-        its user's partition, and wait until the worker has handled them, keyed views'
-        deltas included."""
+        its user's partition and with `headers` (e.g. a replayed dead letter's), and wait
+        until the worker has handled them, keyed views' deltas included."""
         from streams.app import key_partition
 
         target = self.app.handled["source"] + len(events)
@@ -233,6 +238,7 @@ class FaustRun:
                 key=user.encode(),
                 partition=key_partition(user, self.app.partitions),
                 timestamp=ts,
+                headers=list(headers) if headers else None,
                 wait=False,
             )
         await self._handled("source", target, self.source)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from keel.deadletters import H_PROCESSOR, H_REPLAY_PROCESSOR, H_REPLAYED_FROM
 from streams.engine import Engine, Raw
 from streams.events import Event
 from streams.processor import Output, Trigger, View
@@ -265,3 +266,134 @@ class Counter(Trigger):
 def test_outputs_of_an_event_are_collected_per_processor() -> None:
     result = run([Counter()], [event("track", user_id="u1"), event("track", user_id="u2")])
     assert result.view("counter", "u1") == 1
+
+
+# -- replayed dead letters of a processor that raised -----------------------------------------
+class Flaky(Trigger):
+    """Counts per user and emits a job per event; raises on `explode` while `broken`."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        self.broken = True
+
+    def fire(self, state: Any, ev: Event, out: Output) -> Any:
+        if self.broken and ev.get("explode"):
+            raise ValueError("flaky on purpose")
+        out.job("job.email", {"idempotency_key": ev.event_id})
+        return (state or 0) + 1
+
+
+def replay_of(processor: str | None) -> list[tuple[str, bytes]]:
+    """The headers `keel dlq replay` gives a letter (see keel.deadletters.replay_headers)."""
+    headers = [(H_REPLAYED_FROM, b"events.dlq/0@0")]
+    if processor is not None:
+        headers.append((H_REPLAY_PROCESSOR, processor.encode()))
+    return headers
+
+
+class Stream:
+    """One partition of the source topic: offsets in order, a DictState, an engine."""
+
+    def __init__(self, processors: list[Any], window_ms: int = 86_400_000) -> None:
+        self.by_id: dict[str, Event] = {}
+        self.engine = Engine(
+            processors, lambda data: dict(self.by_id[data.decode()].data), window_ms
+        )
+        self.state = DictState()
+        self.offset = 0
+
+    def raw(self, ev: Event, headers: Any = None, ts_ms: int | None = None) -> Raw:
+        self.by_id[ev.event_id] = ev
+        raw = Raw(ev.event_id.encode(), 0, self.offset, ts_ms or ev.occurred_at // 1000)
+        raw.headers = headers
+        self.offset += 1
+        return raw
+
+    def process(self, raws: list[Raw]) -> Any:
+        result = self.engine.process(raws, self.state)
+        self.state.put_all(result.writes)
+        return result
+
+    def value(self, table: str, key: str = "u1") -> Any:
+        stored = self.state.get(table, key)
+        return None if stored is None else stored[1]
+
+
+def test_a_replayed_letter_reaches_the_failed_processor_only_and_once() -> None:
+    flaky, activity = Flaky(), UserActivity()
+    stream = Stream([flaky, activity])
+    ok = event("page.viewed", user_id="u1")
+    bad = event("page.viewed", user_id="u1", explode=True)
+    first = stream.process([stream.raw(ok), stream.raw(bad)])
+    [poison] = first.poison
+    assert (poison.reason, poison.processor, poison.raw.offset) == ("processor", "flaky", 1)
+    assert (stream.value("flaky"), stream.value("user_activity")["events"]) == (1, 2)
+    dedup_before = dict(stream.state.tables["dedup"])
+
+    flaky.broken = False  # the cause is fixed; `keel dlq replay` sends the letter back
+    later = event("page.viewed", user_id="u1")
+    batch = [stream.raw(bad, replay_of("flaky")), stream.raw(later)]
+    replayed = stream.process(batch)
+    assert stream.value("flaky") == 3  # ok, bad (replayed), later
+    assert stream.value("user_activity")["events"] == 3  # bad counted once, the first time
+    assert replayed.duplicates == 0 and not replayed.poison
+    assert [(j.processor, j.record["idempotency_key"]) for j in replayed.jobs] == [
+        ("flaky", bad.event_id),
+        ("flaky", later.event_id),
+    ]
+    assert [ev.event_id for ev in replayed.events] == [later.event_id]  # sinks saw bad already
+    # The original's dedup entry stays: a client retrying bad is still a duplicate.
+    assert stream.state.tables["dedup"][bad.event_id] == dedup_before[bad.event_id]
+
+    # A crash before the offsets were committed: the same messages at the same offsets.
+    again = stream.engine.process(batch, stream.state)
+    assert not again.writes and not again.jobs and not again.poison
+    assert stream.value("flaky") == 3
+
+    # Only a replay is routed: the processor header alone is a client's retry, dropped.
+    retried = stream.process([stream.raw(bad, [(H_REPLAY_PROCESSOR, b"flaky")])])
+    assert retried.duplicates == 1
+    assert stream.value("flaky") == 3
+
+
+def test_a_replayed_letter_after_the_dedup_window_is_not_counted_again_by_the_others() -> None:
+    flaky, activity = Flaky(), UserActivity()
+    stream = Stream([flaky, activity], window_ms=3_600_000)
+    bad = event("page.viewed", user_id="u1", explode=True)
+    stream.process([stream.raw(bad)])
+    flaky.broken = False
+    a_day_later = bad.occurred_at // 1000 + 86_400_000
+    stream.process([stream.raw(bad, replay_of("flaky"), ts_ms=a_day_later)])
+    assert stream.value("flaky") == 1
+    assert stream.value("user_activity")["events"] == 1
+
+
+def test_a_replayed_letter_for_an_unknown_processor_is_dead_lettered_again_naming_it() -> None:
+    stream = Stream([UserActivity()])
+    ev = event("page.viewed", user_id="u1")
+    stream.process([stream.raw(ev)])
+    result = stream.process([stream.raw(ev, replay_of("gone_since"))])
+    [poison] = result.poison
+    assert (poison.reason, poison.processor, poison.raw.offset) == (
+        "unknown_processor",
+        "gone_since",
+        1,
+    )
+    assert "'gone_since'" in poison.error and "user_activity" in poison.error
+    assert stream.value("user_activity")["events"] == 1
+    assert not result.writes
+
+
+def test_a_replayed_undecodable_letter_goes_through_every_processor() -> None:
+    """An undecodable letter names no processor, and no processor counted it."""
+    flaky, activity = Flaky(), UserActivity()
+    stream = Stream([flaky, activity])
+    ev = event("page.viewed", user_id="u1")
+    stream.process([stream.raw(ev, replay_of(None))])
+    assert (stream.value("flaky"), stream.value("user_activity")["events"]) == (1, 1)
+    # Mappings of headers (as Faust also hands them over) are read the same way.
+    other = event("page.viewed", user_id="u1")
+    headers = {H_REPLAYED_FROM: b"events.dlq/0@1", H_PROCESSOR: b"ignored"}
+    stream.process([stream.raw(other, headers)])
+    assert (stream.value("flaky"), stream.value("user_activity")["events"]) == (2, 2)

@@ -7,7 +7,7 @@ import asyncio
 from decimal import Decimal
 from pathlib import Path
 
-from keel.deadletters import H_REASON
+from keel.deadletters import H_PROCESSOR, H_REASON, DeadLetter, replay_headers
 from streams.events import Event
 from streams.processor import View
 from streams.processors.job_triggers import JobTriggers
@@ -146,5 +146,57 @@ def test_a_processor_that_raises_halfway_leaves_no_trace_in_later_batches(tmp_pa
             assert ctx.view("halfway", "u1") == {"n": 2}
             [dead] = ctx.dead_letters()
             assert dict(dead.headers or [])["keel.processor"] == b"halfway"
+
+    asyncio.run(go())
+
+
+class Fussy(View):
+    """Counts a user's events; raises on one path while `broken`."""
+
+    name = "fussy"
+
+    def __init__(self) -> None:
+        self.broken = True
+
+    def initial(self) -> int:
+        return 0
+
+    def apply(self, state: int, ev: Event) -> int:
+        if self.broken and ev.get("path") == "/boom":
+            raise ValueError("fussy on purpose")
+        return state + 1
+
+
+def test_a_replayed_dead_letter_reaches_the_processor_that_raised_only(tmp_path: Path) -> None:
+    """The worker hands a message's headers to the engine: the replay of a processor's dead
+    letter (headers as `keel dlq replay` writes them) is applied by that processor alone,
+    although its event_id is within the dedup window."""
+    boom = dict(
+        event("page.viewed", user_id="u1", url="https://x/b", path="/boom", occurred_at=T0).data
+    )
+    fussy = Fussy()
+
+    async def go() -> None:
+        async with faust_context([fussy, UserActivity()], tmp_path) as ctx:
+            await ctx.send(page("u1"), boom)
+            [dead] = ctx.dead_letters()
+            headers = dict(dead.headers or [])
+            assert (headers[H_REASON], headers[H_PROCESSOR]) == (b"processor", b"fussy")
+            assert (ctx.view("fussy", "u1"), ctx.view("user_activity", "u1")["events"]) == (1, 2)
+
+            fussy.broken = False
+            letter = DeadLetter(
+                "events.dlq",
+                0,
+                0,
+                dead.key,
+                dead.value or b"",
+                {k: v.decode() for k, v in headers.items()},
+            )
+            replay = [(k, str(v).encode()) for k, v in replay_headers(letter)]
+            await ctx.send(boom, headers=replay)  # at its first timestamp: within the window
+            assert ctx.view("fussy", "u1") == 2
+            assert ctx.view("user_activity", "u1")["events"] == 2
+            assert len(ctx.dead_letters()) == 1
 
     asyncio.run(go())
