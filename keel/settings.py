@@ -156,6 +156,36 @@ class KeelSettings(BaseSettings):
     # Outbox source (connectors/outbox.py)
 
     # Webhook sink (connectors/webhooks.py)
+    webhooks_subscriptions: Path | None = Field(
+        None, description="Subscriptions file (JSON or TOML); default KEEL_HOME/webhooks.toml."
+    )
+    webhooks_topics: str = Field("events", description="Comma-separated topics the sink reads.")
+    webhooks_group: str = Field("keel-webhooks", description="The sink's consumer group.")
+    webhooks_dlq_prefix: str = Field(
+        "webhooks.dlq.", description="Dead-letter topic of a subscriber: this prefix + its name."
+    )
+    webhooks_timeout_s: float = Field(10.0, gt=0, description="Longest wait for one answer.")
+    webhooks_max_attempts: int = Field(
+        10, ge=1, description="Attempts per event and subscriber before the dead letter."
+    )
+    webhooks_max_age_s: float = Field(
+        600.0, gt=0, description="Longest time an event is retried before the dead letter."
+    )
+    webhooks_backoff_initial_s: float = Field(0.5, gt=0, description="First retry delay.")
+    webhooks_backoff_max_s: float = Field(60.0, gt=0, description="Longest retry delay.")
+    webhooks_concurrency: int = Field(
+        8, ge=1, description="Requests in flight per subscriber (at most one per partition)."
+    )
+    webhooks_max_pending: int = Field(
+        1000, ge=1, description="Events read ahead per partition; beyond it the partition waits."
+    )
+    webhooks_commit_interval_ms: int = Field(1000, ge=0, description="How often offsets commit.")
+    webhooks_http_port: int = Field(
+        8097, ge=0, description="Sink /healthz, /readyz, /metrics port (0: none)."
+    )
+    webhooks_progress_interval_s: float = Field(
+        30.0, gt=0, description="How often `keel webhooks run` logs its progress."
+    )
 
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
