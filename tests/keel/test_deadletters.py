@@ -17,8 +17,12 @@ from keel.deadletters import (
     H_ORIG_OFFSET,
     H_ORIG_PARTITION,
     H_ORIG_TOPIC,
+    H_PROCESSOR,
     H_REASON,
+    H_REPLAY_PROCESSOR,
+    H_REPLAYED_FROM,
     header_map,
+    replayed_for,
 )
 
 KEEL = str(Path(sys.executable).parent / "keel")
@@ -114,3 +118,28 @@ def test_a_missing_topic_is_one_line_and_exit_1(kafka_bootstrap: str) -> None:
         result.stderr.strip()
         == "keel: error: dead-letter topic test-no-such-dlq-7f3a does not exist"
     )
+
+
+def test_replay_tells_a_stream_worker_which_processor_the_letter_is_for(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    source, dlq = new_topic("origin"), new_topic("dlq")
+    failed = _headers(source, reason="processor") | {H_PROCESSOR: "user_activity"}
+    _dead(kafka_bootstrap, dlq, [(b"a", failed), (b"b", _headers(source, reason="undecodable"))])
+
+    sent = _keel(kafka_bootstrap, "replay", dlq)
+    assert sent.returncode == 0, sent.stderr
+    [(_, a), (_, b)] = _all(kafka_bootstrap, source)
+    assert a == {H_REPLAYED_FROM: f"{dlq}/0@0", H_REPLAY_PROCESSOR: "user_activity"}
+    assert b == {H_REPLAYED_FROM: f"{dlq}/0@1"}  # counted by no processor: all get it
+    assert replayed_for(list(a.items())) == "user_activity"
+    assert replayed_for(b) is None
+
+
+def test_replayed_for_needs_a_replay_that_names_a_processor() -> None:
+    replayed = (H_REPLAYED_FROM, b"events.dlq/0@3")
+    assert replayed_for([replayed, (H_REPLAY_PROCESSOR, b"views")]) == "views"
+    assert replayed_for({H_REPLAY_PROCESSOR: "views"}) is None  # not a replay
+    assert replayed_for([replayed, (H_REPLAY_PROCESSOR, b"")]) is None
+    assert replayed_for([replayed]) is None
+    assert replayed_for(None) is None and replayed_for(()) is None
