@@ -154,6 +154,36 @@ class KeelSettings(BaseSettings):
     )
 
     # Outbox source (connectors/outbox.py)
+    outbox_dsn: SecretStr | None = Field(
+        None, description="PostgreSQL holding the outbox table; default KEEL_POSTGRES_DSN."
+    )
+    outbox_table: str = Field(
+        "keel_outbox",
+        pattern=r"^([a-z_][a-z0-9_]{0,47}\.)?[a-z_][a-z0-9_]{0,47}$",
+        description="The outbox table, optionally schema-qualified (lower-case identifiers).",
+    )
+    outbox_source: str = Field(
+        "outbox", min_length=1, description="The `source` of the events the relay publishes."
+    )
+    outbox_batch_size: int = Field(500, ge=1, le=10_000, description="Rows claimed at once.")
+    outbox_poll_interval_s: float = Field(
+        5.0, gt=0, description="Fallback poll when no NOTIFY arrives (missed or disabled)."
+    )
+    outbox_delivery_timeout_s: float = Field(
+        30.0, gt=0, description="Longest wait for the broker's acks of a batch before a retry."
+    )
+    outbox_backoff_max_s: float = Field(
+        30.0, gt=0, description="Longest pause between retries while Kafka or PostgreSQL is down."
+    )
+    outbox_retention_h: float = Field(
+        168.0, gt=0, description="Published rows older than this are deleted."
+    )
+    outbox_purge_interval_s: float = Field(
+        600.0, gt=0, description="How often the relay deletes expired published rows."
+    )
+    outbox_progress_interval_s: float = Field(
+        10.0, gt=0, description="How often the relay logs rows published and rejected."
+    )
 
     # Webhook sink (connectors/webhooks.py)
     webhooks_subscriptions: Path | None = Field(
