@@ -7,8 +7,10 @@ side effect is done.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +48,25 @@ def make_consumer(
     settings = settings or get_settings()
     config = {**CONSUMER_DEFAULTS, "group.id": group_id, **overrides}
     return Consumer(settings.kafka_config(**config))
+
+
+# For one-shot commands: librdkafka logs every failed connection attempt (every 50 ms) to
+# stderr, which buries the one line the command ends with. Pass as `logger=SILENT_LOG`.
+SILENT_LOG = logging.getLogger("keel.librdkafka.silent")
+SILENT_LOG.addHandler(logging.NullHandler())
+SILENT_LOG.propagate = False
+
+
+@contextmanager
+def naming_brokers(settings: KeelSettings) -> Iterator[None]:
+    """Prefix a KafkaEdgeError with the bootstrap servers, so a command's one-line error says
+    which cluster it could not reach."""
+    try:
+        yield
+    except KafkaEdgeError as exc:
+        raise KafkaEdgeError(
+            f"Kafka at {settings.bootstrap_servers}: {exc}", code=exc.code, retriable=exc.retriable
+        ) from None
 
 
 def make_admin(settings: KeelSettings | None = None, **overrides: Any) -> AdminClient:

@@ -6,7 +6,9 @@ Connect sink. Ops scale a group on this figure, up to one consumer per partition
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from confluent_kafka import (
@@ -57,18 +59,29 @@ class GroupLag:
         }
 
 
-def list_groups(admin: AdminClient, timeout: float = 10.0) -> list[str]:
+@contextmanager
+def _kafka(context: str, timeout: float) -> Iterator[None]:
+    """A librdkafka error or a broker that never answers becomes one KafkaEdgeError."""
     try:
-        result = admin.list_consumer_groups(request_timeout=timeout).result(timeout=timeout)
+        yield
     except KafkaException as exc:
-        raise KafkaEdgeError.from_kafka_error(exc.args[0], "listing consumer groups") from exc
+        raise KafkaEdgeError.from_kafka_error(exc.args[0], context) from exc
+    except FutureTimeout:
+        raise KafkaEdgeError(
+            f"{context}: no answer from the brokers within {timeout:g}s", retriable=True
+        ) from None
+
+
+def list_groups(admin: AdminClient, timeout: float = 10.0) -> list[str]:
+    with _kafka("listing consumer groups", timeout):
+        result = admin.list_consumer_groups(request_timeout=timeout).result(timeout=timeout)
     return sorted(g.group_id for g in result.valid)
 
 
 def group_lag(admin: AdminClient, group: str, timeout: float = 10.0) -> GroupLag:
     """Lag per partition the group has committed or is assigned; UnknownGroup if the
     brokers know no such group."""
-    try:
+    with _kafka(f"describing group {group}", timeout):
         [described] = admin.describe_consumer_groups([group], request_timeout=timeout).values()
         description = described.result(timeout=timeout)
         [listed] = admin.list_consumer_group_offsets(
@@ -79,8 +92,6 @@ def group_lag(admin: AdminClient, group: str, timeout: float = 10.0) -> GroupLag
             for tp in listed.result(timeout=timeout).topic_partitions
             if tp.offset != NO_OFFSET
         }
-    except KafkaException as exc:
-        raise KafkaEdgeError.from_kafka_error(exc.args[0], f"describing group {group}") from exc
     assigned = {
         (tp.topic, tp.partition)
         for member in description.members
@@ -119,9 +130,7 @@ def _offsets(
     futures = admin.list_offsets(
         request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=timeout
     )
-    try:
+    with _kafka("reading end offsets", timeout):
         return {
             (tp.topic, tp.partition): f.result(timeout=timeout).offset for tp, f in futures.items()
         }
-    except KafkaException as exc:
-        raise KafkaEdgeError.from_kafka_error(exc.args[0], "reading end offsets") from exc

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from keel.kafka import make_admin
+from keel.kafka import SILENT_LOG, make_admin, naming_brokers
 from keel.lag import GroupLag, group_lag, list_groups
 from keel.settings import get_settings
 
@@ -25,15 +25,20 @@ def lag(
         float | None,
         typer.Option(help="Print again every WATCH seconds until Ctrl-C.", min=0.5),
     ] = None,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the brokers' answers.", min=0.5)
+    ] = 10.0,
 ) -> None:
     """Show each consumer group's lag (log end minus committed offset), read from the brokers.
 
-    Exit status 1 when a named group does not exist."""
-    admin = make_admin(get_settings())
+    Exit status 1 when a named group does not exist or the brokers do not answer."""
+    settings = get_settings()
+    admin = make_admin(settings, logger=SILENT_LOG)
     while True:
-        names = groups or list_groups(admin)
-        for report in (group_lag(admin, name) for name in names):
-            typer.echo(json.dumps(report.to_dict()) if as_json else _text(report, partitions))
+        with naming_brokers(settings):
+            names = groups or list_groups(admin, timeout)
+            for report in (group_lag(admin, name, timeout) for name in names):
+                typer.echo(json.dumps(report.to_dict()) if as_json else _text(report, partitions))
         if not names and not as_json:
             typer.echo("no consumer groups", err=True)
         if watch is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -12,8 +11,7 @@ import typer
 from confluent_kafka.admin import AdminClient
 
 from keel.command_group import command_group
-from keel.errors import KafkaEdgeError
-from keel.kafka import make_admin
+from keel.kafka import SILENT_LOG, make_admin, naming_brokers
 from keel.settings import KeelSettings, get_settings
 from keel.topics import DEFAULT_FILE, Plan, TopicsError, apply, load_topics, plan
 
@@ -34,26 +32,15 @@ Timeout = Annotated[
 ]
 
 
-# librdkafka would print each failed connection attempt (every 50 ms) to stderr; the command
-# ends with one line naming the broker and the cause instead.
-_librdkafka = logging.getLogger(__name__ + ".librdkafka")
-_librdkafka.addHandler(logging.NullHandler())
-_librdkafka.propagate = False
-
-
 def _admin(settings: KeelSettings) -> AdminClient:
-    return make_admin(settings, logger=_librdkafka)
+    return make_admin(settings, logger=SILENT_LOG)
 
 
 def _plan(file: Path, timeout: float) -> Plan:
     declared = load_topics(file).specs()  # a bad file fails before any connection
     settings = get_settings()
-    try:
+    with naming_brokers(settings):
         return plan(_admin(settings), declared, timeout)
-    except KafkaEdgeError as exc:
-        raise KafkaEdgeError(
-            f"Kafka at {settings.bootstrap_servers}: {exc}", code=exc.code, retriable=exc.retriable
-        ) from None
 
 
 def _show(planned: Plan, unmanaged: bool = False) -> None:
@@ -117,7 +104,8 @@ def apply_command(
             typer.echo("apply cancelled: nothing changed", err=True)
             raise typer.Exit(1)
     settings = get_settings()
-    left = apply(_admin(settings), planned, timeout)
+    with naming_brokers(settings):
+        left = apply(_admin(settings), planned, timeout)
     typer.echo(
         f"applied: {len(planned.creates)} created, {len(planned.partitions)} with more "
         f"partitions, {len(planned.configs)} config(s) set"

@@ -92,3 +92,15 @@ def test_an_unknown_group_is_one_line_and_exit_1(kafka_bootstrap: str, group_id:
         result.stderr.strip()
         == f"keel: error: no consumer group '{group_id}' (no members, no committed offsets)"
     )
+
+
+def test_unreachable_brokers_are_one_line_naming_them_and_exit_1() -> None:
+    from keel.local.ports import free_port
+
+    nowhere = f"127.0.0.1:{free_port()}"  # nothing listens there
+    result = _keel(nowhere, "--timeout", "2")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"keel: error: Kafka at {nowhere}: listing consumer groups: "
+        "no answer from the brokers within 2s"
+    ), result.stderr
