@@ -2,8 +2,88 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import threading
+from typing import Annotated
+
+import typer
+
 from keel.command_group import command_group
+from keel.logging import configure_logging
+from keel.settings import get_settings
 
 outbox_app = command_group(
     "outbox", "Transactional outbox source: events written in a PostgreSQL transaction, to Kafka."
 )
+
+
+@outbox_app.command("init")
+def init() -> None:
+    """Create the outbox table (KEEL_OUTBOX_TABLE), its indexes and NOTIFY trigger; idempotent."""
+    from connectors.outbox import OutboxTable, connect, create_outbox, describe_dsn, outbox_dsn
+
+    settings = get_settings()
+    table = OutboxTable.of(settings.outbox_table)
+    dsn = outbox_dsn(settings)
+    with connect(dsn) as conn:
+        create_outbox(conn, table)
+    typer.echo(
+        f"outbox table {table.qualified} ready on {describe_dsn(dsn)} "
+        f"(inserts notify channel {table.channel})"
+    )
+
+
+@outbox_app.command("run")
+def run() -> None:
+    """Publish committed outbox rows to Kafka until SIGTERM/Ctrl-C (JSON log lines)."""
+    from connectors.outbox import OutboxRelay
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    relay = OutboxRelay(settings)
+    try:
+        relay.check()  # a bad DSN or a missing table ends here, in one line
+        stop = threading.Event()
+
+        def handler(_signum: int, _frame: object) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+        relay.run(stop)
+    finally:
+        relay.close()
+
+
+@outbox_app.command("status")
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Rows waiting to be published, the oldest one's age, and rows rejected as invalid."""
+    from connectors.outbox import OutboxTable, connect, outbox_dsn, outbox_status
+
+    settings = get_settings()
+    with connect(outbox_dsn(settings)) as conn:
+        figures = outbox_status(conn, OutboxTable.of(settings.outbox_table))
+    if as_json:
+        typer.echo(json.dumps(figures.as_dict()))
+        return
+    age = figures.oldest_pending_age_s
+    typer.echo(f"table:    {figures.table}")
+    typer.echo(f"pending:  {figures.pending}")
+    typer.echo(f"oldest:   {'-' if age is None else f'{age:.1f}s ago'}")
+    typer.echo(f"rejected: {figures.rejected}  (rows with an error; never retried)")
+
+
+@outbox_app.command("purge")
+def purge() -> None:
+    """Delete published rows older than KEEL_OUTBOX_RETENTION_H now (the relay does it too)."""
+    from connectors.outbox import OutboxTable, connect, ensure_exists, outbox_dsn, purge_published
+
+    settings = get_settings()
+    table = OutboxTable.of(settings.outbox_table)
+    with connect(outbox_dsn(settings)) as conn:
+        ensure_exists(conn, table)
+        deleted = purge_published(conn, table, settings.outbox_retention_h * 3600)
+    typer.echo(f"{deleted} published rows deleted from {table.qualified}")
