@@ -284,7 +284,7 @@ def test_unreadable_files_get_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SubscriptionError, match="cannot read it"):
         load_subscriptions(tmp_path / "missing.toml")
     (tmp_path / "hooks.yaml").write_text("x")
-    with pytest.raises(SubscriptionError, match="ends in .toml or .json"):
+    with pytest.raises(SubscriptionError, match=r"ends in \.toml or \.json"):
         load_subscriptions(tmp_path / "hooks.yaml")
     (tmp_path / "broken.toml").write_text("[[subscriptions]\n")
     with pytest.raises(SubscriptionError, match="not valid TOML"):
