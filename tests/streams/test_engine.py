@@ -10,7 +10,7 @@ import pytest
 from keel.deadletters import H_PROCESSOR, H_REPLAY_PROCESSOR, H_REPLAYED_FROM
 from streams.engine import Engine, Raw
 from streams.events import Event
-from streams.processor import Output, Trigger, View
+from streams.processor import KeyedView, Output, Trigger, View
 from streams.processors.job_triggers import JobTriggers
 from streams.processors.product_stats import ProductStats
 from streams.processors.user_activity import UserActivity
@@ -313,6 +313,8 @@ class Stream:
     def process(self, raws: list[Raw]) -> Any:
         result = self.engine.process(raws, self.state)
         self.state.put_all(result.writes)
+        for name, deltas in result.deltas.items():
+            self.state.put_all(self.engine.fold(name, deltas, self.state).writes)
         return result
 
     def value(self, table: str, key: str = "u1") -> Any:
@@ -355,6 +357,43 @@ def test_a_replayed_letter_reaches_the_failed_processor_only_and_once() -> None:
     retried = stream.process([stream.raw(bad, [(H_REPLAY_PROCESSOR, b"flaky")])])
     assert retried.duplicates == 1
     assert stream.value("flaky") == 3
+
+
+class FlakyTotals(KeyedView):
+    """Events per path across users (no per-user state); raises on `explode` while `broken`."""
+
+    name = "totals"
+
+    def __init__(self) -> None:
+        self.broken = True
+
+    def route(self, state: Any, ev: Event, out: Output) -> Any:
+        if self.broken and ev.get("explode"):
+            raise ValueError("totals on purpose")
+        out.rekey(str(ev.get("path")), 1)
+        return state
+
+    def initial_aggregate(self) -> int:
+        return 0
+
+    def fold(self, aggregate: int, delta: int) -> int:
+        return aggregate + delta
+
+
+def test_a_replayed_letter_of_a_keyed_view_is_re_keyed_and_folded_once() -> None:
+    totals = FlakyTotals()
+    stream = Stream([totals, UserActivity()])
+    bad = event("page.viewed", user_id="u1", path="/x", explode=True)
+    stream.process([stream.raw(event("page.viewed", user_id="u2", path="/x")), stream.raw(bad)])
+    assert stream.state.get("totals", "/x")["v"] == 1
+    totals.broken = False
+    batch = [stream.raw(bad, replay_of("totals"))]
+    replayed = stream.process(batch)
+    assert [(key, msg["o"]) for key, msg in replayed.deltas["totals"]] == [("/x", [2, 0])]
+    assert stream.state.get("totals", "/x")["v"] == 2
+    stream.process(batch)  # a crash replay: the same delta again, folded once
+    assert stream.state.get("totals", "/x")["v"] == 2
+    assert stream.value("user_activity", "u1")["events"] == 1
 
 
 def test_a_replayed_letter_after_the_dedup_window_is_not_counted_again_by_the_others() -> None:
