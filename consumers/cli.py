@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from keel.command_group import command_group
+from keel.kafka import SILENT_LOG, make_admin, naming_brokers
 from keel.logging import configure_logging
 from keel.settings import KeelSettings, get_settings
 
@@ -68,7 +69,8 @@ def topics(
 
     settings = get_settings()
     handlers = build_handlers(types or None, settings)
-    Worker(handlers, settings=settings).ensure_topics()
+    with naming_brokers(settings):
+        Worker(handlers, settings=settings).ensure_topics(make_admin(settings, logger=SILENT_LOG))
     for handler in handlers:
         t = handler.topics
         typer.echo(f"{handler.name}: {t.source} (retry {t.retry}, dead letters {t.dlq})")

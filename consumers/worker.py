@@ -28,6 +28,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
+from confluent_kafka.admin import AdminClient
 
 from consumers.decoding import JobDecoder
 from consumers.errors import StoreError, UndecodableJob, is_retriable
@@ -614,7 +615,7 @@ class Worker:
         self.health: HealthServer | None = None
         self.stop_event = threading.Event()
 
-    def ensure_topics(self) -> None:
+    def ensure_topics(self, admin: AdminClient | None = None) -> None:
         """Create the job topics this worker reads and writes (auto-create is off)."""
         specs = []
         for handler in self.handlers:
@@ -622,7 +623,7 @@ class Worker:
             if handler.record_name is None:  # a shared source (events) is not ours to create
                 names.insert(0, handler.topics.source)
             specs += [TopicSpec(name, self.topic_partitions) for name in names]
-        ensure_topics(make_admin(self.settings), specs)
+        ensure_topics(admin or make_admin(self.settings), specs)
 
     def run(self) -> None:
         """Run until `stop()` (or SIGTERM through the CLI); raise what stopped a runner."""

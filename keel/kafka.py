@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,20 @@ def make_consumer(
 SILENT_LOG = logging.getLogger("keel.librdkafka.silent")
 SILENT_LOG.addHandler(logging.NullHandler())
 SILENT_LOG.propagate = False
+
+
+@contextmanager
+def kafka_call(context: str, timeout: float) -> Iterator[None]:
+    """A librdkafka error, or a broker that does not answer in time, becomes one
+    KafkaEdgeError saying what was being done."""
+    try:
+        yield
+    except KafkaException as exc:
+        raise KafkaEdgeError.from_kafka_error(exc.args[0], context) from exc
+    except FutureTimeout:
+        raise KafkaEdgeError(
+            f"{context}: no answer from the brokers within {timeout:g}s", retriable=True
+        ) from None
 
 
 @contextmanager
@@ -106,12 +121,12 @@ def ensure_topics(
     created = []
     for name, future in futures.items():
         try:
-            future.result(timeout=timeout)
+            with kafka_call(f"creating topic {name}", timeout):
+                future.result(timeout=timeout)
             created.append(name)
-        except KafkaException as exc:
-            err = exc.args[0]
-            if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise KafkaEdgeError.from_kafka_error(err, f"creating topic {name}") from exc
+        except KafkaEdgeError as exc:
+            if exc.code != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
     return created
 
 
@@ -120,7 +135,8 @@ def wait_for_topics(admin: AdminClient, names: Iterable[str], timeout: float = 3
     wanted = set(names)
     deadline = time.monotonic() + timeout
     while True:
-        metadata = admin.list_topics(timeout=max(0.1, deadline - time.monotonic()))
+        with kafka_call("listing topics", timeout):
+            metadata = admin.list_topics(timeout=max(0.1, deadline - time.monotonic()))
         ready = {
             name
             for name, topic in metadata.topics.items()

@@ -6,21 +6,19 @@ Connect sink. Ops scale a group on this figure, up to one consumer per partition
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from confluent_kafka import (
     ConsumerGroupState,
     ConsumerGroupTopicPartitions,
     IsolationLevel,
-    KafkaException,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from keel.errors import KafkaEdgeError, KeelError
+from keel.errors import KeelError
+from keel.kafka import kafka_call
 
 NO_OFFSET = -1001  # librdkafka's OFFSET_INVALID: the group never committed this partition
 
@@ -59,21 +57,8 @@ class GroupLag:
         }
 
 
-@contextmanager
-def _kafka(context: str, timeout: float) -> Iterator[None]:
-    """A librdkafka error or a broker that never answers becomes one KafkaEdgeError."""
-    try:
-        yield
-    except KafkaException as exc:
-        raise KafkaEdgeError.from_kafka_error(exc.args[0], context) from exc
-    except FutureTimeout:
-        raise KafkaEdgeError(
-            f"{context}: no answer from the brokers within {timeout:g}s", retriable=True
-        ) from None
-
-
 def list_groups(admin: AdminClient, timeout: float = 10.0) -> list[str]:
-    with _kafka("listing consumer groups", timeout):
+    with kafka_call("listing consumer groups", timeout):
         result = admin.list_consumer_groups(request_timeout=timeout).result(timeout=timeout)
     return sorted(g.group_id for g in result.valid)
 
@@ -81,7 +66,7 @@ def list_groups(admin: AdminClient, timeout: float = 10.0) -> list[str]:
 def group_lag(admin: AdminClient, group: str, timeout: float = 10.0) -> GroupLag:
     """Lag per partition the group has committed or is assigned; UnknownGroup if the
     brokers know no such group."""
-    with _kafka(f"describing group {group}", timeout):
+    with kafka_call(f"describing group {group}", timeout):
         [described] = admin.describe_consumer_groups([group], request_timeout=timeout).values()
         description = described.result(timeout=timeout)
         [listed] = admin.list_consumer_group_offsets(
@@ -130,7 +115,7 @@ def _offsets(
     futures = admin.list_offsets(
         request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=timeout
     )
-    with _kafka("reading end offsets", timeout):
+    with kafka_call("reading end offsets", timeout):
         return {
             (tp.topic, tp.partition): f.result(timeout=timeout).offset for tp, f in futures.items()
         }
