@@ -393,6 +393,9 @@ class OutboxRelay:
                 conn.execute(self._set_ids, (missing, [str(uuid.uuid4()) for _ in missing]))
                 return None
             result = self._produce(rows)
+            if result.retry and not result.published:
+                # Kafka took none of it: an outage. Roll back, mark nothing, retry later.
+                raise OutboxUnavailable(f"no acks from Kafka: {result.error}")
             if result.published:
                 conn.execute(self._mark_published, (list(result.published),))
             if result.rejected:
@@ -402,6 +405,8 @@ class OutboxRelay:
             if self.before_commit is not None:
                 self.before_commit(result)
         self._count(result)
+        for row_id, why in result.rejected.items():  # once committed: rejections are final
+            log.warning("outbox row %s rejected: %s", row_id, why, extra={"row_id": row_id})
         return result
 
     def _produce(self, rows: list[tuple[int, Any]]) -> BatchResult:
@@ -417,7 +422,7 @@ class OutboxRelay:
                     try:
                         futures[row_id] = producer.send(event)
                     except ValidationFailed as exc:
-                        result.rejected[row_id] = str(exc)
+                        result.rejected[row_id] = _describe(exc)
             producer.flush(self.settings.outbox_delivery_timeout_s)
         except (KeelError, OSError, TimeoutError, concurrent.futures.TimeoutError) as exc:
             # Broker down, queue full, registry unreachable, acks late: the transaction
@@ -432,8 +437,6 @@ class OutboxRelay:
             else:
                 result.retry.append(row_id)
                 result.error = result.error or str(delivery.error)
-        for row_id, why in result.rejected.items():
-            log.warning("outbox row %s rejected: %s", row_id, why, extra={"row_id": row_id})
         return result
 
     def _count(self, result: BatchResult) -> None:
@@ -544,6 +547,14 @@ class OutboxRelay:
                 "rejected_total": self.rejected_total,
             },
         )
+
+
+def _describe(exc: ValidationFailed) -> str:
+    """Every bad field and the rule it broke, as the HTTP API reports them."""
+    problems = "; ".join(
+        f"{e['field']}: {e['error']}" if e.get("field") else str(e["error"]) for e in exc.errors
+    )
+    return f"invalid event: {problems}"
 
 
 def _permanent(error: Exception | None) -> bool:
