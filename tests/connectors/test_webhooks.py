@@ -1,0 +1,472 @@
+"""The webhook sink against the real broker and registry: `keel webhooks run` processes
+reading Keel Avro events published with the producer SDK, and a real aiohttp receiver on a
+free port that scripts its answers and records every request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from connectors.webhooks import H_ATTEMPTS, H_EVENT_ID, H_SUBSCRIBER, verify
+from keel.deadletters import (
+    H_ERROR,
+    H_ORIG_OFFSET,
+    H_ORIG_PARTITION,
+    H_ORIG_TOPIC,
+    H_REASON,
+    DeadLetter,
+    read,
+)
+from keel.kafka import TopicSpec, ensure_topics, make_consumer, wait_for_topics
+from keel.local.ports import free_port
+from keel.settings import KeelSettings
+
+KEEL = str(Path(sys.executable).parent / "keel")
+SECRETS = {"all": "whsec_all_0123456789abcdef", "users": "whsec_users_0123456789abcdef"}
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+# -- the receiver -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    @property
+    def event(self) -> dict[str, Any]:
+        return dict(json.loads(self.body))
+
+
+@dataclass
+class Receiver:
+    """An aiohttp server on its own thread. `script[path]` lists answers to give, in order
+    ((status, headers)); once used up, every request gets 200."""
+
+    port: int = field(default_factory=free_port)
+    script: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
+    requests: list[Received] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        with self._lock:
+            self.requests.append(
+                Received(request.path, dict(request.headers), body, time.monotonic())
+            )
+            answers = self.script.get(request.path)
+            status, headers = answers.pop(0) if answers else (200, {})
+        return web.Response(status=status, headers=headers, text=f"answer {status}")
+
+    def start(self) -> None:
+        ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+
+        async def serve() -> None:
+            app = web.Application()
+            app.router.add_post("/{tail:.*}", self._handle)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", self.port).start()
+            ready.set()
+
+        def main() -> None:
+            assert self._loop is not None
+            self._loop.run_until_complete(serve())
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=main, daemon=True)
+        self._thread.start()
+        assert ready.wait(10), "receiver did not start"
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def at(self, path: str) -> list[Received]:
+        with self._lock:
+            return [r for r in self.requests if r.path == path]
+
+
+# -- the deployment -----------------------------------------------------------------------
+
+
+@dataclass
+class Sink:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+
+@dataclass
+class HooksEnv:
+    env: dict[str, str]
+    prefix: str
+    source: str
+    group: str
+    dlq_prefix: str
+    registry: str
+    tmp: Path
+    receiver: Receiver
+    sinks: list[Sink] = field(default_factory=list)
+
+    def subscriptions(self, subs: Sequence[Mapping[str, Any]]) -> Path:
+        path = self.tmp / f"hooks-{uuid.uuid4().hex[:6]}.json"
+        path.write_text(json.dumps({"subscriptions": list(subs)}))
+        return path
+
+    def start(self, subs: Path, **extra_env: str) -> Sink:
+        log = self.tmp / f"sink-{len(self.sinks)}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [KEEL, "webhooks", "run", "--subscriptions", str(subs)],
+                env={**self.env, **extra_env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        sink = Sink(process, log)
+        self.sinks.append(sink)
+        return sink
+
+    def send(self, events: Sequence[Mapping[str, Any]]) -> None:
+        from producers.sdk import KeelProducer
+
+        with KeelProducer(source="test", registry_url=self.registry, topic_prefix=self.prefix) as p:
+            for event in events:
+                p.send(event)
+            results = p.flush(30)
+        failed = [r for r in results if not r.ok]
+        assert not failed, failed[:3]
+
+    def dead_letters(self, name: str) -> list[DeadLetter]:
+        return read(KeelSettings(bootstrap_servers=self.env["KEEL_BOOTSTRAP_SERVERS"]), name)
+
+    def committed(self, partitions: int) -> int:
+        """Sum of the group's committed offsets on the source topic."""
+        consumer = make_consumer(self.group)
+        try:
+            tps = [TopicPartition(self.source, p) for p in range(partitions)]
+            return sum(max(tp.offset, 0) for tp in consumer.committed(tps, timeout=10))
+        finally:
+            consumer.close()
+
+
+def sub(name: str, url: str, events: Any = "*", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "url": url, "events": events, "secret": SECRETS[name], **extra}
+
+
+def page(user: str, n: int) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "type": "page.viewed",
+        "user_id": user,
+        "occurred_at": f"2026-11-28T10:00:{n % 60:02d}Z",
+        "url": f"https://shop.example/p/{n}",
+        "path": f"/p/{n}",
+    }
+
+
+def signup(user: str) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "type": "user.signed_up",
+        "user_id": user,
+        "occurred_at": "2026-11-28T09:00:00Z",
+        "email": f"{user}@example.com",
+    }
+
+
+@pytest.fixture
+def hooks(
+    kafka_bootstrap: str, schema_registry: str, admin: AdminClient, tmp_path: Path
+) -> Iterator[HooksEnv]:
+    prefix = f"test-{uuid.uuid4().hex[:8]}-"
+    source = f"{prefix}events"  # where the SDK writes with this topic prefix
+    ensure_topics(admin, [TopicSpec(source, 3)])
+    wait_for_topics(admin, [source])
+    receiver = Receiver()
+    receiver.start()
+    group = f"test-webhooks-{uuid.uuid4().hex[:10]}"
+    dlq_prefix = f"{prefix}hooks-dlq."
+    env = {
+        **os.environ,
+        "KEEL_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KEEL_SCHEMA_REGISTRY_URL": schema_registry,
+        "KEEL_WEBHOOKS_TOPICS": source,
+        "KEEL_WEBHOOKS_GROUP": group,
+        "KEEL_WEBHOOKS_DLQ_PREFIX": dlq_prefix,
+        "KEEL_WEBHOOKS_BACKOFF_INITIAL_S": "0.05",
+        "KEEL_WEBHOOKS_BACKOFF_MAX_S": "0.3",
+        "KEEL_WEBHOOKS_TIMEOUT_S": "5",
+        "KEEL_WEBHOOKS_COMMIT_INTERVAL_MS": "200",
+        "KEEL_WEBHOOKS_HTTP_PORT": "0",
+        "KEEL_WEBHOOKS_PROGRESS_INTERVAL_S": "2",
+        "KEEL_LOG_LEVEL": "INFO",
+    }
+    hooks = HooksEnv(env, prefix, source, group, dlq_prefix, schema_registry, tmp_path, receiver)
+    yield hooks
+    for sink in hooks.sinks:
+        alive = sink.process.poll() is None
+        sink.stop()
+        print(f"--- sink ({'alive' if alive else 'exited'}):\n{sink.tail()}")
+    receiver.stop()
+    topics = [source, *(f"{dlq_prefix}{n}" for n in SECRETS)]
+    admin.delete_topics(topics, request_timeout=30)
+
+
+def test_events_reach_each_subscriber_signed_and_in_order_per_key(hooks: HooksEnv) -> None:
+    subs = hooks.subscriptions(
+        [
+            sub("all", hooks.receiver.url("/all")),
+            sub("users", hooks.receiver.url("/users"), ["user.*"]),
+        ]
+    )
+    hooks.start(subs, KEEL_WEBHOOKS_HTTP_PORT=str(port := free_port()))
+    users = [f"u{i}" for i in range(6)]
+    events = [signup(u) for u in users] + [page(users[n % 6], n) for n in range(60)]
+    hooks.send(events)
+
+    sent_ids = [e["event_id"] for e in events]
+    wait_for(
+        lambda: {r.event["event_id"] for r in hooks.receiver.at("/all")} >= set(sent_ids),
+        60,
+        "every event at /all",
+    )
+    wait_for(lambda: len(hooks.receiver.at("/users")) >= 6, 30, "the sign-ups at /users")
+
+    for path, name in (("/all", "all"), ("/users", "users")):
+        for r in hooks.receiver.at(path):
+            event = r.event
+            assert verify(SECRETS[name], r.body, r.headers["Keel-Signature"]) > 0
+            assert r.headers["Keel-Event-Id"] == event["event_id"]
+            assert r.headers["Keel-Event-Type"] == event["type"]
+            assert r.headers["Content-Type"] == "application/json"
+            uuid.UUID(r.headers["Keel-Delivery-Id"])
+    # The other subscriber's secret does not verify: each subscriber has its own.
+    first = hooks.receiver.at("/all")[0]
+    with pytest.raises(Exception, match="no v1 signature matches"):
+        verify(SECRETS["users"], first.body, first.headers["Keel-Signature"])
+    # Only what they asked for: /users saw the sign-ups and nothing else.
+    assert {r.event["type"] for r in hooks.receiver.at("/users")} == {"user.signed_up"}
+    assert {r.event["event_id"] for r in hooks.receiver.at("/users")} == set(sent_ids[:6])
+    # One user's events arrive in the order they were published (same key, same partition).
+    order: dict[str, list[str]] = {}
+    for r in hooks.receiver.at("/all"):
+        seen = order.setdefault(r.event["user_id"], [])
+        if r.event["event_id"] not in seen:
+            seen.append(r.event["event_id"])
+    for user in users:
+        assert order[user] == [e["event_id"] for e in events if e["user_id"] == user], user
+    # The body is the event as JSON values: uuid as text, time as integer microseconds.
+    signed_up = next(r.event for r in hooks.receiver.at("/users"))
+    assert signed_up["email"].endswith("@example.com")
+    assert isinstance(signed_up["occurred_at"], int)
+    # Everything was finished, so the group commits to the end of the topic.
+    wait_for(lambda: hooks.committed(3) == len(events), 30, "offsets committed to the end")
+    # The health and metrics endpoints answer.
+    from urllib.request import urlopen
+
+    with urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+        assert response.status == 200
+    with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    assert 'keel_webhooks_delivered_total{subscriber="users"} 6.0' in text
+
+
+def test_503_twice_then_200_delivers_after_retries_and_429_waits_its_retry_after(
+    hooks: HooksEnv,
+) -> None:
+    hooks.receiver.script["/all"] = [(503, {}), (503, {})]
+    hooks.receiver.script["/users"] = [(429, {"Retry-After": "1"})]
+    hooks.start(
+        hooks.subscriptions(
+            [sub("all", hooks.receiver.url("/all")), sub("users", hooks.receiver.url("/users"))]
+        )
+    )
+    event = signup("retry-user")
+    hooks.send([event])
+
+    tries = wait_for(lambda: (r := hooks.receiver.at("/all")) and len(r) >= 3 and r, 30, "3 tries")
+    assert [r.headers["Keel-Attempt"] for r in tries] == ["1", "2", "3"]
+    assert {r.headers["Keel-Event-Id"] for r in tries} == {event["event_id"]}
+    assert len({r.headers["Keel-Delivery-Id"] for r in tries}) == 1  # one delivery, 3 attempts
+    assert all(verify(SECRETS["all"], r.body, r.headers["Keel-Signature"]) for r in tries)
+    waited = wait_for(lambda: (r := hooks.receiver.at("/users")) and len(r) >= 2 and r, 30, "429")
+    assert waited[1].at - waited[0].at >= 0.95  # Retry-After: 1 was honoured
+    wait_for(lambda: hooks.committed(3) == 1, 30, "the offset committed")
+    assert len(hooks.receiver.at("/all")) == 3  # exactly once more after the retries, no more
+    assert hooks.dead_letters(f"{hooks.dlq_prefix}all") == []
+
+
+def test_a_400_goes_straight_to_the_dead_letter_topic_and_keel_dlq_reads_it(
+    hooks: HooksEnv,
+) -> None:
+    hooks.receiver.script["/all"] = [(400, {})]
+    hooks.start(
+        hooks.subscriptions(
+            [sub("all", hooks.receiver.url("/all")), sub("users", hooks.receiver.url("/users"))]
+        )
+    )
+    event = signup("bad-user")
+    hooks.send([event])
+    dlq = f"{hooks.dlq_prefix}all"
+    letters = wait_for(lambda: hooks.dead_letters(dlq), 30, "a dead letter")
+    assert len(hooks.receiver.at("/all")) == 1  # never retried
+    assert len(letters) == 1
+    h = letters[0].headers
+    assert h[H_REASON] == "permanent"
+    assert h[H_ERROR] == "HTTP 400: answer 400"
+    assert h[H_ORIG_TOPIC] == hooks.source
+    assert h[H_SUBSCRIBER] == "all" and h[H_ATTEMPTS] == "1" and h[H_EVENT_ID] == event["event_id"]
+    delivered = hooks.receiver.at("/users")[0]  # the other subscriber got it all the same
+    assert h[H_ORIG_OFFSET] == "0"
+    assert int(h[H_ORIG_PARTITION]) in range(3)
+    assert letters[0].key == b"bad-user"
+    assert delivered.event["event_id"] == event["event_id"]
+    wait_for(lambda: hooks.committed(3) == 1, 30, "the offset committed past the dead letter")
+    # `keel dlq list` reads it like any other Keel dead letter.
+    out = subprocess.run(
+        [KEEL, "dlq", "list", dlq], env=hooks.env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "permanent" in out.stdout and "HTTP 400" in out.stdout
+
+
+def test_a_receiver_down_past_max_attempts_dead_letters_without_stalling_others(
+    hooks: HooksEnv,
+) -> None:
+    down = f"http://127.0.0.1:{free_port()}/nobody-listens"
+    hooks.start(
+        hooks.subscriptions(
+            [
+                sub("users", down, max_attempts=3),
+                sub("all", hooks.receiver.url("/all")),
+            ]
+        )
+    )
+    events = [signup("down-user"), page("down-user", 1), page("down-user", 2)]
+    hooks.send(events)
+    ids = [e["event_id"] for e in events]
+    wait_for(lambda: [r.event["event_id"] for r in hooks.receiver.at("/all")] == ids, 30, "/all")
+    dlq = f"{hooks.dlq_prefix}users"
+    letters = wait_for(lambda: len(x := hooks.dead_letters(dlq)) >= 3 and x, 60, "3 letters")
+    assert [x.headers[H_EVENT_ID] for x in letters] == ids  # in order, one partition
+    for letter in letters:
+        assert letter.headers[H_REASON] == "exhausted"
+        assert letter.headers[H_ATTEMPTS] == "3"
+        assert "ClientConnectorError" in letter.headers[H_ERROR]
+    wait_for(lambda: hooks.committed(3) == 3, 30, "offsets committed past the letters")
+
+
+def test_a_killed_sink_resends_what_it_had_not_committed_and_loses_nothing(
+    hooks: HooksEnv,
+) -> None:
+    subs = hooks.subscriptions([sub("all", hooks.receiver.url("/all"))])
+    # First run: it never gets to commit (a commit interval of an hour), then SIGKILL.
+    first = hooks.start(subs, KEEL_WEBHOOKS_COMMIT_INTERVAL_MS="3600000")
+    batch1 = [page(f"k{n % 4}", n) for n in range(40)]
+    hooks.send(batch1)
+    ids1 = {e["event_id"] for e in batch1}
+
+    def count(ids: set[str]) -> dict[str, int]:
+        seen: dict[str, int] = {}
+        for r in hooks.receiver.at("/all"):
+            if r.event["event_id"] in ids:
+                seen[r.event["event_id"]] = seen.get(r.event["event_id"], 0) + 1
+        return seen
+
+    wait_for(lambda: set(count(ids1)) == ids1, 60, "batch 1 delivered by the first sink")
+    first.kill()
+    assert hooks.committed(3) == 0
+
+    # Second run: everything uncommitted is sent again; then a clean stop commits.
+    second = hooks.start(subs)
+    wait_for(lambda: all(n >= 2 for n in count(ids1).values()), 60, "batch 1 re-sent")
+    wait_for(lambda: hooks.committed(3) == 40, 30, "batch 1 committed")
+    assert second.stop() == 0
+    resent = count(ids1)
+
+    # Third run: only new events are sent; what was committed is not sent again.
+    hooks.start(subs)
+    batch2 = [page(f"k{n % 4}", n) for n in range(10)]
+    hooks.send(batch2)
+    ids2 = {e["event_id"] for e in batch2}
+    wait_for(lambda: set(count(ids2)) == ids2, 60, "batch 2 delivered")
+    wait_for(lambda: hooks.committed(3) == 50, 30, "batch 2 committed")
+    assert count(ids1) == resent
+
+
+def test_check_names_the_bad_subscription_and_field(hooks: HooksEnv, tmp_path: Path) -> None:
+    good = hooks.subscriptions([sub("all", hooks.receiver.url("/all"))])
+    out = subprocess.run(
+        [KEEL, "webhooks", "check", str(good)], env=hooks.env, capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr
+    bad = hooks.subscriptions([sub("all", "not a url"), sub("users", "http://x/", ["nope"])])
+    out = subprocess.run(
+        [KEEL, "webhooks", "check", str(bad)], env=hooks.env, capture_output=True, text=True
+    )
+    assert out.returncode == 1
+    assert "subscription 'all' (#1) field 'url'" in out.stderr
+    assert "subscription 'users' (#2) field 'events': 'nope' matches no event type" in out.stderr
+    # `run` refuses the same file before touching Kafka.
+    out = subprocess.run(
+        [KEEL, "webhooks", "run", "-s", str(bad)], env=hooks.env, capture_output=True, text=True
+    )
+    assert out.returncode == 1 and "field 'url'" in out.stderr
