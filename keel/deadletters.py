@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from keel.errors import KafkaEdgeError, KeelError
-from keel.kafka import make_consumer, make_producer
+from keel.kafka import SILENT_LOG, kafka_call, make_consumer, make_producer
 from keel.settings import KeelSettings
 
 # Header names (values are UTF-8 strings).
@@ -140,19 +140,20 @@ class DeadLetter:
 def _drain(consumer: Consumer, topic: str, committed: bool, timeout: float) -> list[DeadLetter]:
     """Everything from the start (or the group's committed offsets) up to the end offsets
     seen when called. Partitions are assigned, not subscribed: no rebalance to wait for."""
-    metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-    if metadata is None or metadata.error is not None or not metadata.partitions:
-        raise KafkaEdgeError(f"dead-letter topic {topic} does not exist")
-    partitions = sorted(metadata.partitions)
-    marks = {
-        p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-        for p in partitions
-    }
-    starts = {p: OFFSET_BEGINNING for p in partitions}
-    if committed:
-        for tp in consumer.committed([TopicPartition(topic, p) for p in partitions], timeout):
-            if tp.offset >= 0:
-                starts[tp.partition] = tp.offset
+    with kafka_call(f"reading dead-letter topic {topic}", timeout):
+        metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            raise KafkaEdgeError(f"dead-letter topic {topic} does not exist")
+        partitions = sorted(metadata.partitions)
+        marks = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            for p in partitions
+        }
+        starts = {p: OFFSET_BEGINNING for p in partitions}
+        if committed:
+            for tp in consumer.committed([TopicPartition(topic, p) for p in partitions], timeout):
+                if tp.offset >= 0:
+                    starts[tp.partition] = tp.offset
     remaining = {p for p in partitions if marks[p][1] > max(marks[p][0], starts[p], 0)}
     consumer.assign([TopicPartition(topic, p, starts[p]) for p in partitions])
     out: list[DeadLetter] = []
@@ -174,7 +175,7 @@ def _drain(consumer: Consumer, topic: str, committed: bool, timeout: float) -> l
 
 def read(settings: KeelSettings, topic: str, timeout: float = 10.0) -> list[DeadLetter]:
     """The dead letters in `topic` now, oldest first per partition (commits nothing)."""
-    consumer = make_consumer(f"keel.dlq.reader.{time.monotonic_ns()}", settings)
+    consumer = make_consumer(f"keel.dlq.reader.{time.monotonic_ns()}", settings, logger=SILENT_LOG)
     try:
         return _drain(consumer, topic, committed=False, timeout=timeout)
     finally:
@@ -196,8 +197,9 @@ def replay(
 ) -> list[DeadLetter]:
     """Send the letters of `topic` not replayed yet to `to`, or each to its original topic;
     return them. Nothing is sent when a letter has nowhere to go."""
-    consumer = make_consumer(group or replay_group(topic), settings)
-    producer = make_producer(settings)
+    # Silent: a failure ends as one KafkaEdgeError, not librdkafka's log of every retry.
+    consumer = make_consumer(group or replay_group(topic), settings, logger=SILENT_LOG)
+    producer = make_producer(settings, logger=SILENT_LOG)
     try:
         letters = _drain(consumer, topic, committed=True, timeout=timeout)
         homeless = [x.address for x in letters if not (to or x.original_topic)]

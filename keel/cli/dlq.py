@@ -9,6 +9,7 @@ import typer
 
 from keel.command_group import command_group
 from keel.deadletters import read, replay, replay_group
+from keel.kafka import naming_brokers
 from keel.settings import get_settings
 
 dlq_app = command_group(
@@ -24,7 +25,9 @@ def list_letters(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per letter.")] = False,
 ) -> None:
     """Each dead letter: where it is, why it failed, where it came from."""
-    letters = read(get_settings(), topic)
+    settings = get_settings()
+    with naming_brokers(settings):
+        letters = read(settings, topic)
     if not letters and not as_json:
         typer.echo(f"no dead letters in {topic}", err=True)
     for letter in letters:
@@ -48,7 +51,8 @@ def replay_letters(
     """Send the letters not replayed yet back (original key and bytes, a keel.replayed_from
     header), once the cause is fixed. Each letter is replayed once, however often this runs."""
     settings = get_settings()
-    letters = replay(settings, topic, to=to)
+    with naming_brokers(settings):
+        letters = replay(settings, topic, to=to)
     targets = sorted({to or x.original_topic or "" for x in letters})
     where = f" to {', '.join(targets)}" if targets else ""
     typer.echo(f"replayed {len(letters)} dead letter(s) from {topic}{where}")

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from keel.deadletters import (
@@ -116,7 +117,8 @@ def test_a_missing_topic_is_one_line_and_exit_1(kafka_bootstrap: str) -> None:
     assert result.returncode == 1
     assert (
         result.stderr.strip()
-        == "keel: error: dead-letter topic test-no-such-dlq-7f3a does not exist"
+        == f"keel: error: Kafka at {kafka_bootstrap}: dead-letter topic test-no-such-dlq-7f3a "
+        "does not exist"
     )
 
 
@@ -143,3 +145,16 @@ def test_replayed_for_needs_a_replay_that_names_a_processor() -> None:
     assert replayed_for([replayed, (H_REPLAY_PROCESSOR, b"")]) is None
     assert replayed_for([replayed]) is None
     assert replayed_for(None) is None and replayed_for(()) is None
+
+
+@pytest.mark.parametrize("command", ["list", "replay"])
+def test_unreachable_brokers_are_one_line_naming_them(command: str) -> None:
+    from keel.local.ports import free_port
+
+    nowhere = f"127.0.0.1:{free_port()}"  # nothing listens there
+    result = _keel(nowhere, command, "events.dlq")
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"keel: error: Kafka at {nowhere}: reading dead-letter topic events.dlq: "
+    ), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
