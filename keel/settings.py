@@ -210,6 +210,9 @@ class KeelSettings(BaseSettings):
         1000, ge=1, description="Events read ahead per partition; beyond it the partition waits."
     )
     webhooks_commit_interval_ms: int = Field(1000, ge=0, description="How often offsets commit.")
+    webhooks_session_timeout_ms: int = Field(
+        10000, ge=1000, description="How soon a dead sink's partitions move to the others."
+    )
     webhooks_http_port: int = Field(
         8097, ge=0, description="Sink /healthz, /readyz, /metrics port (0: none)."
     )
