@@ -184,6 +184,9 @@ class KeelSettings(BaseSettings):
     outbox_progress_interval_s: float = Field(
         10.0, gt=0, description="How often the relay logs rows published and rejected."
     )
+    outbox_http_port: int = Field(
+        8096, ge=0, description="Relay /healthz, /readyz, /metrics port (0: none)."
+    )
 
     # Webhook sink (connectors/webhooks.py)
     webhooks_subscriptions: Path | None = Field(
