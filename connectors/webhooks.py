@@ -656,7 +656,10 @@ class WebhookSink:
             settings,
             # The sink fetches at its own pace (bounded read-ahead): a poll can come late
             # while every subscriber's lane is full, so leave room before the group drops us.
-            **{"max.poll.interval.ms": 600_000},
+            **{
+                "max.poll.interval.ms": 600_000,
+                "session.timeout.ms": settings.webhooks_session_timeout_ms,
+            },
         )
         self._consumer.subscribe(
             self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost

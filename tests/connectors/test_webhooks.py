@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.request import urlopen
 
 import pytest
 from aiohttp import web
@@ -131,6 +132,21 @@ class Receiver:
 class Sink:
     process: subprocess.Popen[bytes]
     log: Path
+    port: int
+
+    def ready(self) -> bool:
+        """Joined its group (partitions assigned), its dead-letter topics created."""
+        if self.process.poll() is not None:
+            raise AssertionError(f"the sink exited:\n{self.tail()}")
+        try:
+            with urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=5) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def get(self, path: str) -> str:
+        with urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
+            return str(response.read().decode())
 
     def tail(self, lines: int = 40) -> str:
         try:
@@ -173,15 +189,17 @@ class HooksEnv:
 
     def start(self, subs: Path, **extra_env: str) -> Sink:
         log = self.tmp / f"sink-{len(self.sinks)}.log"
+        port = free_port()
         with log.open("wb") as out:
             process = subprocess.Popen(
                 [KEEL, "webhooks", "run", "--subscriptions", str(subs)],
-                env={**self.env, **extra_env},
+                env={**self.env, "KEEL_WEBHOOKS_HTTP_PORT": str(port), **extra_env},
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        sink = Sink(process, log)
+        sink = Sink(process, log, port)
         self.sinks.append(sink)
+        wait_for(sink.ready, 60, "the sink ready")
         return sink
 
     def send(self, events: Sequence[Mapping[str, Any]]) -> None:
@@ -255,7 +273,7 @@ def hooks(
         "KEEL_WEBHOOKS_BACKOFF_MAX_S": "0.3",
         "KEEL_WEBHOOKS_TIMEOUT_S": "5",
         "KEEL_WEBHOOKS_COMMIT_INTERVAL_MS": "200",
-        "KEEL_WEBHOOKS_HTTP_PORT": "0",
+        "KEEL_WEBHOOKS_SESSION_TIMEOUT_MS": "6000",  # a killed sink's partitions move soon
         "KEEL_WEBHOOKS_PROGRESS_INTERVAL_S": "2",
         "KEEL_LOG_LEVEL": "INFO",
     }
@@ -277,7 +295,7 @@ def test_events_reach_each_subscriber_signed_and_in_order_per_key(hooks: HooksEn
             sub("users", hooks.receiver.url("/users"), ["user.*"]),
         ]
     )
-    hooks.start(subs, KEEL_WEBHOOKS_HTTP_PORT=str(port := free_port()))
+    sink = hooks.start(subs)
     users = [f"u{i}" for i in range(6)]
     events = [signup(u) for u in users] + [page(users[n % 6], n) for n in range(60)]
     hooks.send(events)
@@ -319,14 +337,8 @@ def test_events_reach_each_subscriber_signed_and_in_order_per_key(hooks: HooksEn
     assert isinstance(signed_up["occurred_at"], int)
     # Everything was finished, so the group commits to the end of the topic.
     wait_for(lambda: hooks.committed(3) == len(events), 30, "offsets committed to the end")
-    # The health and metrics endpoints answer.
-    from urllib.request import urlopen
-
-    with urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
-        assert response.status == 200
-    with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    assert 'keel_webhooks_delivered_total{subscriber="users"} 6.0' in text
+    # The metrics count what was delivered.
+    assert 'keel_webhooks_delivered_total{subscriber="users"} 6.0' in sink.get("/metrics")
 
 
 def test_503_twice_then_200_delivers_after_retries_and_429_waits_its_retry_after(
@@ -381,9 +393,7 @@ def test_a_400_goes_straight_to_the_dead_letter_topic_and_keel_dlq_reads_it(
     assert delivered.event["event_id"] == event["event_id"]
     wait_for(lambda: hooks.committed(3) == 1, 30, "the offset committed past the dead letter")
     # `keel dlq list` reads it like any other Keel dead letter.
-    out = subprocess.run(
-        [KEEL, "dlq", "list", dlq], env=hooks.env, capture_output=True, text=True, timeout=60
-    )
+    out = keel("dlq", "list", dlq, env=hooks.env)
     assert out.returncode == 0, out.stderr
     assert "permanent" in out.stdout and "HTTP 400" in out.stdout
 
@@ -452,21 +462,34 @@ def test_a_killed_sink_resends_what_it_had_not_committed_and_loses_nothing(
     assert count(ids1) == resent
 
 
-def test_check_names_the_bad_subscription_and_field(hooks: HooksEnv, tmp_path: Path) -> None:
-    good = hooks.subscriptions([sub("all", hooks.receiver.url("/all"))])
-    out = subprocess.run(
-        [KEEL, "webhooks", "check", str(good)], env=hooks.env, capture_output=True, text=True
+def keel(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [KEEL, *args], env=env, capture_output=True, text=True, timeout=60, check=False
     )
-    assert out.returncode == 0 and "OK" in out.stdout, out.stderr
-    bad = hooks.subscriptions([sub("all", "not a url"), sub("users", "http://x/", ["nope"])])
-    out = subprocess.run(
-        [KEEL, "webhooks", "check", str(bad)], env=hooks.env, capture_output=True, text=True
+
+
+def test_check_names_the_bad_subscription_and_field(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(
+        '[[subscriptions]]\nname = "all"\nurl = "http://127.0.0.1:9/in"\n'
+        f'secret = "{SECRETS["all"]}"\n'
     )
+    out = keel("webhooks", "check", str(good))
+    assert out.returncode == 0 and f"{good}: OK" in out.stdout, out.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([sub("all", "not a url"), sub("users", "http://x/", ["nope"])]))
+    out = keel("webhooks", "check", str(bad))
     assert out.returncode == 1
     assert "subscription 'all' (#1) field 'url'" in out.stderr
     assert "subscription 'users' (#2) field 'events': 'nope' matches no event type" in out.stderr
     # `run` refuses the same file before touching Kafka.
-    out = subprocess.run(
-        [KEEL, "webhooks", "run", "-s", str(bad)], env=hooks.env, capture_output=True, text=True
-    )
+    out = keel("webhooks", "run", "-s", str(bad))
     assert out.returncode == 1 and "field 'url'" in out.stderr
+
+
+def test_sign_prints_the_header_a_receiver_verifies() -> None:
+    out = keel("webhooks", "sign", "--secret", SECRETS["all"], '{"a":1}')
+    assert out.returncode == 0, out.stderr
+    name, _, value = out.stdout.strip().partition(": ")
+    assert name == "Keel-Signature"
+    assert verify(SECRETS["all"], b'{"a":1}', value) > 0
