@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import json
 import logging
 import random
 import threading
@@ -33,10 +34,19 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import psycopg
 from confluent_kafka import KafkaError
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
@@ -282,6 +292,38 @@ class _Backoff:
         self.delay = 0.0
 
 
+class RelayMetrics:
+    """The relay's Prometheus metrics (a registry per relay: several in one process in tests)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.published = Counter(
+            "keel_outbox_published", "Rows acknowledged by Kafka and marked.", registry=r
+        )
+        self.rejected = Counter(
+            "keel_outbox_rejected", "Rows rejected as invalid (error set).", registry=r
+        )
+        self.failures = Counter(
+            "keel_outbox_failures",
+            "Batches not published (Kafka, registry or PostgreSQL unavailable).",
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "keel_outbox_batch_seconds",
+            "Claim to commit of one batch.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.pending = Gauge(
+            "keel_outbox_pending", "Rows waiting, at the last progress check.", registry=r
+        )
+        self.oldest_age = Gauge(
+            "keel_outbox_oldest_pending_age_seconds",
+            "Age of the oldest waiting row, at the last progress check (0: none).",
+            registry=r,
+        )
+
+
 class OutboxRelay:
     """Publishes committed outbox rows to Kafka. No I/O until used; `close()` when done.
 
@@ -306,6 +348,9 @@ class OutboxRelay:
         self.published_total = 0
         self.rejected_total = 0
         self._window = [0, 0]  # published, rejected since the last progress line
+        self.metrics = RelayMetrics()
+        self.heartbeat = time.monotonic()  # the loop is alive (/healthz)
+        self.ready = False  # the last attempt published or found nothing to do (/readyz)
         t = self.table.ident()
         self._claim = sql.SQL(
             "SELECT id, event FROM {} WHERE published_at IS NULL AND error IS NULL"
@@ -376,6 +421,7 @@ class OutboxRelay:
 
     def _attempt(self) -> BatchResult | None:
         conn = self.connection()
+        started = time.perf_counter()
         with conn.transaction():
             rows: list[tuple[int, Any]] = conn.execute(
                 self._claim, (self.settings.outbox_batch_size,)
@@ -405,6 +451,7 @@ class OutboxRelay:
             if self.before_commit is not None:
                 self.before_commit(result)
         self._count(result)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
         for row_id, why in result.rejected.items():  # once committed: rejections are final
             log.warning("outbox row %s rejected: %s", row_id, why, extra={"row_id": row_id})
         return result
@@ -444,6 +491,8 @@ class OutboxRelay:
         self.rejected_total += len(result.rejected)
         self._window[0] += len(result.published)
         self._window[1] += len(result.rejected)
+        self.metrics.published.inc(len(result.published))
+        self.metrics.rejected.inc(len(result.rejected))
 
     # -- the loop -------------------------------------------------------------------------
     def drain(self, stop: threading.Event | None = None) -> int:
@@ -473,6 +522,7 @@ class OutboxRelay:
         listener = self._listen()
         deadline = time.monotonic() + seconds
         while not stop.is_set():
+            self.heartbeat = time.monotonic()
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -497,10 +547,12 @@ class OutboxRelay:
             extra={"table": self.table.qualified, "batch_size": s.outbox_batch_size},
         )
         while not stop.is_set():
+            self.heartbeat = time.monotonic()
             try:
                 self._listen()  # before draining: a row committed meanwhile still wakes us
                 self.drain(stop)
                 backoff.reset()
+                self.ready = True
                 if time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + s.outbox_purge_interval_s
                     purged = purge_published(
@@ -512,6 +564,8 @@ class OutboxRelay:
             except (OutboxError, psycopg.Error) as exc:
                 if isinstance(exc, psycopg.Error):
                     self._drop_connections()
+                self.ready = False
+                self.metrics.failures.inc()
                 wait = backoff.next()
                 log.warning("outbox relay: %s; retrying in %.1fs", _first_line(exc), wait)
             if time.monotonic() >= next_progress:
@@ -534,19 +588,78 @@ class OutboxRelay:
     def _progress(self) -> None:
         published, rejected = self._window
         self._window = [0, 0]
+        pending: int | None = None
+        try:  # what is waiting, for the log line and the gauges; the database may be down
+            status = outbox_status(self.connection(), self.table)
+            pending = status.pending
+            self.metrics.pending.set(pending)
+            self.metrics.oldest_age.set(status.oldest_pending_age_s or 0.0)
+        except (OutboxError, psycopg.Error):
+            self._drop_connections()
         log.info(
-            "outbox progress: %s published, %s rejected (%s and %s since start)",
+            "outbox progress: %s published, %s rejected (%s and %s since start), %s pending",
             published,
             rejected,
             self.published_total,
             self.rejected_total,
+            "?" if pending is None else pending,
             extra={
                 "published": published,
                 "rejected": rejected,
                 "published_total": self.published_total,
                 "rejected_total": self.rejected_total,
+                "pending": pending,
             },
         )
+
+
+class HealthServer:
+    """`/healthz` (the relay loop is alive), `/readyz` (its last attempt worked: Kafka,
+    registry and PostgreSQL answer) and `/metrics` (Prometheus), on a thread."""
+
+    def __init__(self, relay: OutboxRelay, port: int, host: str = "0.0.0.0") -> None:
+        settings = relay.settings
+        # The loop beats at least every poll slice, or once per backoff pause.
+        stale_after = (
+            3 * max(settings.outbox_backoff_max_s, 1.0) + settings.outbox_delivery_timeout_s
+        )
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/metrics":
+                    body, ctype, status = (
+                        generate_latest(relay.metrics.registry),
+                        CONTENT_TYPE_LATEST,
+                        200,
+                    )
+                elif self.path in ("/healthz", "/readyz"):
+                    alive = time.monotonic() - relay.heartbeat < stale_after
+                    ok = alive if self.path == "/healthz" else alive and relay.ready
+                    body = json.dumps({"ok": ok}).encode()
+                    ctype, status = "application/json", 200 if ok else 503
+                else:
+                    body, ctype, status = b"not found", "text/plain", 404
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # no access log
+                return
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, name="outbox-http", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def _describe(exc: ValidationFailed) -> str:

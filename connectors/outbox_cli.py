@@ -35,15 +35,28 @@ def init() -> None:
 
 
 @outbox_app.command("run")
-def run() -> None:
+def run(
+    http_port: Annotated[
+        int | None,
+        typer.Option(help="Port of /healthz, /readyz, /metrics; 0: none (KEEL_OUTBOX_HTTP_PORT)."),
+    ] = None,
+) -> None:
     """Publish committed outbox rows to Kafka until SIGTERM/Ctrl-C (JSON log lines)."""
-    from connectors.outbox import OutboxRelay
+    from connectors.outbox import HealthServer, OutboxError, OutboxRelay
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     relay = OutboxRelay(settings)
+    server: HealthServer | None = None
     try:
         relay.check()  # a bad DSN or a missing table ends here, in one line
+        port = settings.outbox_http_port if http_port is None else http_port
+        if port:
+            try:
+                server = HealthServer(relay, port)
+            except OSError as exc:
+                raise OutboxError(f"KEEL_OUTBOX_HTTP_PORT {port}: {exc.strerror}") from None
+            server.start()
         stop = threading.Event()
 
         def handler(_signum: int, _frame: object) -> None:
@@ -53,6 +66,8 @@ def run() -> None:
         signal.signal(signal.SIGINT, handler)
         relay.run(stop)
     finally:
+        if server is not None:
+            server.stop()
         relay.close()
 
 

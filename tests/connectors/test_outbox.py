@@ -15,6 +15,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -406,6 +408,16 @@ def test_init_is_idempotent_and_schema_qualified(outbox: Outbox) -> None:
 # --- the console script ------------------------------------------------------------------
 
 
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    except OSError:
+        return 0, ""
+
+
 def keel(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [KEEL, *args], env=env, capture_output=True, text=True, timeout=60, check=False
@@ -437,15 +449,30 @@ def test_cli_init_status_and_run(outbox: Outbox) -> None:
         assert figures["pending"] == 2 and figures["rejected"] == 0
         assert figures["oldest_pending_age_s"] >= 0
 
+        port = free_port()
         relay = subprocess.Popen(
             [KEEL, "outbox", "run"],
-            env={**env, "KEEL_OUTBOX_PROGRESS_INTERVAL_S": "0.5"},
+            env={
+                **env,
+                "KEEL_OUTBOX_PROGRESS_INTERVAL_S": "0.5",
+                "KEEL_OUTBOX_HTTP_PORT": str(port),
+            },
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         try:
             wait_for(lambda: box.status().pending == 0, what="keel outbox run publishes")
+            assert wait_for(lambda: http_get(port, "/readyz")[0] == 200, what="/readyz")
+            assert http_get(port, "/healthz")[0] == 200
+            metrics = wait_for(
+                lambda: (
+                    (m := http_get(port, "/metrics")[1]) and "keel_outbox_pending 0.0" in m and m
+                ),
+                what="the pending gauge at 0",
+            )
+            assert "keel_outbox_published_total 1.0" in metrics
+            assert "keel_outbox_rejected_total 1.0" in metrics
         finally:
             relay.send_signal(signal.SIGTERM)
             _, stderr = relay.communicate(timeout=30)
@@ -454,6 +481,7 @@ def test_cli_init_status_and_run(outbox: Outbox) -> None:
         progress = [e for e in lines if e["msg"].startswith("outbox progress")]
         assert sum(e["published"] for e in progress) == 1
         assert sum(e["rejected"] for e in progress) == 1
+        assert progress[-1]["pending"] == 0
         records = outbox.read(expect=1)
         assert [str(v["event_id"]) for *_, v in records] == [event["event_id"]]
 
