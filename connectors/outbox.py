@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import orjson
 import psycopg
 from confluent_kafka import KafkaError
 from prometheus_client import (
@@ -49,6 +50,7 @@ from prometheus_client import (
 )
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.json import set_json_loads
 
 from keel.errors import KeelError
 from keel.settings import KeelSettings, get_settings
@@ -384,6 +386,8 @@ class OutboxRelay:
     def connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.dsn)
+            # Decoding the claimed events was a tenth of the relay's time with `json`.
+            set_json_loads(_loads, self._conn)
         return self._conn
 
     def check(self) -> None:
@@ -660,6 +664,14 @@ class HealthServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _loads(data: bytes | str) -> Any:
+    """orjson, and `json` for what it refuses (integers past 64 bits), as the events API."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 def _describe(exc: ValidationFailed) -> str:
