@@ -77,6 +77,8 @@ from keel.deadletters import (
     H_ORIG_TIMESTAMP,
     H_ORIG_TOPIC,
     H_REASON,
+    H_REPLAYED_FROM,
+    header_map,
 )
 from keel.errors import KafkaEdgeError, KeelError
 from keel.kafka import TopicSpec, ensure_topics, make_admin, make_consumer, make_producer
@@ -476,6 +478,7 @@ class Record:
     event_type: str = ""
     body: bytes = b""
     undecodable: str = ""  # the decoding error, when there is one
+    replayed_from: str = ""  # `keel dlq replay`'s <dlq topic>/<partition>@<offset>
 
 
 class PartitionTrack:
@@ -595,6 +598,7 @@ class WebhookSink:
         self._stopping = threading.Event()
         self._joined = threading.Event()
         self._last_loop = time.monotonic()
+        self._children: dict[str, tuple[Any, Any, Any]] = {}
         self._counts = {"delivered": 0, "retried": 0, "dead_lettered": 0, "consumed": 0}
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -750,6 +754,9 @@ class WebhookSink:
             msg.value() or b"",
             timestamp_ms,
         )
+        headers = msg.headers()
+        if headers:  # rare: most events carry none
+            record.replayed_from = header_map(headers).get(H_REPLAYED_FROM, "")
         delay = 0.5
         while True:
             try:
@@ -805,6 +812,12 @@ class WebhookSink:
             targets = self.targets  # nobody can tell who wanted it: every subscriber hears
         else:
             targets = [t for t in self.targets if t.sub.wants(record.event_type)]
+        if record.replayed_from:
+            # Replayed from a subscriber's dead letters: only that subscriber missed it.
+            dlq = record.replayed_from.rsplit("/", 1)[0]
+            owners = [t for t in self.targets if t.dead_letter_topic == dlq]
+            if owners:
+                targets = [t for t in targets if t in owners]
         with self._lock:
             track.add(record.offset, len(targets))
         for target in targets:
@@ -900,14 +913,15 @@ class WebhookSink:
             attempt += 1
             async with target.semaphore:
                 outcome = await self._attempt(target, record, attempt, ident)
-            self.metrics.attempts.labels(target.name, outcome.verdict.value).inc()
             if outcome.verdict is Verdict.SUCCESS:
                 self._counts["delivered"] += 1
-                self.metrics.delivered.labels(target.name).inc()
+                ok_attempts, delivered, latency = self._success_metrics(target.name)
+                ok_attempts.inc()
+                delivered.inc()
                 if record.timestamp_ms > 0:
-                    lag = max(0.0, time.time() - record.timestamp_ms / 1000)
-                    self.metrics.latency.labels(target.name).observe(lag)
+                    latency.observe(max(0.0, time.time() - record.timestamp_ms / 1000))
                 return
+            self.metrics.attempts.labels(target.name, outcome.verdict.value).inc()
             if outcome.verdict is Verdict.PERMANENT:
                 reason = REASON_PERMANENT
             else:
@@ -927,6 +941,19 @@ class WebhookSink:
                     continue
             await self._dead_letter(target, record, reason, outcome.detail, attempt)
             return
+
+    def _success_metrics(self, name: str) -> tuple[Any, Any, Any]:
+        # The labelled children looked up once per subscriber: `labels()` takes a lock and
+        # builds a key on every call, measurable at thousands of events a second.
+        children = self._children.get(name)
+        if children is None:
+            m = self.metrics
+            children = self._children[name] = (
+                m.attempts.labels(name, Verdict.SUCCESS.value),
+                m.delivered.labels(name),
+                m.latency.labels(name),
+            )
+        return children
 
     async def _attempt(self, target: Target, record: Record, attempt: int, ident: str) -> Outcome:
         assert target.session is not None

@@ -396,6 +396,15 @@ def test_a_400_goes_straight_to_the_dead_letter_topic_and_keel_dlq_reads_it(
     out = keel("dlq", "list", dlq, env=hooks.env)
     assert out.returncode == 0, out.stderr
     assert "permanent" in out.stdout and "HTTP 400" in out.stdout
+    # Once the receiver is fixed, a replay reaches the subscriber that missed it, only it.
+    out = keel("dlq", "replay", dlq, env=hooks.env)
+    assert out.returncode == 0, out.stderr
+    again = wait_for(lambda: len(r := hooks.receiver.at("/all")) >= 2 and r, 30, "the replay")
+    assert again[1].event["event_id"] == event["event_id"]
+    assert verify(SECRETS["all"], again[1].body, again[1].headers["Keel-Signature"]) > 0
+    wait_for(lambda: hooks.committed(3) == 2, 30, "the replayed event committed")
+    assert len(hooks.receiver.at("/users")) == 1  # it had taken the event the first time
+    assert len(hooks.receiver.at("/all")) == 2
 
 
 def test_a_receiver_down_past_max_attempts_dead_letters_without_stalling_others(
