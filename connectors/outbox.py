@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import hashlib
 import json
 import logging
 import random
@@ -103,8 +104,13 @@ class OutboxTable:
 
     @property
     def channel(self) -> str:
-        """The NOTIFY channel the insert trigger signals and the relay listens on."""
-        return self.qualified.replace(".", "__") + "_wakeup"
+        """The NOTIFY channel the insert trigger signals and the relay listens on (at most
+        63 bytes: pg_notify refuses a longer one, which would fail the service's insert)."""
+        channel = self.qualified.replace(".", "__") + "_wakeup"
+        if len(channel) > 63:
+            digest = hashlib.sha1(self.qualified.encode()).hexdigest()[:8]
+            channel = f"{channel[:54]}_{digest}"
+        return channel
 
 
 # Why this shape:
@@ -437,6 +443,9 @@ class OutboxRelay:
                 for row_id, event in rows
                 if isinstance(event, dict) and event.get("event_id") is None
             ]
+            event_ids = {
+                row_id: event.get("event_id") for row_id, event in rows if isinstance(event, dict)
+            }
             if missing:
                 # The id must be committed before the event is produced, or a re-send after
                 # a crash would carry a new one. Commit it, then claim again.
@@ -457,7 +466,12 @@ class OutboxRelay:
         self._count(result)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         for row_id, why in result.rejected.items():  # once committed: rejections are final
-            log.warning("outbox row %s rejected: %s", row_id, why, extra={"row_id": row_id})
+            log.warning(
+                "outbox row %s rejected: %s",
+                row_id,
+                why,
+                extra={"row_id": row_id, "event_id": event_ids.get(row_id)},
+            )
         return result
 
     def _produce(self, rows: list[tuple[int, Any]]) -> BatchResult:

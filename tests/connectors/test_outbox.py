@@ -396,13 +396,31 @@ def test_purge_deletes_only_old_published_rows(outbox: Outbox) -> None:
     assert sorted(outbox.rows()) == [ids[3], ids[4], ids[5], pending_id]
 
 
-def test_init_is_idempotent_and_schema_qualified(outbox: Outbox) -> None:
-    table = OutboxTable.of(f"outbox_{uuid.uuid4().hex[:8]}.events_out")
-    with connect(outbox.dsn) as conn:
-        create_outbox(conn, table)
-        create_outbox(conn, table)
-        assert outbox_status(conn, table).pending == 0
-        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(table.schema or "")))
+def test_init_is_idempotent_and_the_trigger_notifies_at_commit(outbox: Outbox) -> None:
+    # The longest names the setting allows: the channel must still fit pg_notify's 63 bytes.
+    long = uuid.uuid4().hex + "_" * 7 + "x" * 8
+    table = OutboxTable.of(f"s{long}.t{long}")
+    assert len(table.qualified) == 97 and len(table.channel) == 63
+    with connect(outbox.dsn) as conn, connect(outbox.dsn) as listener:
+        try:
+            create_outbox(conn, table)
+            create_outbox(conn, table)
+            listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(table.channel)))
+            insert = sql.SQL("INSERT INTO {} (event) VALUES (%s)").format(table.ident())
+            with conn.transaction():
+                conn.execute(insert, (Jsonb(page_view()),))
+                conn.execute(insert, (Jsonb(page_view()),))
+                assert list(listener.notifies(timeout=0.5)) == []  # not before the commit
+            got = list(listener.notifies(timeout=10, stop_after=1))
+            assert [n.channel for n in got] == [table.channel]
+            assert list(listener.notifies(timeout=0.5)) == []  # one wake-up per transaction
+            assert outbox_status(conn, table).pending == 2
+        finally:
+            conn.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                    sql.Identifier(table.schema or "")
+                )
+            )
 
 
 # --- the console script ------------------------------------------------------------------
