@@ -174,6 +174,10 @@ def verify(
 # -- retry policy (pure) ------------------------------------------------------------------
 
 
+class _Interrupted(Exception):
+    """Decoding gave up waiting for the registry because the sink is stopping."""
+
+
 class Verdict(enum.Enum):
     SUCCESS = "success"
     RETRY = "retry"
@@ -740,7 +744,12 @@ class WebhookSink:
                     if error.fatal():
                         raise KafkaEdgeError.from_kafka_error(error, "consuming")
                 continue
-            records.append(self._decode(msg))
+            try:
+                records.append(self._decode(msg))
+            except _Interrupted:
+                # Stopping while the registry is down: the rest of the batch is neither
+                # delivered nor committed, so the next start reads it again.
+                break
         return records
 
     def _decode(self, msg: Message) -> Record:
@@ -763,7 +772,9 @@ class WebhookSink:
                 event = self.serde.decode_plain(record.value)
                 break
             except RegistryError as exc:
-                if not exc.retriable or self._stopping.is_set():
+                if exc.retriable and self._stopping.is_set():
+                    raise _Interrupted from None  # not undecodable: left for the next start
+                if not exc.retriable:
                     record.undecodable = f"{type(exc).__name__}: {exc}"
                     return record
                 # The registry is down: nothing behind this record can be decoded either.

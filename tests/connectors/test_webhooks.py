@@ -433,6 +433,33 @@ def test_a_receiver_down_past_max_attempts_dead_letters_without_stalling_others(
     wait_for(lambda: hooks.committed(3) == 3, 30, "offsets committed past the letters")
 
 
+def test_an_undecodable_record_is_dead_lettered_to_every_subscriber(hooks: HooksEnv) -> None:
+    hooks.start(
+        hooks.subscriptions(
+            [
+                sub("all", hooks.receiver.url("/all")),
+                sub("users", hooks.receiver.url("/users"), ["user.*"]),
+            ]
+        )
+    )
+    from keel.kafka import make_producer
+
+    raw = make_producer()
+    raw.produce(hooks.source, key=b"poison", value=b"not keel avro", partition=0)
+    assert raw.flush(30) == 0
+    event = signup("after-poison")
+    hooks.send([event])
+    for name in ("all", "users"):
+        letters = wait_for(lambda n=name: hooks.dead_letters(f"{hooks.dlq_prefix}{n}"), 30, name)
+        assert [x.value for x in letters] == [b"not keel avro"]
+        assert letters[0].headers[H_REASON] == "undecodable"
+        assert letters[0].headers[H_ORIG_PARTITION] == "0"
+    # The pipeline goes on: the next event is delivered and everything is committed.
+    wait_for(lambda: len(hooks.receiver.at("/users")) == 1, 30, "the next event")
+    assert hooks.receiver.at("/all")[0].event["event_id"] == event["event_id"]
+    wait_for(lambda: hooks.committed(3) == 2, 30, "offsets committed past the poison")
+
+
 def test_a_killed_sink_resends_what_it_had_not_committed_and_loses_nothing(
     hooks: HooksEnv,
 ) -> None:
