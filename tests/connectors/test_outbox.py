@@ -255,6 +255,22 @@ def test_invalid_rows_get_the_error_and_do_not_block_later_rows(outbox: Outbox) 
     assert (status.pending, status.rejected) == (0, 4)
 
 
+def test_event_kafka_refuses_for_good_is_rejected_not_retried(outbox: Outbox) -> None:
+    big = page_view("u-1", path="/" + "x" * 2_000_000)  # past the producer's message.max.bytes
+    ok = page_view("u-1")
+    ids = outbox.insert(big, ok)
+    relay = outbox.relay()
+    try:
+        assert relay.drain() == 1
+    finally:
+        relay.close()
+    rows = outbox.rows()
+    assert rows[ids[0]]["published_at"] is None
+    assert rows[ids[0]]["error"].startswith("not accepted by Kafka: ")
+    assert rows[ids[1]]["published_at"] is not None
+    assert [str(v["event_id"]) for *_, v in outbox.read(idle=1.0)] == [ok["event_id"]]
+
+
 def test_replicas_claim_disjoint_batches(outbox: Outbox) -> None:
     ids = outbox.insert(*[page_view(f"u-{i}") for i in range(8)])
     settings = outbox.settings.model_copy(update={"outbox_batch_size": 4})
