@@ -662,8 +662,8 @@ class WebhookSink:
         self._consumer = make_consumer(
             settings.webhooks_group,
             settings,
-            # The sink fetches at its own pace (bounded read-ahead): a poll can come late
-            # while every subscriber's lane is full, so leave room before the group drops us.
+            # Decoding waits out a registry outage on the polling thread: leave room
+            # before the group decides this member is stuck.
             **{
                 "max.poll.interval.ms": 600_000,
                 "session.timeout.ms": settings.webhooks_session_timeout_ms,
