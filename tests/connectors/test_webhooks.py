@@ -75,6 +75,7 @@ class Receiver:
 
     port: int = field(default_factory=free_port)
     script: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
+    hold: set[str] = field(default_factory=set)  # paths whose answers wait until released
     requests: list[Received] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
@@ -85,6 +86,8 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        while request.path in self.hold:
+            await asyncio.sleep(0.02)
         with self._lock:
             self.requests.append(
                 Received(request.path, dict(request.headers), body, time.monotonic())
@@ -458,6 +461,60 @@ def test_an_undecodable_record_is_dead_lettered_to_every_subscriber(hooks: Hooks
     wait_for(lambda: len(hooks.receiver.at("/users")) == 1, 30, "the next event")
     assert hooks.receiver.at("/all")[0].event["event_id"] == event["event_id"]
     wait_for(lambda: hooks.committed(3) == 2, 30, "offsets committed past the poison")
+
+
+def test_a_stuck_subscriber_holds_the_others_back_only_up_to_the_read_ahead(
+    hooks: HooksEnv,
+) -> None:
+    hooks.receiver.hold.add("/users")  # answers nothing until released
+    sink = hooks.start(
+        hooks.subscriptions(
+            [
+                sub("users", hooks.receiver.url("/users"), timeout_s=120),
+                sub("all", hooks.receiver.url("/all")),
+            ]
+        ),
+        KEEL_WEBHOOKS_MAX_PENDING="20",
+    )
+    user = "one-partition-user"  # one key: every event on one partition, in order
+    first = [signup(user), *(page(user, n) for n in range(59))]
+    hooks.send(first)
+
+    def consumed() -> int:
+        for line in sink.get("/metrics").splitlines():
+            if line.startswith("keel_webhooks_consumed_total "):
+                return int(float(line.split()[1]))
+        return 0
+
+    # The read-ahead fills (the stuck subscriber holds the commit) and the partition waits;
+    # the other subscriber still gets everything read so far.
+    wait_for(lambda: "read-ahead full" in sink.tail(200), 30, "the partition paused")
+    read = consumed()
+    assert read >= 20
+    wait_for(lambda: len(hooks.receiver.at("/all")) == read, 30, f"the {read} read at /all")
+    assert len(hooks.receiver.at("/users")) == 0  # its first request is still unanswered
+    later = [page(user, n) for n in range(60, 90)]
+    hooks.send(later)
+    deadline = time.monotonic() + 3  # a window to show nothing more is read while paused
+    while time.monotonic() < deadline:
+        assert consumed() == read and len(hooks.receiver.at("/all")) == read
+        time.sleep(0.1)
+    assert hooks.committed(3) == 0
+    # Released, everything flows, in order, to both; nothing read before the pause is lost.
+    hooks.receiver.hold.discard("/users")
+    ids = [e["event_id"] for e in first + later]
+    for path in ("/users", "/all"):
+        got = wait_for(
+            lambda p=path: (
+                (r := [x.event["event_id"] for x in hooks.receiver.at(p)])
+                and len(set(r)) == 90
+                and r
+            ),
+            60,
+            f"all 90 at {path}",
+        )
+        assert list(dict.fromkeys(got)) == ids, path
+    wait_for(lambda: hooks.committed(3) == 90, 30, "all committed")
 
 
 def test_a_killed_sink_resends_what_it_had_not_committed_and_loses_nothing(
