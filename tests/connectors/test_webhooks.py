@@ -517,6 +517,42 @@ def test_a_stuck_subscriber_holds_the_others_back_only_up_to_the_read_ahead(
     wait_for(lambda: hooks.committed(3) == 90, 30, "all committed")
 
 
+def test_two_sinks_share_the_partitions_and_one_takes_over_when_the_other_stops(
+    hooks: HooksEnv,
+) -> None:
+    subs = hooks.subscriptions([sub("all", hooks.receiver.url("/all"))])
+    users = [f"g{i}" for i in range(12)]
+    sent: list[dict[str, Any]] = []
+
+    def send_round(n: int) -> None:
+        batch = [page(users[i % len(users)], n * 100 + i) for i in range(36)]
+        sent.extend(batch)
+        hooks.send(batch)
+
+    def delivered() -> set[str]:
+        return {r.event["event_id"] for r in hooks.receiver.at("/all")}
+
+    first = hooks.start(subs)
+    send_round(0)
+    wait_for(lambda: delivered() >= {e["event_id"] for e in sent}, 60, "round 0")
+    second = hooks.start(subs)  # joins the group: the partitions are split between them
+    wait_for(lambda: "assigned" in second.tail(200) and "revoked" in first.tail(200), 60, "split")
+    send_round(1)
+    wait_for(lambda: delivered() >= {e["event_id"] for e in sent}, 60, "round 1")
+    assert first.stop() == 0  # leaves the group: the second sink takes every partition
+    send_round(2)
+    wait_for(lambda: delivered() >= {e["event_id"] for e in sent}, 60, "round 2")
+    wait_for(lambda: hooks.committed(3) == len(sent), 30, "everything committed")
+    # Each user's events were first delivered in the order they were published.
+    order: dict[str, list[str]] = {}
+    for r in hooks.receiver.at("/all"):
+        seen = order.setdefault(r.event["user_id"], [])
+        if r.event["event_id"] not in seen:
+            seen.append(r.event["event_id"])
+    for user in users:
+        assert order[user] == [e["event_id"] for e in sent if e["user_id"] == user], user
+
+
 def test_a_killed_sink_resends_what_it_had_not_committed_and_loses_nothing(
     hooks: HooksEnv,
 ) -> None:
