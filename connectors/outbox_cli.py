@@ -40,12 +40,17 @@ def run(
         int | None,
         typer.Option(help="Port of /healthz, /readyz, /metrics; 0: none (KEEL_OUTBOX_HTTP_PORT)."),
     ] = None,
+    create: Annotated[
+        bool, typer.Option("--init", help="Create the table first, as `keel outbox init` does.")
+    ] = False,
 ) -> None:
     """Publish committed outbox rows to Kafka until SIGTERM/Ctrl-C (JSON log lines)."""
     from connectors.outbox import HealthServer, OutboxError, OutboxRelay
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
+    if create:
+        init()
     relay = OutboxRelay(settings)
     server: HealthServer | None = None
     try:

@@ -18,10 +18,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def test_up_status_down(tmp_path: Path) -> None:
-    base = free_base_port(10)  # ten free port pairs, 100 apart: one per listening service
-    port = {name: base + 100 * i for i, name in enumerate(
-        ["broker", "redis", "postgres", "registry", "streams", "jobs", "smtp", "ingest_lb", "ingest_a", "ingest_b"]
-    )}  # fmt: skip
+    names = ["broker", "redis", "postgres", "registry", "streams", "jobs", "smtp", "ingest_lb",
+             "ingest_a", "ingest_b", "outbox"]  # fmt: skip
+    base = free_base_port(len(names))  # free port pairs, 100 apart: one per listening service
+    port = {name: base + 100 * i for i, name in enumerate(names)}
     env = {
         **os.environ,
         "KEEL_HOME": str(tmp_path / "home"),
@@ -39,6 +39,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         "KEEL_INGEST_URL": f"http://127.0.0.1:{port['ingest_lb']}",
         "KEEL_INGEST_PORT": str(port["ingest_a"]),
         "KEEL_INGEST_REPLICA_PORTS": f"{port['ingest_a']},{port['ingest_b']}",
+        "KEEL_OUTBOX_HTTP_PORT": str(port["outbox"]),
     }
 
     def keel(*args: str) -> subprocess.CompletedProcess[str]:
@@ -52,7 +53,9 @@ def test_up_status_down(tmp_path: Path) -> None:
         status = keel("status")
         assert status.returncode == 0, status.stdout + status.stderr
         lines = status.stdout.splitlines()
-        assert {ln.split()[0] for ln in lines} >= {"kafka", "redis", "postgres", "registry"}
+        assert {ln.split()[0] for ln in lines} >= {
+            "kafka", "redis", "postgres", "registry", "outbox-relay"
+        }  # fmt: skip
         assert all(" healthy " in ln for ln in lines), status.stdout
         # A second `up` reuses what runs.
         again = keel("up", "--detach")

@@ -1,0 +1,28 @@
+"""`python -m connectors outbox run ...`: the connectors' commands without the `keel` script
+(the local stack runs services this way, with the virtualenv's interpreter)."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from connectors.outbox_cli import outbox_app
+from connectors.webhooks_cli import webhooks_app
+from keel.errors import KeelError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True)
+app.add_typer(outbox_app)
+app.add_typer(webhooks_app)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeelError as exc:
+        sys.stderr.write(f"keel: error: {exc}\n")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
