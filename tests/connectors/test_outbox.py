@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from connectors.outbox import (
 from keel.kafka import TopicSpec, delete_topics, ensure_topics, wait_for_topics
 from keel.local.ports import free_port
 from keel.settings import KeelSettings
+from tests.polling import wait_for
 from tests.producers.conftest import read_topic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,18 +57,6 @@ def page_view(user: str = "u-1", **over: Any) -> dict[str, Any]:
         "path": "/p/1",
         **over,
     }
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll until `check()` is truthy (never sleep for an effect)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Outbox:

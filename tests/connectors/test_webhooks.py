@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,20 +37,10 @@ from keel.deadletters import (
 from keel.kafka import TopicSpec, ensure_topics, make_consumer, wait_for_topics
 from keel.local.ports import free_port
 from keel.settings import KeelSettings
+from tests.polling import wait_for
 
 KEEL = str(Path(sys.executable).parent / "keel")
 SECRETS = {"all": "whsec_all_0123456789abcdef", "users": "whsec_users_0123456789abcdef"}
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 # -- the receiver -------------------------------------------------------------------------

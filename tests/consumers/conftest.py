@@ -18,6 +18,7 @@ from consumers.idempotency import RedisDoneStore
 from consumers.job import JobTopics
 from consumers.mail.server import Outbox, OutboxHandler, OutboxServer
 from consumers.worker import Worker
+from tests.polling import wait_for
 
 
 class RefusingHandler(OutboxHandler):
@@ -62,18 +63,6 @@ class JsonDecoder:
         if not isinstance(value, dict):
             raise UndecodableJob("not a JSON object")
         return value
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll until `check()` is truthy (never sleep for an effect)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -34,7 +34,8 @@ from consumers.retry import H_REASON, RetryPolicy, header_map
 from consumers.worker import Worker, WorkerConfig
 from keel.local.ports import free_port as _free_port
 from keel.settings import KeelSettings
-from tests.consumers.conftest import RefusingHandler, RunningWorker, drained, read_all, wait_for
+from tests.consumers.conftest import RefusingHandler, RunningWorker, drained, read_all
+from tests.polling import wait_for
 
 SENDER = "Keel <no-reply@keel.localhost>"
 

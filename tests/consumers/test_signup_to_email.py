@@ -28,7 +28,8 @@ from consumers.worker import Worker, WorkerConfig
 from keel.kafka import TopicSpec, delete_topics, ensure_topics, wait_for_topics
 from keel.local.ports import free_port as _free_port
 from keel.settings import KeelSettings
-from tests.consumers.conftest import RunningWorker, drained, wait_for
+from tests.consumers.conftest import RunningWorker, drained
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -34,14 +34,8 @@ from consumers.retry import (
 from consumers.tracking import slot_for
 from consumers.worker import Worker, WorkerConfig
 from keel.settings import KeelSettings
-from tests.consumers.conftest import (
-    JsonDecoder,
-    RunningWorker,
-    drained,
-    produce_json,
-    read_all,
-    wait_for,
-)
+from tests.consumers.conftest import JsonDecoder, RunningWorker, drained, produce_json, read_all
+from tests.polling import wait_for
 
 
 class Recorder(JobHandler):

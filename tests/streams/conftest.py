@@ -23,6 +23,7 @@ from keel.errors import KeelError
 from keel.kafka import TopicSpec, ensure_topics, make_consumer, make_producer, wait_for_topics
 from keel.lag import group_lag
 from keel.local.ports import free_port
+from tests.polling import wait_for
 
 KEEL = str(Path(sys.executable).parent / "keel")
 
@@ -40,18 +41,6 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
             return exc.code, body.decode(errors="replace")
     except (urllib.error.URLError, OSError) as exc:
         return 0, str(exc)
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
-    """Poll `check` until it returns something truthy; fail naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 @dataclass

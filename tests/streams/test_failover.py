@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.streams.conftest import StreamsEnv, wait_for
+from tests.polling import wait_for
+from tests.streams.conftest import StreamsEnv
 
 USERS = [f"user-{i}" for i in range(40)]
 PRODUCTS = [f"sku-{i}" for i in range(8)]

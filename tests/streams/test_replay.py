@@ -12,7 +12,8 @@ from typing import Any
 
 from keel.deadletters import H_PROCESSOR, read, replay
 from keel.settings import KeelSettings
-from tests.streams.conftest import StreamsEnv, wait_for
+from tests.polling import wait_for
+from tests.streams.conftest import StreamsEnv
 
 # A processor the workers load beside the real ones: the test's own module, put on the
 # path of `streams.processors` by a sitecustomize (the worker discovers every module on it).

@@ -13,7 +13,8 @@ from typing import Any
 import redis
 
 from keel.deadletters import H_ORIG_OFFSET, H_ORIG_PARTITION, DeadLetter
-from tests.streams.conftest import StreamsEnv, wait_for
+from tests.polling import wait_for
+from tests.streams.conftest import StreamsEnv
 
 HOUR = "2026-11-28T08:00:00Z"
 
