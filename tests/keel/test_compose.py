@@ -34,3 +34,14 @@ def test_compose_uses_the_same_keel_settings() -> None:
         for key in service.get("environment", {}) or {}:
             if key.startswith("KEEL_"):
                 assert key in known, f"{key} is not a Keel setting"
+
+
+def test_compose_runs_the_outbox_relay_as_the_local_stack_does() -> None:
+    doc = yaml.safe_load(COMPOSE.read_text())
+    relay = doc["services"]["outbox-relay"]
+    assert relay["command"] == ["outbox", "run", "--init"]
+    assert relay["depends_on"]["postgres"]["condition"] == "service_healthy"
+    from keel.settings import KeelSettings
+
+    # The health check calls the port the relay serves by default.
+    assert f":{KeelSettings().outbox_http_port}/healthz" in " ".join(relay["healthcheck"]["test"])
