@@ -620,9 +620,12 @@ class Worker:
         specs = []
         for handler in self.handlers:
             names = [handler.topics.retry, handler.topics.dlq]
-            if handler.record_name is None:  # a shared source (events) is not ours to create
-                names.insert(0, handler.topics.source)
             specs += [TopicSpec(name, self.topic_partitions) for name in names]
+            if handler.record_name is None:  # a shared source (events) is not ours to create
+                # As many partitions as the stream workers give the job topics they write
+                # (those of `events`), whichever of the two creates it first.
+                partitions = self.settings.streams_source_partitions
+                specs.append(TopicSpec(handler.topics.source, partitions))
         ensure_topics(admin or make_admin(self.settings), specs)
 
     def run(self) -> None:

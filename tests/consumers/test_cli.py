@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+from typing import Any
 
 KEEL = str(Path(sys.executable).parent / "keel")
 
@@ -41,3 +43,27 @@ def test_help_lists_the_commands() -> None:
     assert result.returncode == 0
     for command in ("worker", "topics", "smtp", "outbox", "dlq"):
         assert command in result.stdout
+
+
+def test_job_topics_get_as_many_partitions_as_the_stream_workers_give_them(
+    kafka_bootstrap: str, admin: Any
+) -> None:
+    from keel.kafka import delete_topics
+
+    prefix = f"test-{uuid.uuid4().hex[:8]}-"
+    result = run(
+        "topics",
+        "email",
+        KEEL_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        KEEL_JOBS_TOPIC_PREFIX=prefix,
+        KEEL_STREAMS_SOURCE_PARTITIONS="5",
+    )
+    names = [f"{prefix}jobs.email", f"{prefix}jobs.email.retry", f"{prefix}jobs.email.dlq"]
+    try:
+        assert result.returncode == 0, result.stderr
+        topics = admin.list_topics(timeout=10).topics
+        # The source as the stream workers create it (the partitions of `events`); the
+        # retry and dead-letter topics are the job worker's own.
+        assert [len(topics[n].partitions) for n in names] == [5, 3, 3]
+    finally:
+        delete_topics(admin, names)
