@@ -7,13 +7,17 @@ import sys
 
 import typer
 
+from connectors.archive_cli import archive_app
 from connectors.outbox_cli import outbox_app
+from connectors.pgsink_cli import pgsink_app
 from connectors.webhooks_cli import webhooks_app
 from keel.errors import KeelError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 app.add_typer(outbox_app)
 app.add_typer(webhooks_app)
+app.add_typer(pgsink_app)
+app.add_typer(archive_app)
 
 
 def main() -> None:

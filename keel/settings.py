@@ -223,6 +223,10 @@ class KeelSettings(BaseSettings):
         30.0, gt=0, description="How often `keel webhooks run` logs its progress."
     )
 
+    # PostgreSQL sink (connectors/pgsink.py)
+
+    # Archive sink (connectors/archive.py)
+
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 
