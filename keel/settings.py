@@ -224,6 +224,45 @@ class KeelSettings(BaseSettings):
     )
 
     # PostgreSQL sink (connectors/pgsink.py)
+    pgsink_dsn: SecretStr | None = Field(
+        None, description="PostgreSQL the sink writes to; default KEEL_POSTGRES_DSN."
+    )
+    pgsink_table: str = Field(
+        "keel_events",
+        pattern=r"^([a-z_][a-z0-9_]{0,47}\.)?[a-z_][a-z0-9_]{0,47}$",
+        description="The events table, optionally schema-qualified (lower-case identifiers).",
+    )
+    pgsink_topics: str = Field("events", description="Comma-separated topics the sink reads.")
+    pgsink_group: str = Field("keel-pgsink", description="The sink's consumer group.")
+    pgsink_types: str = Field(
+        "", description="Comma-separated event types (shell patterns) to keep; empty: all."
+    )
+    pgsink_batch_size: int = Field(
+        500, ge=1, le=10_000, description="Events written in one INSERT and transaction."
+    )
+    pgsink_batch_ms: int = Field(
+        500, ge=0, description="Longest wait to fill a batch before writing it."
+    )
+    pgsink_max_buffered: int = Field(
+        5000, ge=1, description="Events read and not written; beyond it partitions pause."
+    )
+    pgsink_dlq_topic: str = Field(
+        "pgsink.dlq",
+        pattern=r"^[A-Za-z0-9._-]{1,249}$",
+        description="Dead-letter topic of records that are not Keel events.",
+    )
+    pgsink_backoff_max_s: float = Field(
+        30.0, gt=0, description="Longest pause between retries while PostgreSQL is down."
+    )
+    pgsink_session_timeout_ms: int = Field(
+        10000, ge=1000, description="How soon a dead sink's partitions move to the others."
+    )
+    pgsink_progress_interval_s: float = Field(
+        30.0, gt=0, description="How often `keel pgsink run` logs its progress."
+    )
+    pgsink_http_port: int = Field(
+        8098, ge=0, description="Sink /healthz, /readyz, /metrics port (0: none)."
+    )
 
     # Archive sink (connectors/archive.py)
 
