@@ -265,6 +265,29 @@ class KeelSettings(BaseSettings):
     )
 
     # Archive sink (connectors/archive.py)
+    archive_root: Path | None = Field(
+        None, description="Where archive files are written; default KEEL_HOME/archive."
+    )
+    archive_topics: str = Field("events", description="Comma-separated topics the sink reads.")
+    archive_group: str = Field("keel-archive", description="The sink's consumer group.")
+    archive_roll_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="A file is closed past this many compressed bytes."
+    )
+    archive_roll_records: int = Field(
+        100_000, ge=1, description="A file is closed after this many records."
+    )
+    archive_roll_age_s: float = Field(
+        300.0, gt=0, description="A file is closed this long after its first record."
+    )
+    archive_session_timeout_ms: int = Field(
+        10000, ge=1000, description="How soon a dead sink's partitions move to the others."
+    )
+    archive_http_port: int = Field(
+        8099, ge=0, description="Sink /healthz, /readyz, /metrics port (0: none)."
+    )
+    archive_progress_interval_s: float = Field(
+        30.0, gt=0, description="How often `keel archive run` logs its progress."
+    )
 
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
