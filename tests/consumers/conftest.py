@@ -138,8 +138,18 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[i
         consumer.close()
 
 
-def drained(bootstrap: str, group: str, topic: str, partitions: int) -> bool:
-    """The group committed every message of the topic."""
+def partition_count(bootstrap: str, topic: str) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "partitions-probe"})
+    try:
+        return len(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+    finally:
+        consumer.close()
+
+
+def drained(bootstrap: str, group: str, topic: str) -> bool:
+    """The group committed every message of the topic (on all of its partitions: whoever
+    created it decided how many)."""
+    partitions = partition_count(bootstrap, topic)
     return committed(bootstrap, group, topic, partitions) == end_offsets(
         bootstrap, topic, partitions
     )

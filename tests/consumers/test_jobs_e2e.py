@@ -122,7 +122,7 @@ def test_one_welcome_email_even_when_the_job_comes_twice(
     with RunningWorker(worker_for(settings, [handler], done_store, group_id)):
         wait_for(smtp_server.outbox.messages, what="the welcome email")
         wait_for(
-            lambda: drained(settings.bootstrap_servers, f"{group_id}-email", job_topics.source, 3),
+            lambda: drained(settings.bootstrap_servers, f"{group_id}-email", job_topics.source),
             what="commit",
         )
     [mail] = smtp_server.outbox.messages()
@@ -185,11 +185,11 @@ def test_smtp_refusing_for_a_while_then_accepting_delivers_each_email_once(
             wait_for(lambda: len(outbox.messages()) == 3, what="three emails")
             group = f"{group_id}-email"
             wait_for(
-                lambda: drained(settings.bootstrap_servers, group, job_topics.retry, 3),
+                lambda: drained(settings.bootstrap_servers, group, job_topics.retry),
                 what="the retry topic to drain",
             )
             wait_for(
-                lambda: drained(settings.bootstrap_servers, group, job_topics.source, 3),
+                lambda: drained(settings.bootstrap_servers, group, job_topics.source),
                 what="commit",
             )
             metrics = worker.metrics.render().decode()
@@ -399,11 +399,11 @@ def test_worker_killed_between_sending_and_committing_sends_no_second_email(
         wait_for(lambda: done_store.outcome("email", job["idempotency_key"]), what="the done key")
         first.send_signal(signal.SIGKILL)
         first.wait(10)
-        assert not drained(settings.bootstrap_servers, group, topics.source, 3)  # not committed
+        assert not drained(settings.bootstrap_servers, group, topics.source)  # not committed
         second = start()
         try:
             wait_for(
-                lambda: drained(settings.bootstrap_servers, group, topics.source, 3),
+                lambda: drained(settings.bootstrap_servers, group, topics.source),
                 timeout=90,
                 what="the restarted worker to commit",
             )

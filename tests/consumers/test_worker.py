@@ -129,7 +129,7 @@ def test_jobs_run_in_order_per_key_and_offsets_follow(
     produce_json(producer, job_topics.source, jobs)
     with RunningWorker(make_worker(kafka_bootstrap, handler, group_id, done_store)):
         wait_for(lambda: len(handler.done) == len(jobs), what="all jobs done")
-        wait_for(lambda: drained(kafka_bootstrap, group_id, job_topics.source, 3), what="commit")
+        wait_for(lambda: drained(kafka_bootstrap, group_id, job_topics.source), what="commit")
     assert sorted(handler.done) == sorted(j["idempotency_key"] for j in jobs)
     for user in {j["user_id"] for j in jobs}:
         seqs = [seq for u, seq, _ in handler.calls if u == user]
@@ -150,11 +150,9 @@ def test_retriable_failures_come_back_through_the_retry_topic(
     worker = make_worker(kafka_bootstrap, handler, group_id, done_store)
     with RunningWorker(worker):
         wait_for(lambda: len(handler.done) == len(flaky) + len(fine), what="all jobs done")
+        wait_for(lambda: drained(kafka_bootstrap, group_id, job_topics.retry), what="retry drained")
         wait_for(
-            lambda: drained(kafka_bootstrap, group_id, job_topics.retry, 3), what="retry drained"
-        )
-        wait_for(
-            lambda: drained(kafka_bootstrap, group_id, job_topics.source, 3), what="source drained"
+            lambda: drained(kafka_bootstrap, group_id, job_topics.source), what="source drained"
         )
         metrics = worker.metrics.render().decode()
     for job in flaky:  # three attempts each: two failures, one success
@@ -180,7 +178,7 @@ def test_permanent_and_exhausted_failures_become_dead_letters_with_headers(
     with RunningWorker(make_worker(kafka_bootstrap, handler, group_id, done_store)):
         dead = read_all(kafka_bootstrap, job_topics.dlq, 2)
         wait_for(lambda: len(handler.done) == len(after), what="the jobs after them")
-        wait_for(lambda: drained(kafka_bootstrap, group_id, job_topics.source, 3), what="commit")
+        wait_for(lambda: drained(kafka_bootstrap, group_id, job_topics.source), what="commit")
     by_reason = {header_map(m.headers())[H_REASON]: m for m in dead}
     permanent = header_map(by_reason["permanent"].headers())
     assert permanent[H_ATTEMPT] == "1"
@@ -234,7 +232,7 @@ def test_a_done_key_is_not_done_again(
     produce_json(producer, job_topics.source, twice + twice + jobs_for(users=2, per_user=1))
     worker = make_worker(kafka_bootstrap, handler, group_id, store=store)
     with RunningWorker(worker):
-        wait_for(lambda: drained(kafka_bootstrap, group_id, job_topics.source, 3), what="commit")
+        wait_for(lambda: drained(kafka_bootstrap, group_id, job_topics.source), what="commit")
     assert handler.done.count(twice[0]["idempotency_key"]) == 1
     assert len(handler.done) == 3
     assert store.outcome("recorder", twice[0]["idempotency_key"]) == {"ok": True}
@@ -242,7 +240,7 @@ def test_a_done_key_is_not_done_again(
     again = Recorder(job_topics)
     with RunningWorker(make_worker(kafka_bootstrap, again, f"{group_id}-2", store=store)):
         wait_for(
-            lambda: drained(kafka_bootstrap, f"{group_id}-2", job_topics.source, 3), what="commit"
+            lambda: drained(kafka_bootstrap, f"{group_id}-2", job_topics.source), what="commit"
         )
     assert again.done == []
 
@@ -302,7 +300,7 @@ def test_graceful_stop_finishes_in_flight_jobs_and_commits(
         running.thread.join(timeout=30)
     assert not running.thread.is_alive()
     assert len(handler.done) == 4
-    assert drained(kafka_bootstrap, group_id, job_topics.source, 3)
+    assert drained(kafka_bootstrap, group_id, job_topics.source)
 
 
 def test_a_second_worker_joining_takes_partitions_without_losing_or_repeating(
@@ -322,7 +320,7 @@ def test_a_second_worker_joining_takes_partitions_without_losing_or_repeating(
         # finish and commits them before the partitions move
         with RunningWorker(make_worker(kafka_bootstrap, second, group_id, store, max_in_flight=40)):
             wait_for(
-                lambda: drained(kafka_bootstrap, group_id, job_topics.source, 3),
+                lambda: drained(kafka_bootstrap, group_id, job_topics.source),
                 timeout=60,
                 what="commit",
             )
@@ -350,8 +348,8 @@ def test_a_retry_waiting_for_its_due_time_blocks_no_other_job(
         wait_for(lambda: len(runner.delayed) == 1, what="the retry to be held until due")
         produce_json(producer, job_topics.source, later)
         wait_for(lambda: len(handler.done) == len(later), what="the later jobs")
-        wait_for(lambda: drained(kafka_bootstrap, group_id, job_topics.source, 3), what="commit")
+        wait_for(lambda: drained(kafka_bootstrap, group_id, job_topics.source), what="commit")
         # the held retry is the only thing not committed
-        assert not drained(kafka_bootstrap, group_id, job_topics.retry, 3)
+        assert not drained(kafka_bootstrap, group_id, job_topics.retry)
         assert len(runner.delayed) == 1
     assert [a for user, _, a in handler.calls if user == "stuck"] == [1]  # not due yet
