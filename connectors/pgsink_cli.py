@@ -2,8 +2,102 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import threading
+from typing import Annotated
+
+import typer
+
 from keel.command_group import command_group
+from keel.logging import configure_logging
+from keel.settings import get_settings
 
 pgsink_app = command_group(
     "pgsink", "PostgreSQL sink: events from Kafka into a table, each event_id once."
 )
+
+
+@pgsink_app.command("init")
+def init() -> None:
+    """Create the events table (KEEL_PGSINK_TABLE) and its indexes; idempotent."""
+    from connectors.outbox import describe_dsn
+    from connectors.pgsink import Table, connect, create_table, pgsink_dsn
+
+    settings = get_settings()
+    table = Table.of(settings.pgsink_table)
+    dsn = pgsink_dsn(settings)
+    with connect(dsn) as conn:
+        create_table(conn, table)
+    typer.echo(f"events table {table.qualified} ready on {describe_dsn(dsn)}")
+
+
+@pgsink_app.command("run")
+def run(
+    http_port: Annotated[
+        int | None,
+        typer.Option(help="Port of /healthz, /readyz, /metrics; 0: none (KEEL_PGSINK_HTTP_PORT)."),
+    ] = None,
+    create: Annotated[
+        bool, typer.Option("--init", help="Create the table first, as `keel pgsink init` does.")
+    ] = False,
+) -> None:
+    """Write events into the table until SIGTERM/Ctrl-C (JSON log lines, periodic progress)."""
+    from connectors.pgsink import HealthServer, PgSink, PgSinkError
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    if create:
+        init()
+    sink = PgSink(settings)
+    server: HealthServer | None = None
+    try:
+        sink.check()  # a bad DSN, a missing table or unreachable brokers end here, in one line
+        port = settings.pgsink_http_port if http_port is None else http_port
+        if port:
+            try:
+                server = HealthServer(sink, port)
+            except OSError as exc:
+                raise PgSinkError(f"KEEL_PGSINK_HTTP_PORT {port}: {exc.strerror}") from None
+            server.start()
+        stop = threading.Event()
+
+        def handler(_signum: int, _frame: object) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+        sink.run(stop)
+    finally:
+        if server is not None:
+            server.stop()
+        sink.close()
+
+
+@pgsink_app.command("status")
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Rows in the table, the newest occurred_at, and the sink group's consumer lag."""
+    from connectors.pgsink import SinkStatus, Table, connect, pgsink_dsn, table_figures
+    from keel.kafka import SILENT_LOG, make_admin, naming_brokers
+    from keel.lag import UnknownGroup, group_lag
+
+    settings = get_settings()
+    table = Table.of(settings.pgsink_table)
+    with connect(pgsink_dsn(settings)) as conn:
+        rows, newest = table_figures(conn, table)
+    group = settings.pgsink_group
+    with naming_brokers(settings):
+        try:
+            lag: int | None = group_lag(make_admin(settings, logger=SILENT_LOG), group).total
+        except UnknownGroup:
+            lag = None
+    figures = SinkStatus(table.qualified, rows, newest, group, lag)
+    if as_json:
+        typer.echo(json.dumps(figures.as_dict()))
+        return
+    typer.echo(f"table:   {figures.table}")
+    typer.echo(f"rows:    {rows}")
+    typer.echo(f"newest:  {newest.isoformat() if newest else '-'}  (occurred_at)")
+    typer.echo(f"lag:     {'-' if lag is None else lag}  (group {group})")

@@ -243,9 +243,6 @@ class KeelSettings(BaseSettings):
     pgsink_batch_ms: int = Field(
         500, ge=0, description="Longest wait to fill a batch before writing it."
     )
-    pgsink_max_buffered: int = Field(
-        5000, ge=1, description="Events read and not written; beyond it partitions pause."
-    )
     pgsink_dlq_topic: str = Field(
         "pgsink.dlq",
         pattern=r"^[A-Za-z0-9._-]{1,249}$",
