@@ -85,6 +85,8 @@ _FILE_RE = re.compile(
 _HOUR_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2})(?::00(?::00)?)?Z?$")
 HOUR_FORMAT = "YYYY-MM-DDTHH"
 _GZIP_LEVEL = 6  # zlib's default: the usual size/speed balance
+_CHUNK_BYTES = 256 * 1024
+HOUR_MS = 3_600_000
 
 
 class ArchiveError(KeelError):
@@ -215,15 +217,36 @@ def _unb64(text: str | None) -> bytes | None:
 
 def encode_record(record: ArchivedRecord) -> bytes:
     """One JSON line (with its newline)."""
+    return encode_fields(
+        record.topic,
+        record.partition,
+        record.offset,
+        record.timestamp,
+        record.key,
+        record.value,
+        record.headers,
+    )
+
+
+def encode_fields(  # noqa: PLR0917 (positional on purpose: called per record)
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Headers | None,
+) -> bytes:
+    """`encode_record` without building the record first (the sink's hot path)."""
     return orjson.dumps(
         {
-            "topic": record.topic,
-            "partition": record.partition,
-            "offset": record.offset,
-            "timestamp": record.timestamp,
-            "key": _b64(record.key),
-            "value": _b64(record.value),
-            "headers": [[name, _b64(value)] for name, value in record.headers],
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "timestamp": timestamp,
+            "key": None if key is None else base64.b64encode(key).decode("ascii"),
+            "value": None if value is None else base64.b64encode(value).decode("ascii"),
+            "headers": [[name, _b64(v)] for name, v in headers] if headers else [],
         },
         option=orjson.OPT_APPEND_NEWLINE,
     )
@@ -321,25 +344,37 @@ class OpenFile:
         self.topic, self.partition, self.hour, self.first = topic, partition, hour, first
         self.path = archive_path(root, topic, partition, hour, first)
         self.tmp = self.path.with_name(self.path.name + TMP_SUFFIX)
+        self.bucket = int(hour.timestamp()) * 1000 // HOUR_MS
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._chunk: list[bytes] = []
+        self._chunk_bytes = 0
         # "wb" truncates a `.tmp` a crashed run left under this name.
         self._raw: IO[bytes] = open(self.tmp, "wb")  # noqa: SIM115 (closed by finish/discard)
         self._gz = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=_GZIP_LEVEL, mtime=0)
         self.opened = time.monotonic()
+        self.size = 0  # compressed bytes handed to the file so far (updated per chunk)
         self.records = 0
         self.last = first - 1
 
     def write(self, line: bytes, offset: int) -> None:
-        self._gz.write(line)
+        # Lines are handed to gzip in chunks: one zlib call per line costs more than the
+        # JSON encoding of it.
+        self._chunk.append(line)
+        self._chunk_bytes += len(line)
         self.records += 1
         self.last = offset
+        if self._chunk_bytes >= _CHUNK_BYTES:
+            self._flush_chunk()
 
-    @property
-    def size(self) -> int:
-        """Compressed bytes so far (what gzip has handed to the file)."""
-        return self._raw.tell()
+    def _flush_chunk(self) -> None:
+        if self._chunk:
+            self._gz.write(b"".join(self._chunk))
+            self._chunk.clear()
+            self._chunk_bytes = 0
+            self.size = self._raw.tell()
 
     def finish(self) -> None:
+        self._flush_chunk()
         self._gz.close()  # writes the trailer; leaves the raw file open
         self._raw.flush()
         os.fsync(self._raw.fileno())
@@ -393,7 +428,7 @@ def check_brokers(settings: KeelSettings, timeout: float = 10.0) -> set[str]:
 class SinkMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.records = Counter("keel_archive_records", "Records written to files.", registry=r)
+        self.records = Counter("keel_archive_records", "Records in finished files.", registry=r)
         self.files = Counter(
             "keel_archive_files",
             "Files finished (renamed, then committed).",
@@ -487,22 +522,22 @@ class ArchiveSink:
         kind, timestamp = msg.timestamp()
         if kind == TIMESTAMP_NOT_AVAILABLE:
             timestamp = -1
-        hour = hour_of(timestamp if timestamp >= 0 else int(time.time() * 1000))
+        # The hour as an integer: a datetime only when a file is opened (hot path).
+        bucket = (timestamp if timestamp >= 0 else int(time.time() * 1000)) // HOUR_MS
         current = self.open.get(key)
-        if current is not None and current.hour != hour:
+        if current is not None and current.bucket != bucket:
             self._finish(current, "hour")
             current = None
         if current is None:
+            hour = hour_of(bucket * HOUR_MS)
             if self._already_archived(topic, partition, hour, offset):
                 return
             current = self.open[key] = OpenFile(self.root, topic, partition, hour, offset)
             self.metrics.open_files.set(len(self.open))
-        record = ArchivedRecord(
-            topic, partition, offset, timestamp, msg.key(), msg.value(), _headers(msg)
-        )
-        current.write(encode_record(record), offset)
+        headers = _headers(msg) if msg.headers() else None
+        line = encode_fields(topic, partition, offset, timestamp, msg.key(), msg.value(), headers)
+        current.write(line, offset)
         self.counts["records"] += 1
-        self.metrics.records.inc()
         reason = self.policy.reason(current.size, current.records, 0.0)
         if reason is not None:
             self._finish(current, reason)
@@ -542,6 +577,7 @@ class ArchiveSink:
         self.metrics.open_files.set(len(self.open))
         current.finish()
         size = current.path.stat().st_size
+        self.metrics.records.inc(current.records)
         self.counts["files"] += 1
         self.counts["bytes"] += size
         self.metrics.files.labels(reason).inc()

@@ -165,3 +165,16 @@ def test_check_root_names_the_root_and_the_reason(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(ArchiveError, match=r"archive root .*/file/archive: Not a directory"):
         check_root(blocker / "archive")
+
+
+def test_size_counts_compressed_bytes_as_chunks_reach_the_file(tmp_path: Path) -> None:
+    f = OpenFile(tmp_path, "t", 0, H14, 0)
+    line = encode_record(ArchivedRecord("t", 0, 0, 0, None, bytes(range(256)) * 4, []))
+    for offset in range(100):
+        f.write(line, offset)
+    assert f.size == 0  # still in the first chunk
+    for offset in range(100, 400):
+        f.write(line, offset)
+    assert 0 < f.size < 400 * len(line)  # a chunk was compressed into the file
+    f.finish()
+    assert file_stats(f.path).records == 400
