@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import psycopg
@@ -104,8 +104,9 @@ class Unwritable(ValueError):
 # --- rows (pure) -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
+    """One event's row, in the column order of the load table (COPY writes it as is)."""
+
     event_id: str
     type: str
     user_id: str
@@ -307,36 +308,46 @@ def ensure_exists(conn: psycopg.Connection[Any], table: Table) -> None:
         raise PgSinkError(f"table {table.qualified} does not exist: run `keel pgsink init` first")
 
 
-def insert_statement(table: Table) -> sql.Composed:
-    """One statement for a whole batch: arrays in, rows out, duplicates dropped by the key.
-    Timestamps travel as integer microseconds and are converted exactly in SQL."""
+# Measured (bench/pgsink.py, batches of 500): COPY into a temporary table then one
+# INSERT ... SELECT wrote 3x the rows/s of one INSERT ... SELECT FROM unnest(arrays), whose
+# array parameters psycopg builds slowly, and beat executemany's pipelined INSERTs by ~15%.
+LOAD_TABLE = "pgsink_load"
+_LOAD_DDL = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {LOAD_TABLE} (event_id uuid, type text, user_id text,"
+    ' occ bigint, rec bigint, source text, topic text, partition int, "offset" bigint,'
+    " event jsonb) ON COMMIT DELETE ROWS"
+)
+COPY_LOAD = f"COPY {LOAD_TABLE} FROM STDIN"
+
+
+def insert_from_load(table: Table) -> sql.Composed:
+    """Move the loaded batch into the table; duplicates dropped by the key. Timestamps
+    travel as integer microseconds and are converted exactly in SQL."""
     return sql.SQL(
         "INSERT INTO {} (event_id, type, user_id, occurred_at, received_at, source, topic,"
         ' partition, "offset", event)'
-        " SELECT v.id::uuid, v.type, v.user_id,"
-        " timestamptz 'epoch' + v.occ * interval '1 microsecond',"
-        " timestamptz 'epoch' + v.rec * interval '1 microsecond',"
-        " v.source, v.topic, v.part, v.off, v.event::jsonb"
-        " FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[],"
-        " %s::text[], %s::text[], %s::int[], %s::bigint[], %s::text[])"
-        " AS v(id, type, user_id, occ, rec, source, topic, part, off, event)"
-        " ON CONFLICT (event_id) DO NOTHING"
+        " SELECT event_id, type, user_id,"
+        " timestamptz 'epoch' + occ * interval '1 microsecond',"
+        " timestamptz 'epoch' + rec * interval '1 microsecond',"
+        ' source, topic, partition, "offset", event FROM '
+        + LOAD_TABLE
+        + " ON CONFLICT (event_id) DO NOTHING"
     ).format(table.ident())
 
 
-def insert_params(rows: list[Row]) -> tuple[list[Any], ...]:
-    return (
-        [r.event_id for r in rows],
-        [r.type for r in rows],
-        [r.user_id for r in rows],
-        [r.occurred_at_us for r in rows],
-        [r.received_at_us for r in rows],
-        [r.source for r in rows],
-        [r.topic for r in rows],
-        [r.partition for r in rows],
-        [r.offset for r in rows],
-        [r.event for r in rows],
-    )
+def prepare_load(conn: psycopg.Connection[Any]) -> None:
+    """The per-connection temporary table batches are copied into."""
+    conn.execute(_LOAD_DDL)
+
+
+def write_rows(conn: psycopg.Connection[Any], insert: sql.Composed, rows: list[Row]) -> int:
+    """COPY the rows in, insert them, commit: the number of rows new to the table."""
+    with conn.transaction(), conn.cursor() as cur:
+        with cur.copy(COPY_LOAD) as copy:
+            for row in rows:
+                copy.write_row(row)
+        cur.execute(insert)
+        return max(cur.rowcount, 0)
 
 
 @dataclass(frozen=True)
@@ -452,7 +463,7 @@ class PgSink:
         self.counts = {"read": 0, "written": 0, "duplicates": 0, "filtered": 0, "dead_lettered": 0}
         self.heartbeat = time.monotonic()  # the loop is alive (/healthz)
         self.ready = False  # joined the group and the last write worked (/readyz)
-        self._insert = insert_statement(self.table)
+        self._insert = insert_from_load(self.table)
         self._conn: psycopg.Connection[Any] | None = None
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
@@ -468,6 +479,10 @@ class PgSink:
     def connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.dsn)
+            try:
+                prepare_load(self._conn)
+            except psycopg.Error as exc:
+                raise PgSinkError(f"cannot prepare the load table: {_first_line(exc)}") from None
         return self._conn
 
     def check(self) -> None:
@@ -671,10 +686,7 @@ class PgSink:
     def _write(self, rows: list[Row]) -> int:
         if not rows:
             return 0
-        conn = self.connection()
-        with conn.transaction():
-            cursor = conn.execute(self._insert, insert_params(rows))
-            return max(cursor.rowcount, 0)
+        return write_rows(self.connection(), self._insert, rows)
 
     def _deliver_letters(self, batch: Batch) -> None:
         if not batch.letters:

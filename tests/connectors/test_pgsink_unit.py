@@ -14,7 +14,6 @@ from connectors.pgsink import (
     Unwritable,
     event_json,
     event_row,
-    insert_params,
     parse_topics,
     parse_types,
     wanted,
@@ -98,14 +97,17 @@ def test_missing_envelope_field_is_unwritable() -> None:
         event_row(event, "events", 0, 0)
 
 
-def test_insert_params_are_one_array_per_column_in_statement_order() -> None:
-    rows = [
-        event_row(decoded(event_id=str(uuid.uuid4()), user_id=f"u-{i}"), "t", i, i)
-        for i in range(3)
-    ]
-    params = insert_params(rows)
-    assert len(params) == 10 and all(len(column) == 3 for column in params)
-    assert params[2] == ["u-0", "u-1", "u-2"] and params[7] == [0, 1, 2]
+def test_a_row_is_the_tuple_copy_writes_in_load_table_order() -> None:
+    row = event_row(decoded(), "events", 3, 9)
+    assert tuple(row)[:6] == (
+        EVENT_ID.lower(),
+        "order.placed",
+        "u-1",
+        OCCURRED,
+        OCCURRED + 5,
+        "api",
+    )
+    assert tuple(row)[6:9] == ("events", 3, 9) and json.loads(tuple(row)[9])["user_id"] == "u-1"
 
 
 def test_type_patterns_are_checked_against_the_catalog() -> None:
