@@ -734,10 +734,14 @@ def restore(
     partition's files in offset order (so one key's records keep their order)."""
     if since and until and since > until:
         raise ArchiveError(f"--from {format_hour(since)} is after --until {format_hour(until)}")
+    files = list_files(root, topic, since, until)
+    if not files:
+        span = f" from {format_hour(since)}" if since else ""
+        span += f" until {format_hour(until)}" if until else ""
+        raise ArchiveError(f"no archive files of topic {topic!r}{span} under {root}")
     known = check_brokers(settings)
     if target not in known:
         raise ArchiveError(f"target topic {target!r} does not exist (create it first)")
-    files = list_files(root, topic, since, until)
     files.sort(key=lambda f: (f.partition, f.first_offset))
     producer = make_producer(settings, logger=SILENT_LOG)
     failures: list[str] = []

@@ -378,6 +378,21 @@ def test_bad_input_is_one_line_and_exit_1(args: Sequence[str], message: str) -> 
     assert run.stderr.count("\n") == 1 and message in run.stderr, run.stderr
 
 
+def test_restore_of_nothing_or_to_a_missing_topic_is_one_line(arch: ArchiveEnv) -> None:
+    run = arch.keel("archive", "restore", "no-such-topic", "--to", arch.source)
+    assert run.returncode == 1
+    assert run.stderr.count("\n") == 1 and "no archive files of topic 'no-such-topic'" in run.stderr
+
+    sink = arch.start()
+    arch.send(5)
+    wait_for(lambda: arch.committed(arch.source, 3) == 5, 60, "all 5 committed")
+    assert sink.stop() == 0
+    missing = f"{arch.prefix}missing"
+    run = arch.keel("archive", "restore", arch.source, "--to", missing)
+    assert run.returncode == 1
+    assert run.stderr.count("\n") == 1 and f"target topic '{missing}' does not exist" in run.stderr
+
+
 def test_unwritable_root_and_unreachable_broker_are_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
