@@ -461,6 +461,7 @@ class ArchiveSink:
         self.metrics = SinkMetrics()
         self.open: dict[tuple[str, int], OpenFile] = {}
         self.skip_until: dict[tuple[str, int], int] = {}
+        self.assigned: set[tuple[str, int]] = set()
         self.heartbeat = time.monotonic()
         self.joined = threading.Event()
         self.counts = {"records": 0, "files": 0, "skipped": 0, "bytes": 0}
@@ -529,6 +530,8 @@ class ArchiveSink:
             self._finish(current, "hour")
             current = None
         if current is None:
+            if key not in self.assigned:
+                return  # fetched before a revoke: its new owner writes it
             hour = hour_of(bucket * HOUR_MS)
             if self._already_archived(topic, partition, hour, offset):
                 return
@@ -605,6 +608,7 @@ class ArchiveSink:
     # -- rebalances -----------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
+            self.assigned.add((tp.topic, tp.partition))
             self.skip_until.pop((tp.topic, tp.partition), None)
             # A crashed owner's `.tmp`: its records are read again from the committed offset.
             prefix = glob.escape(f"{tp.topic}+{tp.partition}+")
@@ -621,6 +625,7 @@ class ArchiveSink:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Finish and commit before another member takes the partitions over.
         for tp in partitions:
+            self.assigned.discard((tp.topic, tp.partition))
             current = self.open.get((tp.topic, tp.partition))
             if current is not None:
                 self._finish(current, "revoked")
@@ -630,6 +635,7 @@ class ArchiveSink:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Another member may be writing these already: our part is discarded, not renamed.
         for tp in partitions:
+            self.assigned.discard((tp.topic, tp.partition))
             current = self.open.pop((tp.topic, tp.partition), None)
             if current is not None:
                 current.discard()
