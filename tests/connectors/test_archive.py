@@ -308,6 +308,23 @@ def test_a_commit_lost_after_the_rename_does_not_duplicate(arch: ArchiveEnv) -> 
     assert_exactly_once(arch.root, arch.source, kafka)
 
 
+def test_a_second_sink_joining_and_leaving_keeps_every_record_once(arch: ArchiveEnv) -> None:
+    first = arch.start(KEEL_ARCHIVE_ROLL_AGE_S="600")
+    arch.send(30)
+    wait_for(lambda: tmp_files(arch.root), 60, "files being written")
+    second = arch.start()  # the rebalance finishes the first sink's open files
+    arch.send(30)
+    kafka = read_topic(arch.source, 60, 3)
+    assert first.stop() == 0  # and again: the second sink takes every partition
+    wait_for(lambda: arch.committed(arch.source, 3) >= 30, 60, "the first part committed")
+    arch.send(15)
+    kafka = read_topic(arch.source, 75, 3)
+    wait_for(lambda: arch.committed(arch.source, 3) == 75, 60, "all 75 committed")
+    assert second.stop() == 0
+    assert tmp_files(arch.root) == []
+    assert_exactly_once(arch.root, arch.source, kafka)
+
+
 def test_restore_produces_exactly_the_range_with_keys_and_values(
     arch: ArchiveEnv, admin: AdminClient
 ) -> None:
