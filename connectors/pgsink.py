@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fnmatch
+import functools
 import json
 import logging
 import math
@@ -156,11 +157,23 @@ def _has_nonfinite(value: Any) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=256)
+def _may_hold_floats(event_type: object) -> bool:
+    """Whether the catalog's schema of this type has a float or double anywhere (unknown
+    types: assume so). Walking every event for NaN was a fifth of the sink's time."""
+    if not isinstance(event_type, str) or event_type not in load_catalog():
+        return True
+    text = json.dumps(load_catalog().get(event_type).schema)
+    return '"float"' in text or '"double"' in text
+
+
 def event_json(event: Mapping[str, Any]) -> str:
     """The event as JSON text jsonb accepts."""
     text = orjson.dumps(event, default=_plain).decode()
     # orjson writes NaN/inf as null: keep what it was, as a string.
-    if "\\u0000" in text or ("null" in text and _has_nonfinite(event)):
+    if "\\u0000" in text or (
+        "null" in text and _may_hold_floats(event.get("type")) and _has_nonfinite(event)
+    ):
         text = orjson.dumps(_scrub(event), default=_plain).decode()
     return text
 

@@ -127,3 +127,12 @@ def test_topics_must_name_one() -> None:
     assert parse_topics("events, other") == ["events", "other"]
     with pytest.raises(PgSinkError, match="KEEL_PGSINK_TOPICS names no topic"):
         parse_topics(" , ")
+
+
+def test_nan_is_kept_for_types_whose_schema_has_doubles_and_unknown_types() -> None:
+    from connectors.pgsink import _may_hold_floats
+
+    assert _may_hold_floats("track") and _may_hold_floats("not.in.catalog")
+    assert not _may_hold_floats("page.viewed")
+    body = json.loads(event_json({"type": "track", "properties": {"x": float("nan")}}))
+    assert body["properties"] == {"x": "nan"}
