@@ -103,6 +103,13 @@ class PgEnv:
             cur.execute(sql.SQL('SELECT * FROM {} ORDER BY "offset"').format(self.table.ident()))
             return cur.fetchall()
 
+    def count(self) -> int:
+        with psycopg.connect(self.dsn) as conn:
+            row = conn.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(self.table.ident())
+            ).fetchone()
+        return int(row[0]) if row else 0
+
     def committed(self) -> int:
         """Sum of the sink group's committed offsets on the source topic."""
         consumer = make_consumer(self.settings.pgsink_group, self.settings)
@@ -303,6 +310,34 @@ def test_a_sink_stopped_between_db_commit_and_offset_commit_rewrites_nothing_twi
     ids = [str(r["event_id"]) for r in pg.rows()]
     assert sorted(ids) == sorted(e["event_id"] for e in first + second)  # none lost, no dups
     assert restarted.counts["duplicates"] == written  # re-read, dropped by the primary key
+
+
+def test_keel_pgsink_run_killed_with_sigkill_and_restarted_loses_nothing(pg: PgEnv) -> None:
+    # Small batches, each one DB commit and one offset commit: the kill lands mid-stream.
+    env = pg.env(KEEL_PGSINK_BATCH_SIZE="10", KEEL_PGSINK_HTTP_PORT="0")
+    first = [page(f"u-{n % 7}", n) for n in range(3000)]
+    pg.send(first)
+    sink = subprocess.Popen(
+        [KEEL, "pgsink", "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(lambda: pg.count() >= 300, 60, "the sink writing")
+    finally:
+        sink.send_signal(signal.SIGKILL)
+        sink.wait(30)
+    assert pg.count() < len(first), "the sink finished before the kill: nothing was tested"
+    second = [page(f"u-{n % 7}", n) for n in range(3000, 3100)]
+    pg.send(second)
+    again = subprocess.Popen(
+        [KEEL, "pgsink", "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(lambda: pg.committed() == 3100, 120, "everything committed after the restart")
+    finally:
+        again.send_signal(signal.SIGTERM)
+        again.wait(30)
+    ids = [str(r["event_id"]) for r in pg.rows()]
+    assert sorted(ids) == sorted(e["event_id"] for e in first + second)
 
 
 class Proxy:
