@@ -16,8 +16,10 @@ Each event_id lands exactly once: a sink that dies between the database commit a
 offset commit reads the batch again and the primary key drops the rows it re-writes; what
 was committed to Kafka is in the table. A record that is not a Keel event goes to the
 dead-letter topic (keel.deadletters' headers, so `keel dlq` reads and replays it), acked
-before the offsets move past it. While PostgreSQL is down the sink pauses its partitions,
-keeps its place in the group, and retries with backoff: memory holds one batch at most.
+before the offsets move past it; so does a row PostgreSQL refuses for its data (a
+constraint added to the table: the batch is then written row by row). While PostgreSQL is
+down the sink pauses its partitions, keeps its place in the group, and retries with
+backoff: memory holds one batch at most.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5
 REASON_UNDECODABLE = "undecodable"  # not Keel's Avro, or not an event PostgreSQL can hold
+REASON_REJECTED = "rejected"  # PostgreSQL refused the row (a constraint added to the table)
 H_EVENT_ID = "keel.event_id"
 # timestamptz holds years 4713 BC..294276 AD; Python's datetime 1..9999, which is plenty.
 _MIN_US = int((datetime(1, 1, 1, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds())
@@ -430,7 +433,8 @@ class Batch:
     offset to commit per partition once both are done."""
 
     rows: list[Row] = field(default_factory=list)
-    letters: list[tuple[Message, str]] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)  # the record of each row
+    letters: list[tuple[Message, str, str]] = field(default_factory=list)  # reason, error
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     started: float = 0.0
 
@@ -622,7 +626,7 @@ class PgSink:
         self.counts["read"] += 1
         self.metrics.consumed.inc()
         if isinstance(event, str):
-            batch.letters.append((msg, event))
+            batch.letters.append((msg, REASON_UNDECODABLE, event))
         else:
             event_type = event.get("type")
             if isinstance(event_type, str) and not wanted(self.types, event_type):
@@ -631,8 +635,9 @@ class PgSink:
             else:
                 try:
                     batch.rows.append(event_row(event, key[0], key[1], offset))
+                    batch.messages.append(msg)
                 except Unwritable as exc:
-                    batch.letters.append((msg, str(exc)))
+                    batch.letters.append((msg, REASON_UNDECODABLE, str(exc)))
         batch.offsets[key] = offset + 1
         self._next[key] = offset + 1
         self.metrics.buffered.set(len(batch.rows))
@@ -665,7 +670,8 @@ class PgSink:
         started = time.monotonic()
         try:
             self._deliver_letters(batch)
-            inserted = self._write(batch.rows)
+            inserted = self._write(batch)
+            self._deliver_letters(batch)  # the rows PostgreSQL refused, if any
         except (psycopg.Error, PgSinkError, _LettersFailed) as exc:
             self.ready = False
             self.metrics.failures.inc()
@@ -696,21 +702,45 @@ class PgSink:
             self._resume()
         return True
 
-    def _write(self, rows: list[Row]) -> int:
-        if not rows:
+    def _write(self, batch: Batch) -> int:
+        """Write the batch; when PostgreSQL refuses it for its data (a CHECK, NOT NULL or
+        unique index someone added), write row by row and turn the refused ones into dead
+        letters, so one row never blocks its partition."""
+        if not batch.rows:
             return 0
-        return write_rows(self.connection(), self._insert, rows)
+        conn = self.connection()
+        try:
+            return write_rows(conn, self._insert, batch.rows)
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            log.warning(
+                "PostgreSQL refused the batch (%s): writing its %d rows one by one",
+                _first_line(exc),
+                len(batch.rows),
+            )
+        inserted = 0
+        rows, messages = [], []
+        for row, msg in zip(batch.rows, batch.messages, strict=True):
+            try:
+                inserted += write_rows(conn, self._insert, [row])
+            except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                error = f"PostgreSQL refused the row: {_first_line(exc)}"
+                batch.letters.append((msg, REASON_REJECTED, error))
+                continue
+            rows.append(row)
+            messages.append(msg)
+        batch.rows, batch.messages = rows, messages
+        return inserted
 
     def _deliver_letters(self, batch: Batch) -> None:
         if not batch.letters:
             return
         assert self._producer is not None
         self._delivery_errors = []
-        for msg, error in batch.letters:
+        for msg, reason, error in batch.letters:
             _kind, timestamp_ms = msg.timestamp()
             headers: list[tuple[str, str | bytes | None]] = [
                 (H_ERROR, error),
-                (H_REASON, REASON_UNDECODABLE),
+                (H_REASON, reason),
                 (H_ORIG_TOPIC, msg.topic() or ""),
                 (H_ORIG_PARTITION, str(msg.partition())),
                 (H_ORIG_OFFSET, str(msg.offset())),
@@ -729,14 +759,16 @@ class PgSink:
                 f"dead-letter topic {self.settings.pgsink_dlq_topic}: "
                 f"{self._delivery_errors[0] if self._delivery_errors else 'no ack in 30s'}"
             )
-        for msg, error in batch.letters:
+        for msg, reason, error in batch.letters:
             log.warning(
-                "record %s[%d]@%d dead-lettered to %s: %s",
+                "record %s[%d]@%d dead-lettered to %s (%s): %s",
                 msg.topic(),
                 msg.partition(),
                 msg.offset(),
                 self.settings.pgsink_dlq_topic,
+                reason,
                 error,
+                extra={"reason": reason},
             )
         self.counts["dead_lettered"] += len(batch.letters)
         self.metrics.dead_lettered.inc(len(batch.letters))
@@ -808,9 +840,17 @@ class PgSink:
         batch = self._batch
         if gone & batch.offsets.keys():
             # Their records are the new owner's now: drop them from what this one holds.
-            batch.rows = [r for r in batch.rows if (r.topic, r.partition) not in gone]
+            kept = [
+                (r, m)
+                for r, m in zip(batch.rows, batch.messages, strict=True)
+                if (r.topic, r.partition) not in gone
+            ]
+            batch.rows = [r for r, _ in kept]
+            batch.messages = [m for _, m in kept]
             batch.letters = [
-                (m, e) for m, e in batch.letters if (m.topic(), m.partition()) not in gone
+                letter
+                for letter in batch.letters
+                if (letter[0].topic(), letter[0].partition()) not in gone
             ]
             for key in gone:
                 batch.offsets.pop(key, None)

@@ -497,3 +497,23 @@ def test_cli_unreachable_broker_is_one_line_and_exit_1(pg: PgEnv, command: str) 
     assert result.returncode == 1, result.stdout
     assert result.stderr.startswith("keel: error: Kafka at 127.0.0.1:")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_row_postgresql_refuses_is_dead_lettered_and_the_rest_of_its_batch_lands(
+    pg: PgEnv,
+) -> None:
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:  # a rule someone added later
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ADD CHECK (user_id <> 'banned')").format(pg.table.ident())
+        )
+    good = [page("u-ok", n) for n in range(5)]
+    bad = page("banned", 9)
+    sink = PgSink(pg.settings)
+    with Running(sink):
+        pg.send([*good[:2], bad, *good[2:]])
+        wait_for(lambda: pg.committed() == 6, what="every record committed")
+    assert sorted(str(r["event_id"]) for r in pg.rows()) == sorted(e["event_id"] for e in good)
+    [letter] = read(pg.settings, pg.settings.pgsink_dlq_topic)
+    assert letter.headers[H_REASON] == "rejected"
+    assert "check constraint" in letter.error and letter.key == b"banned"
+    assert sink.counts["written"] == 5 and sink.counts["dead_lettered"] == 1
