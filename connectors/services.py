@@ -1,6 +1,8 @@
-"""The connectors' part of the local stack (`keel up`): the outbox relay on the stack's own
-PostgreSQL, its table created at start, so a service can try the outbox at once. The
-webhook sink needs subscribers' URLs, so it is started by hand (`keel webhooks run`)."""
+"""The connectors' part of the local stack (`keel up`), on the stack's own PostgreSQL and
+Kafka: the outbox relay (its table created at start, so a service can try the outbox at
+once), the PostgreSQL sink (every event queryable in `keel_events`) and the archive sink
+(hourly files under KEEL_HOME/archive). The webhook sink needs subscribers' URLs, so it is
+started by hand (`keel webhooks run`)."""
 
 from __future__ import annotations
 
@@ -8,15 +10,20 @@ from keel.local.services import ProcessService, Service, python_module
 from keel.settings import KeelSettings
 
 
+def _connector(settings: KeelSettings, name: str, port: int, *command: str) -> ProcessService:
+    return ProcessService(
+        name,
+        python_module("connectors", *command, "--http-port", str(port)),
+        settings,
+        port=port,
+        health_url=f"http://127.0.0.1:{port}/healthz",
+        order=70,
+    )
+
+
 def services(settings: KeelSettings) -> list[Service]:
-    port = settings.outbox_http_port
     return [
-        ProcessService(
-            "outbox-relay",
-            python_module("connectors", "outbox", "run", "--init", "--http-port", str(port)),
-            settings,
-            port=port,
-            health_url=f"http://127.0.0.1:{port}/healthz",
-            order=70,
-        )
+        _connector(settings, "outbox-relay", settings.outbox_http_port, "outbox", "run", "--init"),
+        _connector(settings, "pgsink", settings.pgsink_http_port, "pgsink", "run", "--init"),
+        _connector(settings, "archive-sink", settings.archive_http_port, "archive", "run"),
     ]

@@ -36,12 +36,16 @@ def test_compose_uses_the_same_keel_settings() -> None:
                 assert key in known, f"{key} is not a Keel setting"
 
 
-def test_compose_runs_the_outbox_relay_as_the_local_stack_does() -> None:
-    doc = yaml.safe_load(COMPOSE.read_text())
-    relay = doc["services"]["outbox-relay"]
-    assert relay["command"] == ["outbox", "run", "--init"]
-    assert relay["depends_on"]["postgres"]["condition"] == "service_healthy"
+def test_compose_runs_the_connectors_as_the_local_stack_does() -> None:
+    from connectors.services import services
     from keel.settings import KeelSettings
 
-    # The health check calls the port the relay serves by default.
-    assert f":{KeelSettings().outbox_http_port}/healthz" in " ".join(relay["healthcheck"]["test"])
+    doc = yaml.safe_load(COMPOSE.read_text())
+    defaults = KeelSettings()
+    for stacked in services(defaults):
+        service = doc["services"][stacked.name]
+        # The same command as `keel up` runs (python -m connectors <command> ...)
+        argv = stacked.argv  # type: ignore[attr-defined]
+        assert service["command"] == argv[argv.index("connectors") + 1 : argv.index("--http-port")]
+        # and the health check calls the port the connector serves by default.
+        assert f":{stacked.port}/healthz" in " ".join(service["healthcheck"]["test"])

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 def test_up_status_down(tmp_path: Path) -> None:
     names = ["broker", "redis", "postgres", "registry", "streams", "jobs", "smtp", "ingest_lb",
-             "ingest_a", "ingest_b", "outbox"]  # fmt: skip
+             "ingest_a", "ingest_b", "outbox", "pgsink", "archive"]  # fmt: skip
     base = free_base_port(len(names))  # free port pairs, 100 apart: one per listening service
     port = {name: base + 100 * i for i, name in enumerate(names)}
     env = {
@@ -40,6 +40,8 @@ def test_up_status_down(tmp_path: Path) -> None:
         "KEEL_INGEST_PORT": str(port["ingest_a"]),
         "KEEL_INGEST_REPLICA_PORTS": f"{port['ingest_a']},{port['ingest_b']}",
         "KEEL_OUTBOX_HTTP_PORT": str(port["outbox"]),
+        "KEEL_PGSINK_HTTP_PORT": str(port["pgsink"]),
+        "KEEL_ARCHIVE_HTTP_PORT": str(port["archive"]),
     }
 
     def keel(*args: str) -> subprocess.CompletedProcess[str]:
@@ -54,7 +56,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert status.returncode == 0, status.stdout + status.stderr
         lines = status.stdout.splitlines()
         assert {ln.split()[0] for ln in lines} >= {
-            "kafka", "redis", "postgres", "registry", "outbox-relay"
+            "kafka", "redis", "postgres", "registry", "outbox-relay", "pgsink", "archive-sink"
         }  # fmt: skip
         assert all(" healthy " in ln for ln in lines), status.stdout
         # A second `up` reuses what runs.
