@@ -40,7 +40,6 @@ import base64
 import errno
 import glob
 import gzip
-import json
 import logging
 import os
 import re
@@ -49,20 +48,18 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Message, TopicPartition
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
-    generate_latest,
 )
 
+from connectors.health import HealthServer
 from keel.errors import KafkaEdgeError, KeelError
 from keel.kafka import (
     SILENT_LOG,
@@ -667,52 +664,19 @@ class ArchiveSink:
         )
 
 
-class HealthServer:
-    """`/healthz` (the loop beats), `/readyz` (joined the group), `/metrics`, on a thread."""
-
-    def __init__(self, sink: ArchiveSink, port: int, host: str = "0.0.0.0") -> None:
-        stale_after = 60.0 + sink.settings.archive_session_timeout_ms / 1000
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path == "/metrics":
-                    body, ctype, status = (
-                        generate_latest(sink.metrics.registry),
-                        CONTENT_TYPE_LATEST,
-                        200,
-                    )
-                elif self.path in ("/healthz", "/readyz"):
-                    ok = time.monotonic() - sink.heartbeat < stale_after
-                    if self.path == "/readyz":
-                        ok = ok and sink.joined.is_set()
-                    body = json.dumps({"status": "ok" if ok else "unavailable"}).encode()
-                    ctype, status = "application/json", 200 if ok else 503
-                else:
-                    body, ctype, status = b"not found", "text/plain", 404
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:  # no access log
-                return
-
-        try:
-            self.server = ThreadingHTTPServer((host, port), Handler)
-        except OSError as exc:
-            raise ArchiveError(f"KEEL_ARCHIVE_HTTP_PORT {port}: {exc.strerror}") from None
-        self.server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, name="archive-http", daemon=True
+def health_server(sink: ArchiveSink, port: int) -> HealthServer:
+    """`/healthz` (the loop beats), `/readyz` (joined the group), `/metrics`."""
+    try:
+        return HealthServer(
+            "archive",
+            port,
+            registry=sink.metrics.registry,
+            heartbeat=lambda: sink.heartbeat,
+            ready=sink.joined.is_set,
+            stale_after=60.0 + sink.settings.archive_session_timeout_ms / 1000,
         )
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    except OSError as exc:
+        raise ArchiveError(f"KEEL_ARCHIVE_HTTP_PORT {port}: {exc.strerror}") from None
 
 
 # -- restore ------------------------------------------------------------------------------

@@ -33,14 +33,14 @@ def run(
 ) -> None:
     """Archive the topics (KEEL_ARCHIVE_TOPICS) until SIGTERM/Ctrl-C: the open files are
     finished and committed; JSON log lines, progress every KEEL_ARCHIVE_PROGRESS_INTERVAL_S."""
-    from connectors.archive import ArchiveSink, HealthServer
+    from connectors.archive import ArchiveSink, health_server
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     sink = ArchiveSink(settings, root=root)
     sink.check()  # an unwritable root or unreachable brokers end here, in one line
     port = settings.archive_http_port if http_port is None else http_port
-    server = HealthServer(sink, port) if port else None
+    server = health_server(sink, port) if port else None
     stop = threading.Event()
 
     def handler(_signum: int, _frame: object) -> None:

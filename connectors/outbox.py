@@ -35,24 +35,22 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
 import psycopg
 from confluent_kafka import KafkaError
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
 )
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import set_json_loads
 
+from connectors.health import HealthServer
 from keel.errors import KeelError
 from keel.settings import KeelSettings, get_settings
 from producers.sdk import KeelProducer
@@ -631,53 +629,20 @@ class OutboxRelay:
         )
 
 
-class HealthServer:
+def health_server(relay: OutboxRelay, port: int) -> HealthServer:
     """`/healthz` (the relay loop is alive), `/readyz` (its last attempt worked: Kafka,
-    registry and PostgreSQL answer) and `/metrics` (Prometheus), on a thread."""
-
-    def __init__(self, relay: OutboxRelay, port: int, host: str = "0.0.0.0") -> None:
-        settings = relay.settings
-        # The loop beats at least every poll slice, or once per backoff pause.
-        stale_after = (
-            3 * max(settings.outbox_backoff_max_s, 1.0) + settings.outbox_delivery_timeout_s
-        )
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path == "/metrics":
-                    body, ctype, status = (
-                        generate_latest(relay.metrics.registry),
-                        CONTENT_TYPE_LATEST,
-                        200,
-                    )
-                elif self.path in ("/healthz", "/readyz"):
-                    alive = time.monotonic() - relay.heartbeat < stale_after
-                    ok = alive if self.path == "/healthz" else alive and relay.ready
-                    body = json.dumps({"ok": ok}).encode()
-                    ctype, status = "application/json", 200 if ok else 503
-                else:
-                    body, ctype, status = b"not found", "text/plain", 404
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:  # no access log
-                return
-
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, name="outbox-http", daemon=True
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    registry and PostgreSQL answer) and `/metrics`."""
+    settings = relay.settings
+    # The loop beats at least every poll slice, or once per backoff pause.
+    stale_after = 3 * max(settings.outbox_backoff_max_s, 1.0) + settings.outbox_delivery_timeout_s
+    return HealthServer(
+        "outbox",
+        port,
+        registry=relay.metrics.registry,
+        heartbeat=lambda: relay.heartbeat,
+        ready=lambda: relay.ready,
+        stale_after=stale_after,
+    )
 
 
 def _loads(data: bytes | str) -> Any:

@@ -45,7 +45,8 @@ def run(
     ] = False,
 ) -> None:
     """Publish committed outbox rows to Kafka until SIGTERM/Ctrl-C (JSON log lines)."""
-    from connectors.outbox import HealthServer, OutboxError, OutboxRelay
+    from connectors.health import HealthServer
+    from connectors.outbox import OutboxError, OutboxRelay, health_server
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -58,7 +59,7 @@ def run(
         port = settings.outbox_http_port if http_port is None else http_port
         if port:
             try:
-                server = HealthServer(relay, port)
+                server = health_server(relay, port)
             except OSError as exc:
                 raise OutboxError(f"KEEL_OUTBOX_HTTP_PORT {port}: {exc.strerror}") from None
             server.start()

@@ -39,22 +39,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
 
 import orjson
 import psycopg
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
 )
 from psycopg import sql
 
+from connectors.health import HealthServer
 from connectors.outbox import OutboxTable as Table
 from connectors.outbox import describe_dsn
 from keel.deadletters import (
@@ -875,42 +873,13 @@ class _LettersFailed(Exception):
 # --- health ----------------------------------------------------------------------------
 
 
-class HealthServer:
+def health_server(sink: PgSink, port: int) -> HealthServer:
     """`/healthz` (the loop is alive), `/readyz` (in the group and writing) and `/metrics`."""
-
-    def __init__(self, sink: PgSink, port: int, host: str = "0.0.0.0") -> None:
-        stale_after = 3 * max(sink.settings.pgsink_backoff_max_s, 1.0) + 60
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path == "/metrics":
-                    body = generate_latest(sink.metrics.registry)
-                    ctype, status = CONTENT_TYPE_LATEST, 200
-                elif self.path in ("/healthz", "/readyz"):
-                    alive = time.monotonic() - sink.heartbeat < stale_after
-                    ok = alive if self.path == "/healthz" else alive and sink.ready
-                    body = json.dumps({"ok": ok}).encode()
-                    ctype, status = "application/json", 200 if ok else 503
-                else:
-                    body, ctype, status = b"not found", "text/plain", 404
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:  # no access log
-                return
-
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, name="pgsink-http", daemon=True
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    return HealthServer(
+        "pgsink",
+        port,
+        registry=sink.metrics.registry,
+        heartbeat=lambda: sink.heartbeat,
+        ready=lambda: sink.ready,
+        stale_after=3 * max(sink.settings.pgsink_backoff_max_s, 1.0) + 60,
+    )

@@ -43,7 +43,8 @@ def run(
     ] = False,
 ) -> None:
     """Write events into the table until SIGTERM/Ctrl-C (JSON log lines, periodic progress)."""
-    from connectors.pgsink import HealthServer, PgSink, PgSinkError
+    from connectors.health import HealthServer
+    from connectors.pgsink import PgSink, PgSinkError, health_server
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -56,7 +57,7 @@ def run(
         port = settings.pgsink_http_port if http_port is None else http_port
         if port:
             try:
-                server = HealthServer(sink, port)
+                server = health_server(sink, port)
             except OSError as exc:
                 raise PgSinkError(f"KEEL_PGSINK_HTTP_PORT {port}: {exc.strerror}") from None
             server.start()
