@@ -490,10 +490,11 @@ def test_cli_malformed_dsn_names_the_setting(pg: PgEnv) -> None:
     assert result.stderr.startswith("keel: error: KEEL_PGSINK_DSN: ")
 
 
-@pytest.mark.parametrize("command", ["status", "run"])
-def test_cli_unreachable_broker_is_one_line_and_exit_1(pg: PgEnv, command: str) -> None:
+def test_cli_unreachable_broker_is_one_line_and_exit_1(pg: PgEnv) -> None:
+    # `run` only: `status` reads the lag through keel.lag, whose one line for unreachable
+    # brokers tests/keel/test_lag.py checks (each case waits out a timeout)
     env = pg.env(KEEL_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}")
-    result = keel("pgsink", command, env=env)
+    result = keel("pgsink", "run", env=env)
     assert result.returncode == 1, result.stdout
     assert result.stderr.startswith("keel: error: Kafka at 127.0.0.1:")
     assert len(result.stderr.strip().splitlines()) == 1
