@@ -47,10 +47,11 @@ from prometheus_client import (
     Histogram,
 )
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import set_json_loads
 
 from connectors.health import HealthServer
+from connectors.postgres import TableName, describe_dsn, first_line
+from connectors.postgres import connect as connect_postgres
 from keel.errors import KeelError
 from keel.settings import KeelSettings, get_settings
 from producers.sdk import KeelProducer
@@ -58,7 +59,6 @@ from schemas.errors import ValidationFailed
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_S = 5
 # Kafka errors no retry of the same bytes can fix: the row is rejected, not retried forever.
 _PERMANENT_KAFKA_CODES = frozenset(
     {
@@ -81,24 +81,8 @@ class OutboxUnavailable(OutboxError):
 
 
 @dataclass(frozen=True)
-class OutboxTable:
-    """Names derived from the table setting (`name` or `schema.name`)."""
-
-    schema: str | None
-    name: str
-
-    @classmethod
-    def of(cls, qualified: str) -> OutboxTable:
-        schema, _, name = qualified.rpartition(".")
-        return cls(schema or None, name)
-
-    def ident(self, suffix: str = "") -> sql.Identifier:
-        parts = (self.schema, self.name + suffix) if self.schema else (self.name + suffix,)
-        return sql.Identifier(*parts)
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}" if self.schema else self.name
+class OutboxTable(TableName):
+    """The outbox table's names, and the channel its trigger notifies."""
 
     @property
     def channel(self) -> str:
@@ -168,7 +152,7 @@ def create_outbox(conn: psycopg.Connection[Any], table: OutboxTable) -> None:
             for statement in _DDL:
                 conn.execute(sql.SQL(statement).format(**names))
     except psycopg.Error as exc:
-        raise OutboxError(f"creating outbox table {table.qualified}: {_first_line(exc)}") from exc
+        raise OutboxError(f"creating outbox table {table.qualified}: {first_line(exc)}") from exc
 
 
 # --- connections -----------------------------------------------------------------------
@@ -178,32 +162,10 @@ def outbox_dsn(settings: KeelSettings) -> str:
     return (settings.outbox_dsn or settings.postgres_dsn).get_secret_value()
 
 
-def describe_dsn(dsn: str) -> str:
-    """host:port/dbname of a DSN, never its password."""
-    try:
-        info = conninfo_to_dict(dsn)
-    except psycopg.Error:
-        return "an unparsable DSN"
-    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
-
-
 def connect(dsn: str) -> psycopg.Connection[Any]:
-    """An autocommit connection (transactions are explicit), or an OutboxError in one line."""
-    try:
-        return psycopg.connect(
-            dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name="keel-outbox"
-        )
-    except psycopg.ProgrammingError as exc:  # a malformed DSN
-        raise OutboxError(f"KEEL_OUTBOX_DSN: {_first_line(exc)}") from None
-    except psycopg.Error as exc:
-        raise OutboxError(
-            f"cannot connect to PostgreSQL at {describe_dsn(dsn)}: {_first_line(exc)}"
-        ) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return connect_postgres(
+        dsn, application="keel-outbox", setting="KEEL_OUTBOX_DSN", error=OutboxError
+    )
 
 
 def ensure_exists(conn: psycopg.Connection[Any], table: OutboxTable) -> None:
@@ -423,7 +385,7 @@ class OutboxRelay:
                 result = self._attempt()
             except psycopg.Error as exc:
                 self._drop_connections()
-                raise OutboxUnavailable(f"postgres: {_first_line(exc)}") from exc
+                raise OutboxUnavailable(f"postgres: {first_line(exc)}") from exc
             if result is not None:
                 return result
 
@@ -583,7 +545,7 @@ class OutboxRelay:
                 self.ready = False
                 self.metrics.failures.inc()
                 wait = backoff.next()
-                log.warning("outbox relay: %s; retrying in %.1fs", _first_line(exc), wait)
+                log.warning("outbox relay: %s; retrying in %.1fs", first_line(exc), wait)
             if time.monotonic() >= next_progress:
                 next_progress = time.monotonic() + s.outbox_progress_interval_s
                 self._progress()
@@ -596,7 +558,7 @@ class OutboxRelay:
                     self._wait(stop, min(wait, max(0.0, next_progress - time.monotonic())))
             except (OutboxError, psycopg.Error) as exc:
                 self._drop_connections()
-                log.warning("outbox relay: listening: %s", _first_line(exc))
+                log.warning("outbox relay: listening: %s", first_line(exc))
                 stop.wait(backoff.next())
         self._progress()
         log.info("outbox relay stopped", extra={"published": self.published_total})

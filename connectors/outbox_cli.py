@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import threading
 from typing import Annotated
 
 import typer
@@ -12,6 +10,7 @@ import typer
 from keel.command_group import command_group
 from keel.logging import configure_logging
 from keel.settings import get_settings
+from keel.signals import stop_on_signals
 
 outbox_app = command_group(
     "outbox", "Transactional outbox source: events written in a PostgreSQL transaction, to Kafka."
@@ -21,7 +20,8 @@ outbox_app = command_group(
 @outbox_app.command("init")
 def init() -> None:
     """Create the outbox table (KEEL_OUTBOX_TABLE), its indexes and NOTIFY trigger; idempotent."""
-    from connectors.outbox import OutboxTable, connect, create_outbox, describe_dsn, outbox_dsn
+    from connectors.outbox import OutboxTable, connect, create_outbox, outbox_dsn
+    from connectors.postgres import describe_dsn
 
     settings = get_settings()
     table = OutboxTable.of(settings.outbox_table)
@@ -63,13 +63,7 @@ def run(
             except OSError as exc:
                 raise OutboxError(f"KEEL_OUTBOX_HTTP_PORT {port}: {exc.strerror}") from None
             server.start()
-        stop = threading.Event()
-
-        def handler(_signum: int, _frame: object) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        stop = stop_on_signals()
         relay.run(stop)
     finally:
         if server is not None:

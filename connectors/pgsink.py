@@ -53,8 +53,9 @@ from prometheus_client import (
 from psycopg import sql
 
 from connectors.health import HealthServer
-from connectors.outbox import OutboxTable as Table
-from connectors.outbox import describe_dsn
+from connectors.postgres import TableName as Table
+from connectors.postgres import connect as connect_postgres
+from connectors.postgres import describe_dsn, first_line
 from keel.deadletters import (
     H_ERROR,
     H_ORIG_OFFSET,
@@ -82,7 +83,6 @@ from schemas.serde import AvroSerde
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_S = 5
 REASON_UNDECODABLE = "undecodable"  # not Keel's Avro, or not an event PostgreSQL can hold
 REASON_REJECTED = "rejected"  # PostgreSQL refused the row (a constraint added to the table)
 H_EVENT_ID = "keel.event_id"
@@ -255,22 +255,9 @@ def pgsink_dsn(settings: KeelSettings) -> str:
 
 
 def connect(dsn: str) -> psycopg.Connection[Any]:
-    """An autocommit connection (transactions are explicit), or a PgSinkError in one line."""
-    try:
-        return psycopg.connect(
-            dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name="keel-pgsink"
-        )
-    except psycopg.ProgrammingError as exc:  # a malformed DSN
-        raise PgSinkError(f"KEEL_PGSINK_DSN: {_first_line(exc)}") from None
-    except psycopg.Error as exc:
-        raise PgSinkError(
-            f"cannot connect to PostgreSQL at {describe_dsn(dsn)}: {_first_line(exc)}"
-        ) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return connect_postgres(
+        dsn, application="keel-pgsink", setting="KEEL_PGSINK_DSN", error=PgSinkError
+    )
 
 
 def create_table(conn: psycopg.Connection[Any], table: Table) -> None:
@@ -313,7 +300,7 @@ def create_table(conn: psycopg.Connection[Any], table: Table) -> None:
             for statement in statements:
                 conn.execute(statement)
     except psycopg.Error as exc:
-        raise PgSinkError(f"cannot create {table.qualified}: {_first_line(exc)}") from None
+        raise PgSinkError(f"cannot create {table.qualified}: {first_line(exc)}") from None
 
 
 def ensure_exists(conn: psycopg.Connection[Any], table: Table) -> None:
@@ -497,7 +484,7 @@ class PgSink:
             try:
                 prepare_load(self._conn)
             except psycopg.Error as exc:
-                raise PgSinkError(f"cannot prepare the load table: {_first_line(exc)}") from None
+                raise PgSinkError(f"cannot prepare the load table: {first_line(exc)}") from None
         return self._conn
 
     def check(self) -> None:
@@ -680,7 +667,7 @@ class PgSink:
             log.warning(
                 "batch of %d not written, retrying (offsets not committed): %s",
                 len(batch.rows),
-                _first_line(exc),
+                first_line(exc),
             )
             return False
         if self.after_write is not None:
@@ -712,7 +699,7 @@ class PgSink:
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             log.warning(
                 "PostgreSQL refused the batch (%s): writing its %d rows one by one",
-                _first_line(exc),
+                first_line(exc),
                 len(batch.rows),
             )
         inserted = 0
@@ -721,7 +708,7 @@ class PgSink:
             try:
                 inserted += write_rows(conn, self._insert, [row])
             except (psycopg.DataError, psycopg.IntegrityError) as exc:
-                error = f"PostgreSQL refused the row: {_first_line(exc)}"
+                error = f"PostgreSQL refused the row: {first_line(exc)}"
                 batch.letters.append((msg, REASON_REJECTED, error))
                 continue
             rows.append(row)

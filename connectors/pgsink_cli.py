@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import threading
 from typing import Annotated
 
 import typer
@@ -12,6 +10,7 @@ import typer
 from keel.command_group import command_group
 from keel.logging import configure_logging
 from keel.settings import get_settings
+from keel.signals import stop_on_signals
 
 pgsink_app = command_group(
     "pgsink", "PostgreSQL sink: events from Kafka into a table, each event_id once."
@@ -21,8 +20,8 @@ pgsink_app = command_group(
 @pgsink_app.command("init")
 def init() -> None:
     """Create the events table (KEEL_PGSINK_TABLE) and its indexes; idempotent."""
-    from connectors.outbox import describe_dsn
     from connectors.pgsink import Table, connect, create_table, pgsink_dsn
+    from connectors.postgres import describe_dsn
 
     settings = get_settings()
     table = Table.of(settings.pgsink_table)
@@ -61,13 +60,7 @@ def run(
             except OSError as exc:
                 raise PgSinkError(f"KEEL_PGSINK_HTTP_PORT {port}: {exc.strerror}") from None
             server.start()
-        stop = threading.Event()
-
-        def handler(_signum: int, _frame: object) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        stop = stop_on_signals()
         sink.run(stop)
     finally:
         if server is not None:
