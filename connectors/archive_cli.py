@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +11,7 @@ import typer
 from keel.command_group import command_group
 from keel.logging import configure_logging
 from keel.settings import get_settings
+from keel.signals import stop_on_signals
 
 archive_app = command_group(
     "archive", "Archive sink: events from Kafka into files by hour and partition, and back."
@@ -41,13 +40,7 @@ def run(
     sink.check()  # an unwritable root or unreachable brokers end here, in one line
     port = settings.archive_http_port if http_port is None else http_port
     server = health_server(sink, port) if port else None
-    stop = threading.Event()
-
-    def handler(_signum: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    stop = stop_on_signals()
     if server is not None:
         server.start()
     try:

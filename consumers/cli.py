@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +12,7 @@ from keel.command_group import command_group
 from keel.kafka import SILENT_LOG, make_admin, naming_brokers
 from keel.logging import configure_logging
 from keel.settings import KeelSettings, get_settings
+from keel.signals import stop_on_signals
 
 jobs_app = command_group(
     "jobs", "Background job workers (emails, reports) with retries and dead letters."
@@ -22,19 +21,6 @@ jobs_app = command_group(
 
 def outbox_dir(settings: KeelSettings) -> Path:
     return Path(settings.jobs_outbox_dir or settings.home / "outbox")
-
-
-def _on_signals(stop: threading.Event | None, callback: object = None) -> threading.Event:
-    event = stop or threading.Event()
-
-    def handler(signum: int, _frame: object) -> None:
-        event.set()
-        if callable(callback):
-            callback()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    return event
 
 
 @jobs_app.command("worker")
@@ -55,7 +41,7 @@ def worker(
     configure_logging(settings.log_level, settings.log_format)
     handlers = build_handlers(types or None, settings)
     job_worker = Worker(handlers, settings=settings, http_port=http_port)
-    _on_signals(job_worker.stop_event)
+    stop_on_signals(job_worker.stop_event)
     job_worker.run()
 
 
@@ -124,7 +110,7 @@ def smtp(
     configure_logging(settings.log_level, settings.log_format)
     folder = outbox or outbox_dir(settings)
     server = OutboxServer(Outbox(folder), host=host, port=port or settings.smtp_port)
-    stop = _on_signals(None)
+    stop = stop_on_signals(None)
     bound = server.start()
     typer.echo(f"SMTP server on {host}:{bound}, keeping mail in {folder}", err=True)
     try:
