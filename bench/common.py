@@ -12,13 +12,13 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from keel.kafka import TopicSpec, delete_topics, ensure_topics, make_admin, wait_for_topics
 from keel.local.ports import free_port
-from keel.settings import get_settings
+from keel.settings import KeelSettings, get_settings
 
 
 def machine() -> str:
@@ -109,3 +109,22 @@ def stop_processes(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 30
 def emit(result: dict[str, Any]) -> None:
     """The figures as one JSON object on the last line, for anyone to rerun and compare."""
     print(json.dumps(result, sort_keys=True))
+
+
+@contextlib.contextmanager
+def private_postgres(home: Path, given_by: str) -> Iterator[str]:
+    """The DSN in the environment variable `given_by` when set, else a PostgreSQL of the
+    project's own (Debian's package) on a free port under `home`, stopped afterwards."""
+    given = os.environ.get(given_by)
+    if given:
+        yield given
+        return
+    from keel.local.services import PostgresService
+
+    dsn = f"postgresql://keel:keel@127.0.0.1:{free_port()}/keel"
+    service = PostgresService(KeelSettings(home=home, postgres_dsn=dsn))  # type: ignore[arg-type]
+    service.start(progress=lambda _m: None)
+    try:
+        yield dsn
+    finally:
+        service.stop(progress=lambda _m: None)

@@ -13,12 +13,9 @@ Needs the broker (KEEL_BOOTSTRAP_SERVERS); uses KEEL_SCHEMA_REGISTRY_URL when it
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,31 +24,21 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from pydantic import SecretStr
 
-from bench.common import drop_topics, emit, ensure_registry, machine, stop_processes, summary
+from bench.common import (
+    drop_topics,
+    emit,
+    ensure_registry,
+    machine,
+    private_postgres,
+    stop_processes,
+    summary,
+)
 from connectors.outbox import OutboxRelay, OutboxTable, connect, create_outbox
 from keel.kafka import TopicSpec, ensure_topics, make_admin, wait_for_topics
-from keel.local.ports import free_port
 from keel.settings import KeelSettings, get_settings
 from producers.sdk import KeelProducer
 
 PARTITIONS = 3
-
-
-@contextlib.contextmanager
-def postgres(home: Path) -> Iterator[str]:
-    given = os.environ.get("KEEL_OUTBOX_DSN")
-    if given:
-        yield given
-        return
-    from keel.local.services import PostgresService
-
-    dsn = f"postgresql://keel:keel@127.0.0.1:{free_port()}/keel"
-    service = PostgresService(KeelSettings(home=home, postgres_dsn=dsn))  # type: ignore[arg-type]
-    service.start(progress=lambda _m: None)
-    try:
-        yield dsn
-    finally:
-        service.stop(progress=lambda _m: None)
 
 
 def events(n: int) -> list[dict[str, Any]]:
@@ -128,7 +115,7 @@ def main() -> None:
         ensure_topics(admin, [TopicSpec(topic, PARTITIONS)])
         wait_for_topics(admin, [topic])
         try:
-            with postgres(home / "pg") as dsn:
+            with private_postgres(home / "pg", "KEEL_OUTBOX_DSN") as dsn:
                 settings = get_settings().model_copy(
                     update={
                         "schema_registry_url": registry,

@@ -18,13 +18,10 @@ out, as the baselines have no group to join).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +29,15 @@ import psycopg
 from psycopg import sql
 from pydantic import SecretStr
 
-from bench.common import drop_topics, emit, ensure_registry, machine, stop_processes, summary
+from bench.common import (
+    drop_topics,
+    emit,
+    ensure_registry,
+    machine,
+    private_postgres,
+    stop_processes,
+    summary,
+)
 from connectors.pgsink import (
     PgSink,
     Row,
@@ -45,7 +50,6 @@ from connectors.pgsink import (
     write_rows,
 )
 from keel.kafka import TopicSpec, ensure_topics, make_admin, make_consumer, wait_for_topics
-from keel.local.ports import free_port
 from keel.settings import KeelSettings, get_settings
 from producers.sdk import KeelProducer
 from schemas.catalog import load_catalog
@@ -56,23 +60,6 @@ PARTITIONS = 3
 COLUMNS = (
     'event_id, type, user_id, occurred_at, received_at, source, topic, partition, "offset", event'
 )
-
-
-@contextlib.contextmanager
-def postgres(home: Path) -> Iterator[str]:
-    given = os.environ.get("KEEL_PGSINK_DSN")
-    if given:
-        yield given
-        return
-    from keel.local.services import PostgresService
-
-    dsn = f"postgresql://keel:keel@127.0.0.1:{free_port()}/keel"
-    service = PostgresService(KeelSettings(home=home, postgres_dsn=dsn))  # type: ignore[arg-type]
-    service.start(progress=lambda _m: None)
-    try:
-        yield dsn
-    finally:
-        service.stop(progress=lambda _m: None)
 
 
 def events(n: int) -> list[dict[str, Any]]:
@@ -220,7 +207,7 @@ def main() -> None:
         ensure_topics(admin, [TopicSpec(topic, PARTITIONS)])
         wait_for_topics(admin, [topic])
         try:
-            with postgres(home / "pg") as dsn:
+            with private_postgres(home / "pg", "KEEL_PGSINK_DSN") as dsn:
                 settings = get_settings().model_copy(
                     update={
                         "schema_registry_url": registry,
