@@ -18,6 +18,13 @@ from typing import Any
 DedupEntry = Sequence[int]  # [first_offset, first_timestamp_ms]
 
 
+def replay_key(processor: str, event_id: str) -> str:
+    """The dedup entry of a replayed dead letter that `processor` applied: keyed by the event,
+    not the letter's address, so a letter of a replay that raised again counts as the same
+    event as the letter it came from. (An event_id is a canonical UUID: no clash.)"""
+    return f"replay:{processor}:{event_id}"
+
+
 def is_duplicate(entry: DedupEntry | None, offset: int, ts_ms: int, window_ms: int) -> bool:
     """True when `event_id` was first seen at another offset within the window."""
     if entry is None:

@@ -14,7 +14,11 @@ A replayed dead letter of a processor that raised (`keel dlq replay`; its header
 processor, see `keel.deadletters.replayed_for`) goes to that processor only, past the dedup
 by `event_id`: the others applied the event the first time, and the dedup entry is the
 original's. Its new offset is above the processor's watermark, so it is applied once, and a
-crash replay of it is skipped like any other.
+crash replay of it is skipped like any other. Once the processor has applied it without
+raising, a `streams.dedup.replay_key` entry (processor, event_id) in the dedup index skips
+any further replay of the event for that processor within the window: the same letter
+replayed again (another replay group or tool) arrives at a new offset the watermark cannot
+tell apart. A replay that raised again records nothing: its new letter stays replayable.
 """
 
 from __future__ import annotations
@@ -197,10 +201,42 @@ class Engine:
                 result.poison.append(Poison(raw, "unknown_processor", error, name))
         # Not in result.events: the sinks saw the event the first time.
         events = result.events = self._dedup(others, state, result)
+        applied = self._dedup_replays(targeted, state, result)
         for proc in self.stateful:
             mine = targeted.get(proc.name)
             batch = sorted([*events, *mine], key=_offset) if mine else events
             self._run(proc, batch, state, result, by_offset)
+        if applied:
+            # Recorded only where the processor did not raise again (its new letter is the
+            # one to replay then, and this one must stay replayable too).
+            failed = {(p.processor, p.raw.offset) for p in result.poison if p.reason == "processor"}
+            for (name, offset), (key, entry) in applied.items():
+                if (name, offset) not in failed:
+                    result.writes[(DEDUP_TABLE, key)] = entry
+
+    def _dedup_replays(
+        self, targeted: dict[str, list[Event]], state: StateReader, result: BatchResult
+    ) -> dict[tuple[str, int], tuple[str, list[int]]]:
+        """Drop (in place) the replays their processor already applied from another replay
+        within the window; the others' dedup entries by (processor, offset), to write once
+        the processor has applied them."""
+        pending: dict[tuple[str, int], tuple[str, list[int]]] = {}
+        for name, evs in targeted.items():
+            keys = [dedup.replay_key(name, ev.event_id) for ev in evs]
+            batch: dict[str, Any] = {}
+            kept: list[Event] = []
+            for ev, key, known in zip(evs, keys, get_many(state, DEDUP_TABLE, keys), strict=True):
+                entry = batch.get(key, known)
+                if dedup.is_duplicate(entry, ev.offset, ev.timestamp_ms, self.window_ms):
+                    result.duplicates += 1
+                    continue
+                if dedup.needs_entry(entry, ev.offset, ev.timestamp_ms, self.window_ms):
+                    entry = [ev.offset, ev.timestamp_ms]
+                    pending[(name, ev.offset)] = (key, entry)
+                batch[key] = entry
+                kept.append(ev)
+            evs[:] = kept
+        return pending
 
     def _dedup(self, events: list[Event], state: StateReader, result: BatchResult) -> list[Event]:
         kept: list[Event] = []

@@ -284,9 +284,9 @@ class Flaky(Trigger):
         return (state or 0) + 1
 
 
-def replay_of(processor: str | None) -> list[tuple[str, bytes]]:
+def replay_of(processor: str | None, letter: str = "events.dlq/0@0") -> list[tuple[str, bytes]]:
     """The headers `keel dlq replay` gives a letter (see keel.deadletters.replay_headers)."""
-    headers = [(H_REPLAYED_FROM, b"events.dlq/0@0")]
+    headers = [(H_REPLAYED_FROM, letter.encode())]
     if processor is not None:
         headers.append((H_REPLAY_PROCESSOR, processor.encode()))
     return headers
