@@ -160,7 +160,8 @@ def group_id() -> str:
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Redis for the session: `KEEL_REDIS_URL` when set, else a private redis-server
-    (installed from Debian's package on first use) on a free port, stopped at the end."""
+    (installed from Debian's package on first use) on a free port, stopped at the end or
+    when the run is killed."""
     given = os.environ.get("KEEL_REDIS_URL")
     if given:
         yield given
@@ -170,7 +171,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     home = tmp_path_factory.mktemp("redis-home")
     url = f"redis://127.0.0.1:{_free_port()}/0"
-    service = RedisService(KeelSettings(home=home, redis_url=url))
+    # A killed test run takes its Redis with it, as it does its broker.
+    service = RedisService(KeelSettings(home=home, redis_url=url), die_with_parent=True)
     service.start(progress=lambda _m: None)
     try:
         yield url
@@ -181,7 +183,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real PostgreSQL for the session: `KEEL_POSTGRES_DSN` when set, else a private server
-    (Debian's package on first use) on a free port with its own data folder, removed after."""
+    (Debian's package on first use) on a free port with its own data folder, removed after;
+    it stops when the run is killed too."""
     given = os.environ.get("KEEL_POSTGRES_DSN")
     if given:
         yield given
@@ -191,7 +194,10 @@ def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     home = tmp_path_factory.mktemp("postgres-home")
     dsn = f"postgresql://keel:keel@127.0.0.1:{_free_port()}/keel"
-    service = PostgresService(KeelSettings(home=home, postgres_dsn=dsn))  # type: ignore[arg-type]
+    service = PostgresService(
+        KeelSettings(home=home, postgres_dsn=dsn),
+        die_with_parent=True,  # a killed test run takes its PostgreSQL with it
+    )
     service.start(progress=lambda _m: None)
     try:
         yield dsn

@@ -23,6 +23,16 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+def dying_with_parent(argv: Sequence[str], sig: int = signal.SIGTERM) -> list[str]:
+    """`argv` run so that the kernel sends it `sig` when its parent dies, even by SIGKILL.
+
+    Done by util-linux's setpriv before exec, not a preexec_fn, which can deadlock in a
+    forked child of a process that runs threads. setpriv execs the command, so the pid is
+    the command's. The kernel's "parent" is the thread that started it: start from a thread
+    that lives as long as the process should (a test's, the main one)."""
+    return ["setpriv", "--pdeathsig", signal.Signals(sig).name.removeprefix("SIG"), "--", *argv]
+
+
 @dataclass(frozen=True)
 class ManagedProcess:
     """One named background process with its pid file and log file."""
@@ -61,16 +71,16 @@ class ManagedProcess:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         die_with_parent: bool = False,
+        death_signal: int = signal.SIGTERM,
         user: str | None = None,
     ) -> int:
+        """Start `argv` in the background, logging to `log_file`; with `die_with_parent` the
+        kernel sends it `death_signal` when this process dies (see `dying_with_parent`)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         argv = list(argv)
         if die_with_parent:
-            # The kernel SIGTERMs the child when its parent dies, even by SIGKILL. Done by
-            # util-linux's setpriv before exec, not a preexec_fn, which can deadlock in a
-            # forked child of a process that runs threads.
-            argv = ["setpriv", "--pdeathsig", "TERM", "--", *argv]
+            argv = dying_with_parent(argv, death_signal)
         with self.log_file.open("ab") as log:
             proc = subprocess.Popen(
                 argv,

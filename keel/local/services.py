@@ -102,7 +102,12 @@ class KafkaService(Service):
 
 
 class ProcessService(Service):
-    """A long-running process of the stack, healthy when its port (or health URL) answers."""
+    """A long-running process of the stack, healthy when its port (or health URL) answers.
+
+    With `die_with_parent` (a test run's private service) the kernel sends it `stop_signal`
+    when the process that started it dies, even by SIGKILL, as the test broker does."""
+
+    stop_signal: int = signal.SIGTERM
 
     def __init__(
         self,
@@ -116,6 +121,7 @@ class ProcessService(Service):
         order: int = 50,
         user: str | None = None,
         start_timeout: float = 60.0,
+        die_with_parent: bool = False,
     ) -> None:
         self.name = name
         self.order = order
@@ -125,6 +131,7 @@ class ProcessService(Service):
         self.env = {**os.environ, **(env or {})}
         self.user = user
         self.start_timeout = start_timeout
+        self.die_with_parent = die_with_parent
         self.process = ManagedProcess(name, settings.home / "run", settings.home / "logs")
 
     def start(self, progress: Progress) -> bool:
@@ -134,7 +141,13 @@ class ProcessService(Service):
         _check_port(self.port, self.name)
         self.prepare(progress)
         progress(f"starting {self.name} on 127.0.0.1:{self.port} (log: {self.process.log_file})")
-        self.process.start(self.argv, env=self.env, user=self.user)
+        self.process.start(
+            self.argv,
+            env=self.env,
+            user=self.user,
+            die_with_parent=self.die_with_parent,
+            death_signal=self.stop_signal,
+        )
         try:
             self._wait_healthy()
             self.after_start(progress)
@@ -165,7 +178,7 @@ class ProcessService(Service):
         """Hook run before the first start (install, initialise data)."""
 
     def stop(self, progress: Progress) -> bool:
-        if self.process.stop():
+        if self.process.stop(sig=self.stop_signal):
             progress(f"stopped {self.name}")
             return True
         return False
@@ -188,7 +201,7 @@ class ProcessService(Service):
 
 
 class RedisService(ProcessService):
-    def __init__(self, settings: KeelSettings) -> None:
+    def __init__(self, settings: KeelSettings, *, die_with_parent: bool = False) -> None:
         url = urlparse(settings.redis_url)
         port = url.port or 6379
         self.data_dir = settings.home / "redis"
@@ -207,7 +220,9 @@ class RedisService(ProcessService):
             "--daemonize",
             "no",
         ]
-        super().__init__("redis", argv, settings, port=port, order=20)
+        super().__init__(
+            "redis", argv, settings, port=port, order=20, die_with_parent=die_with_parent
+        )
 
     def prepare(self, progress: Progress) -> None:
         self.argv[0] = ensure_command("redis-server", "redis-server", progress)
@@ -221,7 +236,12 @@ class PostgresService(ProcessService):
     that user's home since root's home is not readable by it.
     """
 
-    def __init__(self, settings: KeelSettings) -> None:
+    # SIGINT is PostgreSQL's "fast" shutdown: it disconnects clients and stops cleanly.
+    # SIGTERM ("smart") waits for every client to leave, so a connected pool (or, after a
+    # killed test run, its orphaned subprocesses) would hold it until a SIGKILL.
+    stop_signal = signal.SIGINT
+
+    def __init__(self, settings: KeelSettings, *, die_with_parent: bool = False) -> None:
         dsn = urlparse(settings.postgres_dsn.get_secret_value())
         self.db_user = dsn.username or "keel"
         self.db_password = dsn.password or "keel"
@@ -234,7 +254,14 @@ class PostgresService(ProcessService):
         )
         # Up to two minutes: after a crash PostgreSQL replays its WAL before it accepts anyone.
         super().__init__(
-            "postgres", [], settings, port=port, order=20, user=self.run_as, start_timeout=120
+            "postgres",
+            [],
+            settings,
+            port=port,
+            order=20,
+            user=self.run_as,
+            start_timeout=120,
+            die_with_parent=die_with_parent,
         )
 
     def _bin(self, name: str) -> str:
@@ -299,15 +326,6 @@ class PostgresService(ProcessService):
             [ready, "-q", "-h", "127.0.0.1", "-p", str(self.port), "-t", "2"], check=False
         )
         return probe.returncode == 0
-
-    def stop(self, progress: Progress) -> bool:
-        # SIGINT is PostgreSQL's "fast" shutdown: it disconnects clients and stops cleanly.
-        # SIGTERM ("smart") waits for every client to leave, so a connected pool would
-        # hold it until the SIGKILL that follows the timeout.
-        if self.process.stop(sig=signal.SIGINT):
-            progress(f"stopped {self.name}")
-            return True
-        return False
 
     def _ensure_database(self) -> None:
         psql = [
