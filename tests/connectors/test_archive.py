@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.request import urlopen
 
 import pytest
 from confluent_kafka import Producer, TopicPartition
@@ -34,46 +31,9 @@ from schemas.catalog import load_catalog
 from schemas.registry.client import RegistryClient
 from schemas.serde import AvroSerde
 from tests.polling import wait_for
-
-KEEL = str(Path(sys.executable).parent / "keel")
+from tests.processes import KEEL, KeelProcess, run_keel
 
 Seen = dict[tuple[int, int], tuple[bytes | None, bytes | None, int]]  # (p, offset) -> k, v, ts
-
-
-@dataclass
-class Sink:
-    process: subprocess.Popen[bytes]
-    log: Path
-    port: int
-
-    def ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"the sink exited:\n{self.tail()}")
-        try:
-            with urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=5) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return self.process.returncode
 
 
 @dataclass
@@ -86,27 +46,23 @@ class ArchiveEnv:
     root: Path
     tmp: Path
     topics: list[str]
-    sinks: list[Sink] = field(default_factory=list)
+    sinks: list[KeelProcess] = field(default_factory=list)
 
-    def start(self, **extra_env: str) -> Sink:
-        log = self.tmp / f"sink-{len(self.sinks)}.log"
+    def start(self, **extra_env: str) -> KeelProcess:
         port = free_port()
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [KEEL, "archive", "run"],
-                env={**self.env, "KEEL_ARCHIVE_HTTP_PORT": str(port), **extra_env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        sink = Sink(process, log, port)
+        sink = KeelProcess.start(
+            [KEEL, "archive", "run"],
+            {**self.env, "KEEL_ARCHIVE_HTTP_PORT": str(port), **extra_env},
+            self.tmp / f"sink-{len(self.sinks)}.log",
+            port=port,
+            name="the sink",
+        )
         self.sinks.append(sink)
         wait_for(sink.ready, 60, "the sink ready")
         return sink
 
     def keel(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [KEEL, *args], env=self.env, check=False, capture_output=True, text=True, timeout=120
-        )
+        return run_keel(*args, env=self.env, timeout=120)
 
     def send(self, n: int) -> None:
         from producers.sdk import KeelProducer
@@ -196,9 +152,7 @@ def arch(
     a = ArchiveEnv(env, prefix, source, group, schema_registry, root, tmp_path, [source])
     yield a
     for sink in a.sinks:
-        alive = sink.process.poll() is None
-        sink.stop()
-        print(f"--- sink ({'alive' if alive else 'exited'}):\n{sink.tail()}")
+        sink.stop_and_show()
     delete_topics(admin, a.topics)
 
 
@@ -390,7 +344,7 @@ def test_restore_produces_exactly_the_range_with_keys_and_values(
     ],
 )
 def test_bad_input_is_one_line_and_exit_1(args: Sequence[str], message: str) -> None:
-    run = subprocess.run([KEEL, *args], check=False, capture_output=True, text=True, timeout=60)
+    run = run_keel(*args)
     assert run.returncode == 1
     assert run.stderr.count("\n") == 1 and message in run.stderr, run.stderr
 

@@ -15,8 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -42,10 +40,10 @@ from keel.kafka import TopicSpec, delete_topics, ensure_topics, wait_for_topics
 from keel.local.ports import free_port
 from keel.settings import KeelSettings
 from tests.polling import wait_for
+from tests.processes import KEEL, KeelProcess, run_keel
 from tests.producers.conftest import read_topic
 
 ROOT = Path(__file__).resolve().parents[2]
-KEEL = str(ROOT / ".venv" / "bin" / "keel")
 
 
 def page_view(user: str = "u-1", **over: Any) -> dict[str, Any]:
@@ -431,23 +429,7 @@ def test_init_is_idempotent_and_the_trigger_notifies_at_commit(outbox: Outbox) -
 # --- the console script ------------------------------------------------------------------
 
 
-def http_get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-    except OSError:
-        return 0, ""
-
-
-def keel(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [KEEL, *args], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-
-
-def test_cli_init_status_and_run(outbox: Outbox) -> None:
+def test_cli_init_status_and_run(outbox: Outbox, tmp_path: Path) -> None:
     env = outbox.env(KEEL_OUTBOX_TABLE=f"outbox_cli_{uuid.uuid4().hex[:8]}")
     table = OutboxTable.of(env["KEEL_OUTBOX_TABLE"])
     box = Outbox(
@@ -457,50 +439,43 @@ def test_cli_init_status_and_run(outbox: Outbox) -> None:
         outbox.registry,
     )
     try:
-        missing = keel("outbox", "status", env=env)
+        missing = run_keel("outbox", "status", env=env)
         assert missing.returncode == 1
         assert "does not exist: run `keel outbox init` first" in missing.stderr
         for _ in range(2):
-            init = keel("outbox", "init", env=env)
+            init = run_keel("outbox", "init", env=env)
             assert init.returncode == 0, init.stderr
             assert f"outbox table {table.qualified} ready" in init.stdout
         event = page_view("u-9")
         box.insert(event, {"type": "page.viewed"})
-        status = keel("outbox", "status", "--json", env=env)
+        status = run_keel("outbox", "status", "--json", env=env)
         assert status.returncode == 0, status.stderr
         figures = json.loads(status.stdout)
         assert figures["pending"] == 2 and figures["rejected"] == 0
         assert figures["oldest_pending_age_s"] >= 0
 
         port = free_port()
-        relay = subprocess.Popen(
+        relay = KeelProcess.start(
             [KEEL, "outbox", "run"],
-            env={
-                **env,
-                "KEEL_OUTBOX_PROGRESS_INTERVAL_S": "0.5",
-                "KEEL_OUTBOX_HTTP_PORT": str(port),
-            },
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            {**env, "KEEL_OUTBOX_PROGRESS_INTERVAL_S": "0.5", "KEEL_OUTBOX_HTTP_PORT": str(port)},
+            tmp_path / "relay.log",  # its JSON log: `run` prints nothing else
+            port=port,
+            name="keel outbox run",
         )
         try:
             wait_for(lambda: box.status().pending == 0, what="keel outbox run publishes")
-            assert wait_for(lambda: http_get(port, "/readyz")[0] == 200, what="/readyz")
-            assert http_get(port, "/healthz")[0] == 200
+            assert wait_for(relay.ready, what="/readyz")
+            assert relay.get("/healthz")[0] == 200
             metrics = wait_for(
-                lambda: (
-                    (m := http_get(port, "/metrics")[1]) and "keel_outbox_pending 0.0" in m and m
-                ),
+                lambda: (m := relay.get("/metrics")[1]) and "keel_outbox_pending 0.0" in m and m,
                 what="the pending gauge at 0",
             )
             assert "keel_outbox_published_total 1.0" in metrics
             assert "keel_outbox_rejected_total 1.0" in metrics
         finally:
-            relay.send_signal(signal.SIGTERM)
-            _, stderr = relay.communicate(timeout=30)
-        assert relay.returncode == 0, stderr[-2000:]
-        lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]
+            code = relay.stop()  # SIGTERM; SIGKILL (and a failure below) after 30 s
+        assert code == 0, relay.tail()
+        lines = [json.loads(line) for line in relay.log.read_text().splitlines() if line.strip()]
         progress = [e for e in lines if e["msg"].startswith("outbox progress")]
         assert sum(e["published"] for e in progress) == 1
         assert sum(e["rejected"] for e in progress) == 1
@@ -508,7 +483,7 @@ def test_cli_init_status_and_run(outbox: Outbox) -> None:
         records = outbox.read(expect=1)
         assert [str(v["event_id"]) for *_, v in records] == [event["event_id"]]
 
-        text = keel("outbox", "status", env=env)
+        text = run_keel("outbox", "status", env=env)
         assert "pending:  0" in text.stdout and "rejected: 1" in text.stdout
     finally:
         with connect(outbox.dsn) as conn:
@@ -519,13 +494,13 @@ def test_cli_init_status_and_run(outbox: Outbox) -> None:
 @pytest.mark.parametrize("command", ["init", "status", "run", "purge"])
 def test_cli_unreachable_database_is_one_line_and_exit_1(outbox: Outbox, command: str) -> None:
     closed = f"postgresql://keel:keel@127.0.0.1:{free_port()}/keel"
-    result = keel("outbox", command, env=outbox.env(KEEL_OUTBOX_DSN=closed))
+    result = run_keel("outbox", command, env=outbox.env(KEEL_OUTBOX_DSN=closed))
     assert result.returncode == 1
     assert result.stderr.startswith("keel: error: cannot connect to PostgreSQL at 127.0.0.1:")
     assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_cli_malformed_dsn_names_the_setting(outbox: Outbox) -> None:
-    result = keel("outbox", "status", env=outbox.env(KEEL_OUTBOX_DSN="not a dsn"))
+    result = run_keel("outbox", "status", env=outbox.env(KEEL_OUTBOX_DSN="not a dsn"))
     assert result.returncode == 1
     assert result.stderr.startswith("keel: error: KEEL_OUTBOX_DSN: ")

@@ -15,8 +15,6 @@ import signal
 import socket
 import subprocess
 import threading
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -43,9 +41,8 @@ from keel.local.ports import free_port
 from keel.settings import KeelSettings
 from producers.sdk import KeelProducer
 from tests.polling import wait_for
+from tests.processes import KEEL, KeelProcess, run_keel
 
-ROOT = Path(__file__).resolve().parents[2]
-KEEL = str(ROOT / ".venv" / "bin" / "keel")
 PARTITIONS = 3
 
 
@@ -269,14 +266,7 @@ def test_an_undecodable_record_is_dead_lettered_and_later_events_still_land(pg: 
     assert letters[0].headers[H_ORIG_PARTITION] == "0"
     assert letters[0].headers[H_ORIG_OFFSET] == "0"
     # keel dlq reads the same topic.
-    shown = subprocess.run(
-        [KEEL, "dlq", "list", pg.settings.pgsink_dlq_topic],
-        env=pg.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    shown = run_keel("dlq", "list", pg.settings.pgsink_dlq_topic, env=pg.env())
     assert shown.returncode == 0, shown.stderr
     assert "undecodable" in shown.stdout
 
@@ -414,60 +404,43 @@ def test_a_database_outage_commits_no_offsets_and_recovers(pg: PgEnv) -> None:
 # --- the console script ------------------------------------------------------------------
 
 
-def http_get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-    except OSError:
-        return 0, ""
-
-
-def keel(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [KEEL, *args], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-
-
-def test_cli_init_run_status(pg: PgEnv) -> None:
+def test_cli_init_run_status(pg: PgEnv, tmp_path: Path) -> None:
     table = f"cli_events_{uuid.uuid4().hex[:8]}"
     env = pg.env(KEEL_PGSINK_TABLE=table, KEEL_PGSINK_PROGRESS_INTERVAL_S="0.5")
     try:
-        missing = keel("pgsink", "status", env=env)
+        missing = run_keel("pgsink", "status", env=env)
         assert missing.returncode == 1
         assert "does not exist: run `keel pgsink init` first" in missing.stderr
         for _ in range(2):
-            init = keel("pgsink", "init", env=env)
+            init = run_keel("pgsink", "init", env=env)
             assert init.returncode == 0, init.stderr
             assert f"events table {table} ready" in init.stdout
         events = [page("u-cli", n) for n in range(5)]
         pg.send(events)
         port = free_port()
-        sink = subprocess.Popen(
+        sink = KeelProcess.start(
             [KEEL, "pgsink", "run", "--http-port", str(port)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            env,
+            tmp_path / "sink.log",  # its JSON log: `run` prints nothing else
+            port=port,
+            name="keel pgsink run",
         )
         try:
             wait_for(lambda: pg.committed() == 5, 60, "keel pgsink run writes and commits")
-            assert http_get(port, "/readyz")[0] == 200
-            assert http_get(port, "/healthz")[0] == 200
-            assert "keel_pgsink_written_total 5.0" in http_get(port, "/metrics")[1]
-            status = keel("pgsink", "status", "--json", env=env)
+            assert sink.get("/readyz")[0] == 200
+            assert sink.get("/healthz")[0] == 200
+            assert "keel_pgsink_written_total 5.0" in sink.get("/metrics")[1]
+            status = run_keel("pgsink", "status", "--json", env=env)
             assert status.returncode == 0, status.stderr
             figures = json.loads(status.stdout)
             assert figures["rows"] == 5 and figures["lag"] == 0
             assert figures["newest_occurred_at"] == "2026-11-28T10:00:04+00:00"
-            text = keel("pgsink", "status", env=env)
+            text = run_keel("pgsink", "status", env=env)
             assert "rows:    5" in text.stdout and "lag:     0" in text.stdout
         finally:
-            sink.send_signal(signal.SIGTERM)
-            _, stderr = sink.communicate(timeout=30)
-        assert sink.returncode == 0, stderr[-2000:]
-        lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]
+            code = sink.stop()  # SIGTERM; SIGKILL (and a failure below) after 30 s
+        assert code == 0, sink.tail()
+        lines = [json.loads(line) for line in sink.log.read_text().splitlines() if line.strip()]
         progress = [e for e in lines if e["msg"].startswith("pgsink progress")]
         assert progress and progress[-1]["written"] == 5
     finally:
@@ -478,14 +451,14 @@ def test_cli_init_run_status(pg: PgEnv) -> None:
 @pytest.mark.parametrize("command", ["init", "status", "run"])
 def test_cli_unreachable_database_is_one_line_and_exit_1(pg: PgEnv, command: str) -> None:
     closed = f"postgresql://keel:keel@127.0.0.1:{free_port()}/keel"
-    result = keel("pgsink", command, env=pg.env(KEEL_PGSINK_DSN=closed))
+    result = run_keel("pgsink", command, env=pg.env(KEEL_PGSINK_DSN=closed))
     assert result.returncode == 1
     assert result.stderr.startswith("keel: error: cannot connect to PostgreSQL at 127.0.0.1:")
     assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_cli_malformed_dsn_names_the_setting(pg: PgEnv) -> None:
-    result = keel("pgsink", "status", env=pg.env(KEEL_PGSINK_DSN="not a dsn"))
+    result = run_keel("pgsink", "status", env=pg.env(KEEL_PGSINK_DSN="not a dsn"))
     assert result.returncode == 1
     assert result.stderr.startswith("keel: error: KEEL_PGSINK_DSN: ")
 
@@ -494,7 +467,7 @@ def test_cli_unreachable_broker_is_one_line_and_exit_1(pg: PgEnv) -> None:
     # `run` only: `status` reads the lag through keel.lag, whose one line for unreachable
     # brokers tests/keel/test_lag.py checks (each case waits out a timeout)
     env = pg.env(KEEL_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}")
-    result = keel("pgsink", "run", env=env)
+    result = run_keel("pgsink", "run", env=env)
     assert result.returncode == 1, result.stdout
     assert result.stderr.startswith("keel: error: Kafka at 127.0.0.1:")
     assert len(result.stderr.strip().splitlines()) == 1

@@ -7,9 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -17,7 +14,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.request import urlopen
 
 import pytest
 from aiohttp import web
@@ -38,8 +34,8 @@ from keel.kafka import TopicSpec, ensure_topics, make_consumer, wait_for_topics
 from keel.local.ports import free_port
 from keel.settings import KeelSettings
 from tests.polling import wait_for
+from tests.processes import KEEL, KeelProcess, run_keel
 
-KEEL = str(Path(sys.executable).parent / "keel")
 SECRETS = {"all": "whsec_all_0123456789abcdef", "users": "whsec_users_0123456789abcdef"}
 
 
@@ -122,48 +118,6 @@ class Receiver:
 
 
 @dataclass
-class Sink:
-    process: subprocess.Popen[bytes]
-    log: Path
-    port: int
-
-    def ready(self) -> bool:
-        """Joined its group (partitions assigned), its dead-letter topics created."""
-        if self.process.poll() is not None:
-            raise AssertionError(f"the sink exited:\n{self.tail()}")
-        try:
-            with urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=5) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def get(self, path: str) -> str:
-        with urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
-            return str(response.read().decode())
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return self.process.returncode
-
-
-@dataclass
 class HooksEnv:
     env: dict[str, str]
     prefix: str
@@ -173,25 +127,24 @@ class HooksEnv:
     registry: str
     tmp: Path
     receiver: Receiver
-    sinks: list[Sink] = field(default_factory=list)
+    sinks: list[KeelProcess] = field(default_factory=list)
 
     def subscriptions(self, subs: Sequence[Mapping[str, Any]]) -> Path:
         path = self.tmp / f"hooks-{uuid.uuid4().hex[:6]}.json"
         path.write_text(json.dumps({"subscriptions": list(subs)}))
         return path
 
-    def start(self, subs: Path, **extra_env: str) -> Sink:
-        log = self.tmp / f"sink-{len(self.sinks)}.log"
+    def start(self, subs: Path, **extra_env: str) -> KeelProcess:
         port = free_port()
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [KEEL, "webhooks", "run", "--subscriptions", str(subs)],
-                env={**self.env, "KEEL_WEBHOOKS_HTTP_PORT": str(port), **extra_env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        sink = Sink(process, log, port)
+        sink = KeelProcess.start(
+            [KEEL, "webhooks", "run", "--subscriptions", str(subs)],
+            {**self.env, "KEEL_WEBHOOKS_HTTP_PORT": str(port), **extra_env},
+            self.tmp / f"sink-{len(self.sinks)}.log",
+            port=port,
+            name="the sink",
+        )
         self.sinks.append(sink)
+        # Ready: joined its group (partitions assigned), its dead-letter topics created.
         wait_for(sink.ready, 60, "the sink ready")
         return sink
 
@@ -273,9 +226,7 @@ def hooks(
     hooks = HooksEnv(env, prefix, source, group, dlq_prefix, schema_registry, tmp_path, receiver)
     yield hooks
     for sink in hooks.sinks:
-        alive = sink.process.poll() is None
-        sink.stop()
-        print(f"--- sink ({'alive' if alive else 'exited'}):\n{sink.tail()}")
+        sink.stop_and_show()
     receiver.stop()
     topics = [source, *(f"{dlq_prefix}{n}" for n in SECRETS)]
     admin.delete_topics(topics, request_timeout=30)
@@ -331,7 +282,7 @@ def test_events_reach_each_subscriber_signed_and_in_order_per_key(hooks: HooksEn
     # Everything was finished, so the group commits to the end of the topic.
     wait_for(lambda: hooks.committed(3) == len(events), 30, "offsets committed to the end")
     # The metrics count what was delivered.
-    assert 'keel_webhooks_delivered_total{subscriber="users"} 6.0' in sink.get("/metrics")
+    assert 'keel_webhooks_delivered_total{subscriber="users"} 6.0' in sink.text("/metrics")
 
 
 def test_503_twice_then_200_delivers_after_retries_and_429_waits_its_retry_after(
@@ -386,11 +337,11 @@ def test_a_400_goes_straight_to_the_dead_letter_topic_and_keel_dlq_reads_it(
     assert delivered.event["event_id"] == event["event_id"]
     wait_for(lambda: hooks.committed(3) == 1, 30, "the offset committed past the dead letter")
     # `keel dlq list` reads it like any other Keel dead letter.
-    out = keel("dlq", "list", dlq, env=hooks.env)
+    out = run_keel("dlq", "list", dlq, env=hooks.env)
     assert out.returncode == 0, out.stderr
     assert "permanent" in out.stdout and "HTTP 400" in out.stdout
     # Once the receiver is fixed, a replay reaches the subscriber that missed it, only it.
-    out = keel("dlq", "replay", dlq, env=hooks.env)
+    out = run_keel("dlq", "replay", dlq, env=hooks.env)
     assert out.returncode == 0, out.stderr
     again = wait_for(lambda: len(r := hooks.receiver.at("/all")) >= 2 and r, 30, "the replay")
     assert again[1].event["event_id"] == event["event_id"]
@@ -471,7 +422,7 @@ def test_a_stuck_subscriber_holds_the_others_back_only_up_to_the_read_ahead(
     hooks.send(first)
 
     def consumed() -> int:
-        for line in sink.get("/metrics").splitlines():
+        for line in sink.text("/metrics").splitlines():
             if line.startswith("keel_webhooks_consumed_total "):
                 return int(float(line.split()[1]))
         return 0
@@ -581,33 +532,27 @@ def test_a_killed_sink_resends_what_it_had_not_committed_and_loses_nothing(
     assert count(ids1) == resent
 
 
-def keel(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [KEEL, *args], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-
-
 def test_check_names_the_bad_subscription_and_field(tmp_path: Path) -> None:
     good = tmp_path / "good.toml"
     good.write_text(
         '[[subscriptions]]\nname = "all"\nurl = "http://127.0.0.1:9/in"\n'
         f'secret = "{SECRETS["all"]}"\n'
     )
-    out = keel("webhooks", "check", str(good))
+    out = run_keel("webhooks", "check", str(good))
     assert out.returncode == 0 and f"{good}: OK" in out.stdout, out.stderr
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([sub("all", "not a url"), sub("users", "http://x/", ["nope"])]))
-    out = keel("webhooks", "check", str(bad))
+    out = run_keel("webhooks", "check", str(bad))
     assert out.returncode == 1
     assert "subscription 'all' (#1) field 'url'" in out.stderr
     assert "subscription 'users' (#2) field 'events': 'nope' matches no event type" in out.stderr
     # `run` refuses the same file before touching Kafka.
-    out = keel("webhooks", "run", "-s", str(bad))
+    out = run_keel("webhooks", "run", "-s", str(bad))
     assert out.returncode == 1 and "field 'url'" in out.stderr
 
 
 def test_sign_prints_the_header_a_receiver_verifies() -> None:
-    out = keel("webhooks", "sign", "--secret", SECRETS["all"], '{"a":1}')
+    out = run_keel("webhooks", "sign", "--secret", SECRETS["all"], '{"a":1}')
     assert out.returncode == 0, out.stderr
     name, _, value = out.stdout.strip().partition(": ")
     assert name == "Keel-Signature"

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,48 +21,24 @@ from keel.kafka import TopicSpec, ensure_topics, make_consumer, make_producer, w
 from keel.lag import group_lag
 from keel.local.ports import free_port
 from tests.polling import wait_for
-
-KEEL = str(Path(sys.executable).parent / "keel")
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
-    """(status, JSON body) of a GET; connection errors give (0, reason)."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        body = exc.read()
-        try:
-            return exc.code, json.loads(body)
-        except ValueError:
-            return exc.code, body.decode(errors="replace")
-    except (urllib.error.URLError, OSError) as exc:
-        return 0, str(exc)
+from tests.processes import KEEL, KeelProcess
 
 
 @dataclass
-class Worker:
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+class Worker(KeelProcess):
+    """A `keel streams worker`, whose HTTP answers are JSON."""
 
     def get(self, path: str) -> tuple[int, Any]:
-        return http_get(self.url + path)
-
-    def ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"worker {self.port} exited:\n{self.tail()}")
-        return self.get("/readyz")[0] == 200
-
-    def tail(self, lines: int = 40) -> str:
+        """(status, JSON body) of a GET; connection errors give (0, reason)."""
+        status, body = super().get(path)
+        if 200 <= status < 300:
+            return status, json.loads(body or "null")
+        if status == 0:
+            return status, body
         try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+            return status, json.loads(body)
+        except ValueError:
+            return status, body
 
     def digest(self, limit: int = 60) -> str:
         """What to read when a test fails: warnings, errors and the group and recovery
@@ -90,21 +63,6 @@ class Worker:
                 picked.append(f"{str(record.get('ts'))[11:23]} {record.get('level')} {first[:160]}")
         return "\n".join(picked[-limit:])
 
-    def kill(self) -> None:
-        """SIGKILL: no commit, no flush, no goodbye to the group."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-
 
 @dataclass
 class StreamsEnv:
@@ -122,20 +80,20 @@ class StreamsEnv:
 
     def start_worker(self, wait: bool = True, **extra_env: str) -> Worker:
         port = free_port()
-        log = self.tmp / f"worker-{port}.log"
-        env = {**self.env, "KEEL_STREAMS_WEB_PORT": str(port), **extra_env}
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [KEEL, "streams", "worker"], env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-        worker = Worker(port, process, log)
+        worker = Worker.start(
+            [KEEL, "streams", "worker"],
+            {**self.env, "KEEL_STREAMS_WEB_PORT": str(port), **extra_env},
+            self.tmp / f"worker-{port}.log",
+            port=port,
+            name=f"worker {port}",
+        )
         self.workers.append(worker)
         if wait:
             wait_for(worker.ready, 90, f"worker {port} ready")
         return worker
 
     def alive(self) -> list[Worker]:
-        return [w for w in self.workers if w.process.poll() is None]
+        return [w for w in self.workers if w.alive()]
 
     @property
     def serde(self) -> Any:
@@ -241,7 +199,7 @@ def streams_env(
     for worker in streams.workers:
         # Printed in teardown: pytest shows it under the failure, so a CI log holds the
         # evidence after the temporary directory is gone.
-        alive = worker.process.poll() is None
+        alive = worker.alive()
         print(f"--- worker {worker.port} ({'alive' if alive else 'exited'}):")
         if alive:
             print(f"readyz: {worker.get('/readyz')}")
