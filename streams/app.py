@@ -69,6 +69,7 @@ from streams.metrics import StreamMetrics
 from streams.processor import KeyedView, Processor, Sink, Stateful
 from streams.processors.product_stats import ProductStats
 from streams.producer import BatchProducer
+from streams.scheduling import PartitionRuns
 
 log = logging.getLogger(__name__)
 
@@ -688,6 +689,8 @@ def faust_settings(settings: KeelSettings, partitions: int, datadir: Path) -> di
         "canonical_url": f"http://{host}:{port}",
         "web_in_thread": False,
         "autodiscover": False,
+        # Each partition's fetched records in one run (see streams.scheduling).
+        "ConsumerScheduler": PartitionRuns,
         # Faust's own pages (graph, stats, tables) are off: Keel's are served instead.
         "web_stats_enabled": False,
         "web_graph_enabled": False,

@@ -245,6 +245,11 @@ class Engine:
         stored = get_many(state, DEDUP_TABLE, [ev.event_id for ev in events])
         for ev, known in zip(events, stored, strict=True):
             entry = batch.get(ev.event_id, known)
+            if entry is None:  # most events: an event_id never seen (the rules below, inlined)
+                entry = [ev.offset, ev.timestamp_ms]
+                writes[(DEDUP_TABLE, ev.event_id)] = batch[ev.event_id] = entry
+                kept.append(ev)
+                continue
             if dedup.is_duplicate(entry, ev.offset, ev.timestamp_ms, self.window_ms):
                 result.duplicates += 1
                 continue
