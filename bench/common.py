@@ -18,6 +18,7 @@ from typing import Any
 
 from keel.kafka import TopicSpec, delete_topics, ensure_topics, make_admin, wait_for_topics
 from keel.local.ports import free_port
+from keel.local.process import dying_with_parent
 from keel.settings import KeelSettings, get_settings
 
 
@@ -87,9 +88,9 @@ def ensure_registry(log_file: Path) -> tuple[str, subprocess.Popen[bytes] | None
         "KEEL_REGISTRY_TOPIC": f"_schemas-bench-{uuid.uuid4().hex[:6]}",
     }
     with log_file.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "keel.cli", "registry"], env=env, stdout=out, stderr=out
-        )
+        # Dies with the benchmark, even a killed one (no registry left behind).
+        argv = dying_with_parent([sys.executable, "-m", "keel.cli", "registry"])
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/subjects", proc)
     return url, proc
