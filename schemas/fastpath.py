@@ -29,6 +29,7 @@ from typing import Any
 import fastavro
 
 from schemas.catalog import EventType
+from schemas.codegen import Source, Unsupported
 
 # (payload buffer, event, source, server context, now in µs since the epoch) ->
 # (key, event_id) with the Avro binary appended to the buffer, or None: take the
@@ -118,34 +119,11 @@ def _uuid(value: Any) -> str:
     return str(uuid.UUID(value))
 
 
-class _Unsupported(Exception):
-    """A schema construct the compiler leaves to the reference path."""
-
-
-class _Source:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.consts: dict[str, Any] = {}
-        self._n = 0
-
-    def var(self, stem: str) -> str:
-        self._n += 1
-        return f"{stem}{self._n}"
-
-    def const(self, value: Any) -> str:
-        name = self.var("K")
-        self.consts[name] = value
-        return name
-
-    def emit(self, indent: int, line: str) -> None:
-        self.lines.append("    " * indent + line)
-
-
 def _nullable(schema: Any) -> bool:
     return schema == "null" or (isinstance(schema, list) and "null" in schema)
 
 
-def _write_bytes(src: _Source, ind: int, expr: str) -> None:
+def _write_bytes(src: Source, ind: int, expr: str) -> None:
     b = src.var("b")
     src.emit(ind, f"{b} = {expr}")
     src.emit(ind, f"n = len({b})")
@@ -153,11 +131,11 @@ def _write_bytes(src: _Source, ind: int, expr: str) -> None:
     src.emit(ind, f"out += {b}")
 
 
-def _gen(src: _Source, ind: int, schema: Any, v: str, depth: int = 0) -> None:
+def _gen(src: Source, ind: int, schema: Any, v: str, depth: int = 0) -> None:
     """Emit code that checks value `v` against `schema` and appends its encoding to `out`,
     or returns None (reference path) when it does not plainly conform."""
     if depth > 32:
-        raise _Unsupported("too deep")
+        raise Unsupported("too deep")
     if isinstance(schema, list):
         _gen_union(src, ind, schema, v, depth)
         return
@@ -203,7 +181,7 @@ def _gen(src: _Source, ind: int, schema: Any, v: str, depth: int = 0) -> None:
         elif logical == "decimal" and kind == "bytes":
             _gen_decimal(src, ind, schema, v)
         else:
-            raise _Unsupported(f"{kind}/{logical}")
+            raise Unsupported(f"{kind}/{logical}")
         return
     if schema == "string":
         src.emit(ind, f"if type({v}) is not str: return None")
@@ -227,10 +205,10 @@ def _gen(src: _Source, ind: int, schema: Any, v: str, depth: int = 0) -> None:
         src.emit(ind, f"if type({v}) is not str: return None")
         _write_bytes(src, ind, f"{v}.encode()")
     else:  # a named type referenced by name: the reference interpreter refuses it too
-        raise _Unsupported(str(schema))
+        raise Unsupported(str(schema))
 
 
-def _gen_decimal(src: _Source, ind: int, schema: dict[str, Any], v: str) -> None:
+def _gen_decimal(src: Source, ind: int, schema: dict[str, Any], v: str) -> None:
     # The reference quantizes in the default context (28 digits): beyond, it refuses.
     scale, precision = int(schema.get("scale", 0)), min(int(schema["precision"]), 28)
     m, u, d = src.var("m"), src.var("u"), src.var("d")
@@ -253,7 +231,7 @@ def _gen_decimal(src: _Source, ind: int, schema: dict[str, Any], v: str) -> None
     _write_bytes(src, ind, m)
 
 
-def _gen_union(src: _Source, ind: int, schema: list[Any], v: str, depth: int) -> None:
+def _gen_union(src: Source, ind: int, schema: list[Any], v: str, depth: int) -> None:
     branches = [(i, s) for i, s in enumerate(schema) if s != "null"]
     null = next((i for i, s in enumerate(schema) if s == "null"), None)
     src.emit(ind, f"if {v} is None:")
@@ -275,7 +253,7 @@ def _gen_union(src: _Source, ind: int, schema: list[Any], v: str, depth: int) ->
         py = kinds.get(branch) if isinstance(branch, str) else None
         py = str if branch == "string" else py
         if py is None or py in by_type:
-            raise _Unsupported("union")
+            raise Unsupported("union")
         by_type[py] = (index, branch)
     for py, (index, branch) in by_type.items():
         src.emit(ind, f"elif type({v}) is {py.__name__}:")
@@ -302,7 +280,7 @@ def _default_bytes(field_type: Any, default: Any) -> bytes | None:
 
 
 def _gen_record(
-    src: _Source,
+    src: Source,
     ind: int,
     schema: dict[str, Any],
     v: str,
@@ -330,7 +308,7 @@ def _gen_record(
         encoded = _default_bytes(ftype, f["default"])
         if nullable:  # null and absent differ: null, or the (non-null) default
             if overrides and name in overrides:
-                raise _Unsupported(name)
+                raise Unsupported(name)
             src.emit(ind, f"{fv} = {v}.get({name!r}, _MISSING)")
             src.emit(ind, f"if {fv} is _MISSING:")
         else:
@@ -348,7 +326,7 @@ def compile_encoder(et: EventType) -> Encoder | None:
     names = [f["name"] for f in schema.get("fields", [])]
     if not set(_ENVELOPE) <= set(names):
         return None
-    src = _Source()
+    src = Source()
     client_fields = frozenset(names) - {"received_at", "source"}
     src.emit(0, "def encode(out, data, source, context, now_us):")
     src.emit(1, "try:")
@@ -381,7 +359,7 @@ def compile_encoder(et: EventType) -> Encoder | None:
     overrides = {"user_id": "user_id", "source": "source", "context": "ctx"}
     try:
         _gen_envelope(src, 2, schema, overrides)
-    except _Unsupported:
+    except Unsupported:
         return None
     src.emit(2, "return user_id.encode(), event_id")
     src.emit(1, "except Exception:")  # anything odd: the reference path decides and reports
@@ -414,14 +392,14 @@ _MISSING = object()
 
 
 def _gen_envelope(
-    src: _Source, ind: int, schema: dict[str, Any], overrides: Mapping[str, str]
+    src: Source, ind: int, schema: dict[str, Any], overrides: Mapping[str, str]
 ) -> None:
     for f in schema["fields"]:
         name, ftype = f["name"], f["type"]
         timestamp = isinstance(ftype, dict) and ftype.get("logicalType") == "timestamp-micros"
         if name in ("occurred_at", "received_at"):
             if not (timestamp and ftype.get("type") == "long"):
-                raise _Unsupported(name)
+                raise Unsupported(name)
             src.emit(ind, f"out += {'occurred' if name == 'occurred_at' else 'now'}")
             continue
         if name == "event_id":
@@ -430,7 +408,7 @@ def _gen_envelope(
                 and ftype.get("logicalType") == "uuid"
                 and ftype.get("type") == "string"
             ):
-                raise _Unsupported("event_id")
+                raise Unsupported("event_id")
             src.emit(
                 ind,
                 "if type(event_id) is not str or not _UUID.fullmatch(event_id): event_id = _uuid(event_id)",

@@ -24,6 +24,8 @@ from typing import Any
 
 from fastavro.read import LOGICAL_READERS
 
+from schemas.codegen import Source, Unsupported
+
 # (payload, position of the record's first byte) -> the record
 Decoder = Callable[[bytes, int], dict[str, Any]]
 
@@ -53,32 +55,9 @@ def read_size(data: bytes, pos: int) -> tuple[int, int]:
     return size, pos
 
 
-class _Unsupported(Exception):
-    """A schema construct left to fastavro."""
-
-
-class _Source:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.consts: dict[str, Any] = {}
-        self._n = 0
-
-    def var(self, stem: str) -> str:
-        self._n += 1
-        return f"{stem}{self._n}"
-
-    def const(self, value: Any) -> str:
-        name = self.var("K")
-        self.consts[name] = value
-        return name
-
-    def emit(self, indent: int, line: str) -> None:
-        self.lines.append("    " * indent + line)
-
-
 class _Compiler:
     def __init__(self) -> None:
-        self.src = _Source()
+        self.src = Source()
         self.named: dict[str, Any] = {}  # full name -> (schema, its namespace)
         self.active: list[str] = []  # named types being generated (recursion guard)
 
@@ -112,7 +91,7 @@ class _Compiler:
     def gen(self, ind: int, schema: Any, target: str, ns: str, depth: int) -> None:
         """Emit code that reads one value of `schema` at `pos` into the variable `target`."""
         if depth > _MAX_DEPTH:
-            raise _Unsupported("too deep")
+            raise Unsupported("too deep")
         emit = self.src.emit
         if isinstance(schema, list):
             self.union(ind, schema, target, ns, depth)
@@ -142,7 +121,7 @@ class _Compiler:
             elif kind in _PRIMITIVES:
                 self.gen(ind, kind, target, ns, depth + 1)
             else:
-                raise _Unsupported(f"type {kind!r}")
+                raise Unsupported(f"type {kind!r}")
             logical = schema.get("logicalType")
             reader = LOGICAL_READERS.get(f"{kind}-{logical}") if logical else None
             if reader is not None:  # as fastavro does after reading the underlying value
@@ -169,7 +148,7 @@ class _Compiler:
         elif isinstance(schema, str):
             self.reference(ind, schema, target, ns, depth)
         else:
-            raise _Unsupported(repr(schema))
+            raise Unsupported(repr(schema))
 
     def define(self, schema: dict[str, Any], ns: str) -> str:
         """Register a named type; returns the namespace its own fields resolve names in."""
@@ -184,9 +163,9 @@ class _Compiler:
         if full not in self.named:
             full = name
         if full not in self.named:
-            raise _Unsupported(f"unknown type {name!r}")
+            raise Unsupported(f"unknown type {name!r}")
         if full in self.active:
-            raise _Unsupported(f"recursive type {full!r}")
+            raise Unsupported(f"recursive type {full!r}")
         schema, space = self.named[full]
         self.active.append(full)
         try:
@@ -267,7 +246,7 @@ def compile_decoder(schema: Any) -> Decoder | None:
     compiler = _Compiler()
     try:
         compiler.gen(1, schema, "record", "", 0)
-    except (_Unsupported, KeyError, TypeError, ValueError):
+    except (Unsupported, KeyError, TypeError, ValueError):
         return None
     src = compiler.src
     # `total` is the payload's length: every slice is checked against it.
