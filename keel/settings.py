@@ -118,6 +118,12 @@ class KeelSettings(BaseSettings):
     streams_session_timeout_s: float = Field(
         10.0, gt=0, description="How soon a dead worker's partitions move to the others."
     )
+    streams_stall_timeout_s: float = Field(
+        120.0,
+        ge=0,
+        description="A partition with messages waiting and no progress this long fails "
+        "/healthz (0: never).",
+    )
 
     # Ingestion (producers/): the HTTP events API and the producer SDK
     ingest_host: str = Field("127.0.0.1", description="Address `keel ingest` binds.")

@@ -70,6 +70,7 @@ from streams.processor import KeyedView, Processor, Sink, Stateful
 from streams.processors.product_stats import ProductStats
 from streams.producer import BatchProducer
 from streams.scheduling import PartitionRuns
+from streams.watchdog import Stall, StallDetector
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +242,8 @@ class StreamsApp:
         self.tables[DEDUP_TABLE].on_recover(self._index_dedup_batches)
         self.reader = TableReader(self.tables, self.index, max_keys=100_000)
         self._generation = -1  # Faust's rebalance count the reader's memory belongs to
+        self.watchdog = StallDetector(settings.streams_stall_timeout_s)
+        self.stalls: list[Stall] = []
         self.kafka = BatchProducer(settings)
         self._chain_flush()
         self._wire()
@@ -301,6 +304,11 @@ class StreamsApp:
             for sink in self.sinks:
                 await sink.start(self.settings)
             self._started = True
+
+        if self.watchdog.enabled:
+            # A timer, not the hot path: the watchdog costs nothing per event.
+            interval = max(1.0, self.watchdog.timeout / 5)
+            app.timer(interval, name="keel-stall-watchdog")(self.check_stalls)
 
         self._pages()
 
@@ -536,6 +544,64 @@ class StreamsApp:
                 self.metrics.sink_errors.labels(sink.name).inc()
                 log.error("sink %s failed: %s", sink.name, exc)
 
+    # -- stalled partitions --------------------------------------------------------------
+    async def check_stalls(self) -> None:
+        """One watchdog tick: snapshot every assigned partition the agents read, feed the
+        detector, log each new stall once and publish them (gauge, /healthz)."""
+        app = self.app
+        consumer = cast(Any, app.consumer)
+        topics = {self.source.get_topic_name(), *self.rekey_topic_names()}
+        offsets: dict[tuple[str, int], tuple[int, int]] = {}
+        quiet: list[TP] = []
+        for tp in consumer.assignment():
+            if tp.topic not in topics:
+                continue
+            # The position is what Faust last committed for the partition (the next offset
+            # to process: every message before it was acked), else the offset after the last
+            # message it handed to a stream; both are Faust's own bookkeeping in memory.
+            # Unknown (nothing committed or read since the assignment): skipped, so a
+            # partition whose messages all expired is not taken for a stuck one.
+            committed, read = consumer._committed_offset.get(tp), consumer._read_offset.get(tp)
+            position = committed if committed is not None else None if read is None else read + 1
+            if position is None:
+                continue
+            # aiokafka's highwater from the last fetch response: free, but it stops moving
+            # for a partition that is no longer fetched, which is just the failure to catch.
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # revoked since assignment() (aiokafka asserts it is assigned)
+                continue
+            offsets[(tp.topic, tp.partition)] = (position, highwater if highwater else 0)
+            if not highwater or highwater <= position:
+                quiet.append(tp)
+        if quiet:
+            # Only partitions that look caught up get their end offsets asked for, in one
+            # ListOffsets request: a busy worker asks nothing.
+            with contextlib.suppress(Exception):
+                for tp, end in (await consumer.highwaters(*quiet)).items():
+                    key = (tp.topic, tp.partition)
+                    if key in offsets and end is not None:
+                        offsets[key] = (offsets[key][0], end)
+        paused = bool(app.rebalancing or app.in_recovery)
+        stalls = self.watchdog.observe(time.monotonic(), offsets, paused=paused)
+        for stall in self.watchdog.newly_reported(stalls):
+            log.warning(
+                "partition %s[%d] stalled: at offset %d of %d for %.0f s",
+                stall.topic,
+                stall.partition,
+                stall.position,
+                stall.highwater,
+                stall.seconds,
+                extra={"stall": stall.as_dict()},
+            )
+        if self.stalls and not stalls:
+            log.info("no partition stalled any more")
+        self.stalls = stalls
+        self.metrics.stalled.set(len(stalls))
+
+    def rekey_topic_names(self) -> list[str]:
+        return [t.get_topic_name() for t in self.rekey_topics.values()]
+
     # -- readiness and queries --------------------------------------------------------
     def readiness(self) -> tuple[bool, str]:
         app = self.app
@@ -589,6 +655,9 @@ class StreamsApp:
 
         class Healthz(View):
             async def get(self, request: Request) -> Response:
+                if streams.stalls:  # a restart gets the partition fetched again
+                    body = {"status": "stalled", "stalled": [s.as_dict() for s in streams.stalls]}
+                    return self.json(body, status=503)
                 return self.json({"status": "ok"})
 
         class Readyz(View):

@@ -37,3 +37,8 @@ class StreamMetrics:
             registry=r,
         )
         self.ready = Gauge("keel_streams_ready", "1 when the worker serves queries", registry=r)
+        self.stalled = Gauge(
+            "keel_streams_stalled_partitions",
+            "Assigned partitions with messages waiting and no progress (see /healthz)",
+            registry=r,
+        )
