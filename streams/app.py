@@ -306,8 +306,10 @@ class StreamsApp:
             self._started = True
 
         if self.watchdog.enabled:
-            # A timer, not the hot path: the watchdog costs nothing per event.
-            interval = max(1.0, self.watchdog.timeout / 5)
+            # A timer, not the hot path: the watchdog costs nothing per event. At least 2 s:
+            # asking for end offsets goes through Faust's consumer thread, which can take
+            # a second while it waits on a fetch.
+            interval = max(2.0, self.watchdog.timeout / 5)
             app.timer(interval, name="keel-stall-watchdog")(self.check_stalls)
 
         self._pages()

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from aiokafka.structs import TopicPartition
 
 from keel.lag import group_lag
 from keel.local.ports import free_port
@@ -114,7 +115,7 @@ def test_the_stall_as_healthz_names_it() -> None:
 # processor blocks them all, a test-only hook would test the hook), so this runs the worker's
 # app in-process and stalls one partition for real with Faust's own
 # `consumer.pause_partitions`: the consumer stops fetching it while the broker keeps taking
-# messages for it, as in faust#629.
+# messages for it, as in faust#629 (and with aiokafka's `pause`, which stops fetching it).
 
 STALL_TIMEOUT_S = 4
 
@@ -217,7 +218,25 @@ def worker(
         running.stop()
 
 
+def _pause(consumer: Any, how: str) -> tuple[Any, Any]:
+    """(pause, resume) of one partition, the two ways a partition stops moving."""
+    if how == "not-handed-over":
+        # Faust's pause: aiokafka still fetches the partition's next records, Faust never
+        # hands them to the stream (faust#629 looks like this).
+        return consumer.pause_partitions, consumer.resume_partitions
+    # aiokafka's pause: the partition is not fetched at all, so the highwater aiokafka keeps
+    # from its fetches goes stale (the watchdog has to ask the broker for the end offset).
+    client = consumer._thread._ensure_consumer()
+
+    def kafka_tps(tps: list[Any]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition) for tp in tps]
+
+    return (lambda tps: client.pause(*kafka_tps(tps))), (lambda tps: client.resume(*kafka_tps(tps)))
+
+
+@pytest.mark.parametrize("how", ["not-handed-over", "not-fetched"])
 def test_a_partition_that_stops_moving_fails_healthz_until_it_moves_again(
+    how: str,
     streams_env: StreamsEnv,
     worker: tuple[InProcessWorker, StreamsApp, str],
     admin: Any,
@@ -257,7 +276,8 @@ def test_a_partition_that_stops_moving_fails_healthz_until_it_moves_again(
     # Stop fetching one partition that has been processed (its position is known) and send
     # more to every partition: the paused one has messages waiting and does not move.
     tp = next(t for t in consumer.assignment() if t.topic == source)
-    running.call(consumer.pause_partitions, [tp])
+    pause, resume = _pause(consumer, how)
+    running.call(pause, [tp])
     second = _events(users=40, per_user=5)
     streams_env.send(second)
 
@@ -294,7 +314,7 @@ def test_a_partition_that_stops_moving_fails_healthz_until_it_moves_again(
     wait_for(others_done, 30, f"every partition but {tp.partition} processed")
 
     # Moving again clears it all.
-    running.call(consumer.resume_partitions, [tp])
+    running.call(resume, [tp])
     wait_for(lambda: drained(len(first) + len(second)), 30, "the paused partition drained")
     wait_for(lambda: not any(lags().values()), 30, "every partition committed to its end")
 
