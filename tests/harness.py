@@ -5,36 +5,26 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-from keel.local.process import ManagedProcess
+from tests.polling import wait_for
+from tests.processes import KeelProcess
 
 
-def wait_http_ok(url: str, process: ManagedProcess | None = None, timeout: float = 60.0) -> None:
-    """Poll `url` until it answers 2xx; fail early with the log if `process` died."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            if process is not None and process.exited_early():
-                raise RuntimeError(f"{process.name} exited:\n{process.tail()}") from None
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not answer within {timeout:.0f}s") from None
-            time.sleep(0.2)
-
-
-def start_registry(run_dir: Path, port: int, topic: str, **env: str) -> tuple[ManagedProcess, str]:
-    """`keel registry` as a process that dies with the test run; returns it and its URL."""
-    process = ManagedProcess("registry", run_dir, run_dir)
-    process.start(
+def start_registry(run_dir: Path, port: int, topic: str, **env: str) -> tuple[KeelProcess, str]:
+    """`keel registry` as a process that dies with the test run, logging to run_dir; returns
+    it once /healthz answers, and its URL."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    process = KeelProcess.start(
         [sys.executable, "-m", "keel.cli", "registry"],
-        env={**os.environ, "KEEL_REGISTRY_TOPIC": topic, "KEEL_REGISTRY_PORT": str(port), **env},
-        die_with_parent=True,
+        {**os.environ, "KEEL_REGISTRY_TOPIC": topic, "KEEL_REGISTRY_PORT": str(port), **env},
+        run_dir / "registry.log",
+        port=port,
+        name="registry",
     )
-    url = f"http://127.0.0.1:{port}"
-    wait_http_ok(f"{url}/healthz", process)
-    return process, url
+    try:
+        wait_for(lambda: process.answers("/healthz"), 60, f"the registry on {process.url}")
+    except BaseException:
+        process.stop()
+        raise
+    return process, process.url

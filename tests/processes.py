@@ -32,16 +32,17 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
 
 
 def run_keel(
-    *args: str, env: Mapping[str, str] | None = None, timeout: float = 60.0
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 60.0, check: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    """`keel ARGS` run to its end, its output captured as text."""
+    """`keel ARGS` run to its end, its output captured as text; `check`: a non-zero exit
+    raises CalledProcessError (its output attached)."""
     return subprocess.run(
         [KEEL, *args],
         env=dict(env) if env is not None else None,
         capture_output=True,
         text=True,
         timeout=timeout,
-        check=False,
+        check=check,
     )
 
 
@@ -119,6 +120,20 @@ class KeelProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+        return self.process.returncode
+
+    def stop_gracefully(self, timeout: float = 30.0) -> int:
+        """SIGTERM and the exit status, for a test that asserts the graceful stop: still
+        running after `timeout` fails (with the log's tail) once SIGKILL has ended it."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise AssertionError(
+                    f"{self.name} still running {timeout:.0f}s after SIGTERM:\n{self.tail()}"
+                ) from None
         return self.process.returncode
 
     def stop_and_show(self) -> None:

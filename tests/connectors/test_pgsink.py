@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
-import subprocess
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -302,30 +300,27 @@ def test_a_sink_stopped_between_db_commit_and_offset_commit_rewrites_nothing_twi
     assert restarted.counts["duplicates"] == written  # re-read, dropped by the primary key
 
 
-def test_keel_pgsink_run_killed_with_sigkill_and_restarted_loses_nothing(pg: PgEnv) -> None:
+def test_keel_pgsink_run_killed_with_sigkill_and_restarted_loses_nothing(
+    pg: PgEnv, tmp_path: Path
+) -> None:
     # Small batches, each one DB commit and one offset commit: the kill lands mid-stream.
     env = pg.env(KEEL_PGSINK_BATCH_SIZE="10", KEEL_PGSINK_HTTP_PORT="0")
     first = [page(f"u-{n % 7}", n) for n in range(3000)]
     pg.send(first)
-    sink = subprocess.Popen(
-        [KEEL, "pgsink", "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    argv = [KEEL, "pgsink", "run"]
+    sink = KeelProcess.start(argv, env, tmp_path / "sink-1.log", name="the first sink")
     try:
         wait_for(lambda: pg.count() >= 300, 60, "the sink writing")
     finally:
-        sink.send_signal(signal.SIGKILL)
-        sink.wait(30)
+        sink.kill()
     assert pg.count() < len(first), "the sink finished before the kill: nothing was tested"
     second = [page(f"u-{n % 7}", n) for n in range(3000, 3100)]
     pg.send(second)
-    again = subprocess.Popen(
-        [KEEL, "pgsink", "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    again = KeelProcess.start(argv, env, tmp_path / "sink-2.log", name="the restarted sink")
     try:
         wait_for(lambda: pg.committed() == 3100, 120, "everything committed after the restart")
     finally:
-        again.send_signal(signal.SIGTERM)
-        again.wait(30)
+        again.stop_gracefully(30)
     ids = [str(r["event_id"]) for r in pg.rows()]
     assert sorted(ids) == sorted(e["event_id"] for e in first + second)
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
-import sys
 import threading
 import urllib.request
 import uuid
@@ -36,6 +34,7 @@ from keel.local.ports import free_port as _free_port
 from keel.settings import KeelSettings
 from tests.consumers.conftest import RefusingHandler, RunningWorker, drained, read_all
 from tests.polling import wait_for
+from tests.processes import KEEL, KeelProcess, run_keel
 
 SENDER = "Keel <no-reply@keel.localhost>"
 
@@ -341,7 +340,7 @@ class EmailJobs:
 
     topics: JobTopics
     env: dict[str, str]
-    keel: str = str(Path(sys.executable).parent / "keel")
+    keel: str = KEEL
 
 
 @pytest.fixture
@@ -380,13 +379,14 @@ def test_worker_killed_between_sending_and_committing_sends_no_second_email(
         "KEEL_HOME": str(tmp_path / "home"),
     }
 
-    def start(**extra: str) -> subprocess.Popen[bytes]:
+    def start(**extra: str) -> KeelProcess:
         port = _free_port()
-        return subprocess.Popen(
+        return KeelProcess.start(
             [keel, "jobs", "worker", "email", "--http-port", str(port)],
-            env={**env, **extra},
-            stdout=subprocess.DEVNULL,
-            stderr=open(tmp_path / f"worker-{port}.log", "wb"),
+            {**env, **extra},
+            tmp_path / f"worker-{port}.log",
+            port=port,
+            name=f"the email worker on {port}",
         )
 
     # the first worker never reaches its commit: it is killed once the email is sent
@@ -397,8 +397,7 @@ def test_worker_killed_between_sending_and_committing_sends_no_second_email(
         produce(producer, serde, topics.source, "job.email", [job])
         wait_for(smtp_server.outbox.messages, timeout=60, what="the email")
         wait_for(lambda: done_store.outcome("email", job["idempotency_key"]), what="the done key")
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
+        first.kill()
         assert not drained(settings.bootstrap_servers, group, topics.source)  # not committed
         second = start()
         try:
@@ -408,12 +407,10 @@ def test_worker_killed_between_sending_and_committing_sends_no_second_email(
                 what="the restarted worker to commit",
             )
         finally:
-            second.send_signal(signal.SIGTERM)
-            assert second.wait(30) == 0  # a graceful stop exits cleanly
+            assert second.stop_gracefully(30) == 0  # a graceful stop exits cleanly
         assert len(smtp_server.outbox.messages()) == 1
     finally:
-        if first.poll() is None:
-            first.kill()
+        first.kill()
 
 
 def test_dead_letters_are_listed_and_replayed_once_through_the_cli(
@@ -424,19 +421,12 @@ def test_dead_letters_are_listed_and_replayed_once_through_the_cli(
     smtp_server: OutboxServer,
     email_jobs: EmailJobs,
 ) -> None:
-    topics, keel, env = email_jobs.topics, email_jobs.keel, email_jobs.env
+    topics, env = email_jobs.topics, email_jobs.env
     prefix = env["KEEL_JOBS_TOPIC_PREFIX"]
     handler = EmailJob(Mailer("127.0.0.1", smtp_server.port), sender=SENDER, topics=topics)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [keel, "jobs", "dlq", "email", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        return run_keel("jobs", "dlq", "email", *args, env=env, timeout=120)
 
     job = email_job("welcome", None, {"user_id": "u-1"})  # no address: permanent
     with RunningWorker(worker_for(settings, [handler], done_store, prefix)):

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from keel.local.ports import free_port as _free_port
 from keel.settings import KeelSettings
 from tests.consumers.conftest import RunningWorker, drained
 from tests.polling import wait_for
+from tests.processes import KEEL, KeelProcess
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +40,7 @@ class Chain:
     views_url: str
     settings: KeelSettings
     serde: Any
-    streams: subprocess.Popen[bytes]
-    log: Path
+    streams: KeelProcess
 
     def send(self, producer: Producer, data: dict[str, Any]) -> None:
         from schemas.envelope import validate_event
@@ -53,9 +51,8 @@ class Chain:
         assert producer.flush(30) == 0
 
     def check_streams(self) -> None:
-        if self.streams.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-1500:]
-            raise AssertionError(f"the streams worker exited:\n{tail}")
+        if not self.streams.alive():
+            raise AssertionError(f"the streams worker exited:\n{self.streams.tail()}")
 
 
 @pytest.fixture
@@ -84,19 +81,21 @@ def chain(
         "KEEL_STREAMS_CACHE_ENABLED": "false",
         "KEEL_STREAMS_WEB_PORT": str(port),
     }
-    keel = str(Path(sys.executable).parent / "keel")
-    log = tmp_path / "streams.log"
-    with log.open("wb") as out:
-        streams = subprocess.Popen([keel, "streams", "worker"], env=env, stdout=out, stderr=out)
+    streams = KeelProcess.start(
+        [KEEL, "streams", "worker"],
+        env,
+        tmp_path / "streams.log",
+        port=port,
+        name="the streams worker",
+    )
     settings = KeelSettings(
         bootstrap_servers=kafka_bootstrap, schema_registry_url=schema_registry, redis_url=redis_url
     )
     serde = AvroSerde(RegistryClient(schema_registry))
     try:
-        yield Chain(prefix, events, f"http://127.0.0.1:{port}", settings, serde, streams, log)
+        yield Chain(prefix, events, streams.url, settings, serde, streams)
     finally:
-        streams.terminate()
-        streams.wait(30)
+        streams.stop_gracefully(30)
         names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
         delete_topics(admin, names)
 
@@ -143,7 +142,7 @@ def test_a_signed_up_user_receives_exactly_one_welcome_email(
             chain.check_streams()
             return len(smtp_server.outbox.messages()) >= 2
 
-        wait_for(two_emails, timeout=120, what=f"two welcome emails ({chain.log})")
+        wait_for(two_emails, timeout=120, what=f"two welcome emails ({chain.streams.log})")
         group = f"{chain.prefix}keel.jobs.email"
         wait_for(lambda: drained(chain.settings.bootstrap_servers, group, topics.source))
     mails = smtp_server.outbox.messages()
@@ -196,7 +195,7 @@ def test_a_requested_report_is_built_from_the_view_and_its_ready_email_arrives(
             chain.check_streams()
             return any(m.subject.endswith("report is ready") for m in smtp_server.outbox.messages())
 
-        wait_for(ready_email, timeout=120, what=f"the report-ready email ({chain.log})")
+        wait_for(ready_email, timeout=120, what=f"the report-ready email ({chain.streams.log})")
     [ready] = [m for m in smtp_server.outbox.messages() if "report" in m.subject]
     assert ready.envelope_to == ["cat@example.com"]
     assert ready.subject == "Your activity report is ready"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from keel.kafka import make_consumer, make_producer
+from tests.processes import KeelProcess
 
 APP = Path(__file__).with_name("faust_minimal_app.py")
 
@@ -25,8 +25,8 @@ def test_agent_consumes_updates_a_table_and_produces(
         "FAUST_IN": source,
         "FAUST_OUT": sink,
     }
-    worker = subprocess.Popen(
-        [sys.executable, str(APP)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    worker = KeelProcess.start(
+        [sys.executable, str(APP)], env, tmp_path / "faust.log", name="the faust worker"
     )
     try:
         producer = make_producer()
@@ -40,7 +40,7 @@ def test_agent_consumes_updates_a_table_and_produces(
         seen: list[str] = []
         deadline = time.monotonic() + 90
         while len(seen) < len(words) and time.monotonic() < deadline:
-            assert worker.poll() is None, worker.stdout.read().decode() if worker.stdout else ""
+            assert worker.alive(), worker.tail()
             msg = consumer.poll(0.5)
             if msg is not None and not msg.error():
                 seen.append(msg.value().decode())
@@ -51,8 +51,4 @@ def test_agent_consumes_updates_a_table_and_produces(
             (tmp_path / "faust").rglob("CURRENT")
         )
     finally:
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        worker.stop(30)

@@ -27,6 +27,8 @@ from keel.local.ports import free_port
 from keel.settings import KeelSettings
 from producers.app import build_app
 from producers.auth import create_key
+from tests.polling import wait_for
+from tests.processes import http_get
 
 
 @pytest.fixture
@@ -75,26 +77,12 @@ def serve_in_thread(app: web.Application, port: int | None = None) -> Iterator[s
     assert started.wait(30)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url)
+        wait_for(lambda: http_get(f"{url}/readyz")[0] == 200, 60, f"{url}/readyz")
         yield url
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
-
-
-def wait_ready(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=3) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} not ready after {timeout}s")
-        time.sleep(0.1)
 
 
 @pytest.fixture

@@ -6,18 +6,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from keel.local.ports import free_port
 from keel.settings import KeelSettings
-from tests.producers.conftest import free_port, post, wait_ready
+from tests.polling import wait_for
+from tests.processes import KEEL, KeelProcess, run_keel
+from tests.producers.conftest import post
 from tests.producers.test_http_roundtrip import order
-
-KEEL = [sys.executable, "-m", "keel.cli"]
 
 
 def _env(settings: KeelSettings) -> dict[str, str]:
@@ -32,40 +30,37 @@ def _env(settings: KeelSettings) -> dict[str, str]:
 
 
 def test_keys_create_rejects_unknown_types(ingest_settings: KeelSettings) -> None:
-    result = subprocess.run(
-        [*KEEL, "keys", "create", "shop", "--types", "nope.nope"],
-        env=_env(ingest_settings), capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    result = run_keel("keys", "create", "shop", "--types", "nope.nope", env=_env(ingest_settings))
     assert result.returncode == 1
     assert "unknown event type(s) nope.nope" in result.stderr
     assert not Path(str(ingest_settings.ingest_keys_file)).exists()
 
 
 def test_ingest_with_workers_and_demo(
-    ingest_settings: KeelSettings, topic_reader: Callable[..., Any]
+    ingest_settings: KeelSettings, topic_reader: Callable[..., Any], tmp_path: Path
 ) -> None:
     env = _env(ingest_settings)
-    key = subprocess.run(
-        [*KEEL, "keys", "create", "shop", "--types", "order.placed,page.viewed"],
-        env=env, capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+    key = run_keel(
+        "keys", "create", "shop", "--types", "order.placed,page.viewed", env=env, check=True
+    ).stdout.strip()
     assert key.startswith("keel_")
-    listed = subprocess.run([*KEEL, "keys", "list"], env=env, capture_output=True, text=True,
-                            check=True).stdout  # fmt: skip
+    listed = run_keel("keys", "list", env=env, check=True).stdout
     entry = json.loads(listed.splitlines()[0])
     assert entry["source"] == "shop" and "sha256" not in entry and key not in listed
     assert key not in Path(str(ingest_settings.ingest_keys_file)).read_text()
-    demo_key = subprocess.run([*KEEL, "keys", "create", "demo"], env=env, capture_output=True,
-                              text=True, check=True).stdout.strip()  # fmt: skip
+    demo_key = run_keel("keys", "create", "demo", env=env, check=True).stdout.strip()
 
     port = free_port()
-    server = subprocess.Popen(
-        [*KEEL, "ingest", "--port", str(port), "--workers", "2"], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    server = KeelProcess.start(
+        [KEEL, "ingest", "--port", str(port), "--workers", "2"],
+        env,
+        tmp_path / "ingest.log",
+        port=port,
+        name="keel ingest",
+    )
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url)
+        url = server.url
+        wait_for(server.ready, 60, f"keel ingest on {url}/readyz")
         for _ in range(10):  # connections spread over both workers
             status, _, body = post(url, order(), key)
             assert status == 202, body
@@ -73,15 +68,14 @@ def test_ingest_with_workers_and_demo(
             url, {"type": "track", "user_id": "u", "name": "x", "properties": {}}, key
         )
         assert status == 403
-        demo = subprocess.run(
-            [*KEEL, "demo", "--rate", "50", "--duration", "2", "--url", url, "--key", demo_key],
-            env=env, capture_output=True, text=True, check=True, timeout=60,
+        demo = run_keel(
+            "demo", "--rate", "50", "--duration", "2", "--url", url, "--key", demo_key,
+            env=env, check=True, timeout=60,
         )  # fmt: skip
         stats = json.loads(demo.stdout.strip().splitlines()[-1])
         assert stats["accepted"] >= 50 and stats["rejected"] == 0 and stats["failed"] == 0
         assert "accepted" in demo.stderr  # the live progress line
-        with urllib.request.urlopen(f"{url}/metrics") as response:
-            metrics = response.read().decode()
+        metrics = server.text("/metrics")
         # multiprocess mode: the figures of both workers, summed
         found = re.search(
             r'keel_ingest_events_accepted_total\{type="page.viewed"\} ([\d.]+)', metrics
@@ -89,8 +83,7 @@ def test_ingest_with_workers_and_demo(
         assert found and float(found.group(1)) >= 1
         assert "keel_ingest_produce_seconds_bucket" in metrics
     finally:
-        server.terminate()
-        assert server.wait(30) == 0
+        assert server.stop_gracefully(30) == 0
     records = topic_reader()
     sources = {v["source"] for *_, v in records}
     assert sources == {"shop", "demo"}
