@@ -44,6 +44,14 @@ def test_an_idle_partition_with_nothing_waiting_is_never_stalled() -> None:
         assert d.observe(now, {TP0: (42, 42)}) == []
 
 
+def test_nothing_waiting_any_more_without_moving_is_not_a_stall() -> None:
+    d = StallDetector(10)
+    d.observe(0, {TP0: (10, 50)})
+    # e.g. the end offset refreshed lower than a stale one: nothing is waiting, not stuck
+    assert d.observe(10, {TP0: (10, 10)}) == []
+    assert d.observe(30, {TP0: (10, 10)}) == []
+
+
 def test_messages_arriving_at_an_idle_partition_start_the_clock_then() -> None:
     d = StallDetector(10)
     d.observe(0, {TP0: (42, 42)})
