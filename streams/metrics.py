@@ -13,7 +13,9 @@ class StreamMetrics:
             "keel_streams_events_total", "Events processed", ["topic"], registry=r
         )
         self.duplicates = Counter(
-            "keel_streams_duplicates_total", "Events skipped as duplicates by event_id", registry=r
+            "keel_streams_duplicates_total",
+            "Events skipped as duplicates by event_id, and replayed dead letters applied before",
+            registry=r,
         )
         self.poison = Counter(
             "keel_streams_dead_letters_total",
