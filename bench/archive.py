@@ -102,17 +102,20 @@ def main() -> None:
     if args.quick:
         args.runs, args.events = 3, 20_000
 
-    from bench.common import drop_topics, emit, ensure_registry, machine, stop_processes, summary
+    from bench.common import (
+        drop_topics,
+        emit,
+        ensure_registry,
+        fresh_events_topic,
+        machine,
+        stop_processes,
+        summary,
+    )
     from bench.webhooks import make_events, publish
-    from keel.kafka import TopicSpec, ensure_topics, make_admin, wait_for_topics
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-archive-"))
     registry, registry_proc = ensure_registry(tmp / "registry.log")
-    prefix = f"bench-{uuid.uuid4().hex[:8]}-"
-    topic = f"{prefix}events"
-    admin = make_admin()
-    ensure_topics(admin, [TopicSpec(topic, PARTITIONS)])
-    wait_for_topics(admin, [topic])
+    prefix, topic = fresh_events_topic("archive", PARTITIONS)
     try:
         publish(prefix, registry, make_events(args.events))
         sink_rates: list[float] = []

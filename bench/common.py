@@ -45,7 +45,17 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 
 
 def fresh_topic(prefix: str, partitions: int = 1) -> str:
-    name = f"bench-{prefix}-{uuid.uuid4().hex[:8]}"
+    return _created(f"bench-{prefix}-{uuid.uuid4().hex[:8]}", partitions)
+
+
+def fresh_events_topic(stem: str, partitions: int) -> tuple[str, str]:
+    """A fresh topic prefix and its `events` topic, created: where Keel's producers write
+    catalog events when `KEEL_INGEST_TOPIC_PREFIX` is that prefix."""
+    prefix = f"bench-{stem}-{uuid.uuid4().hex[:8]}-"
+    return prefix, _created(prefix + "events", partitions)
+
+
+def _created(name: str, partitions: int) -> str:
     admin = make_admin()
     ensure_topics(admin, [TopicSpec(name, partitions)])
     wait_for_topics(admin, [name])

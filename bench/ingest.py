@@ -32,6 +32,7 @@ from bench.common import (
     drop_topics,
     emit,
     ensure_registry,
+    fresh_events_topic,
     fresh_topic,
     machine,
     stop_processes,
@@ -148,13 +149,8 @@ def main() -> None:
         registry_url, registry_proc = ensure_registry(Path(tempfile.mkdtemp()) / "registry.log")
         if registry_proc is not None:
             stack.callback(stop_processes, [registry_proc])
-        prefix = f"bench-{uuid.uuid4().hex[:6]}-"
         topic = fresh_topic("ingest", partitions=3)
-        events_topic = prefix + "events"
-        from keel.kafka import TopicSpec, ensure_topics, make_admin, wait_for_topics
-
-        ensure_topics(make_admin(), [TopicSpec(events_topic, 3)])
-        wait_for_topics(make_admin(), [events_topic])
+        prefix, events_topic = fresh_events_topic("ingest", 3)
         stack.callback(drop_topics, topic, events_topic)
         keys = Path(tempfile.mkdtemp()) / "keys.json"
         key = create_key(keys, "bench")

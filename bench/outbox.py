@@ -28,13 +28,13 @@ from bench.common import (
     drop_topics,
     emit,
     ensure_registry,
+    fresh_events_topic,
     machine,
     private_postgres,
     stop_processes,
     summary,
 )
 from connectors.outbox import OutboxRelay, OutboxTable, connect, create_outbox
-from keel.kafka import TopicSpec, ensure_topics, make_admin, wait_for_topics
 from keel.settings import KeelSettings, get_settings
 from producers.sdk import KeelProducer
 
@@ -109,11 +109,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="keel-bench-outbox-") as tmp:
         home = Path(tmp)
         registry, registry_proc = ensure_registry(home / "registry.log")
-        prefix = f"bench-outbox-{uuid.uuid4().hex[:8]}-"
-        topic = prefix + "events"
-        admin = make_admin()
-        ensure_topics(admin, [TopicSpec(topic, PARTITIONS)])
-        wait_for_topics(admin, [topic])
+        prefix, topic = fresh_events_topic("outbox", PARTITIONS)
         try:
             with private_postgres(home / "pg", "KEEL_OUTBOX_DSN") as dsn:
                 settings = get_settings().model_copy(

@@ -33,6 +33,7 @@ from bench.common import (
     drop_topics,
     emit,
     ensure_registry,
+    fresh_events_topic,
     machine,
     private_postgres,
     stop_processes,
@@ -49,7 +50,7 @@ from connectors.pgsink import (
     prepare_load,
     write_rows,
 )
-from keel.kafka import TopicSpec, ensure_topics, make_admin, make_consumer, wait_for_topics
+from keel.kafka import make_consumer
 from keel.settings import KeelSettings, get_settings
 from producers.sdk import KeelProducer
 from schemas.catalog import load_catalog
@@ -201,11 +202,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="keel-bench-pgsink-") as tmp:
         home = Path(tmp)
         registry, registry_proc = ensure_registry(home / "registry.log")
-        prefix = f"bench-pgsink-{uuid.uuid4().hex[:8]}-"
-        topic = prefix + "events"
-        admin = make_admin()
-        ensure_topics(admin, [TopicSpec(topic, PARTITIONS)])
-        wait_for_topics(admin, [topic])
+        prefix, topic = fresh_events_topic("pgsink", PARTITIONS)
         try:
             with private_postgres(home / "pg", "KEEL_PGSINK_DSN") as dsn:
                 settings = get_settings().model_copy(

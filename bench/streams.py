@@ -49,6 +49,7 @@ from bench.common import (
     drop_topics,
     emit,
     ensure_registry,
+    fresh_events_topic,
     fresh_topic,
     http_ok,
     machine,
@@ -310,13 +311,8 @@ def run_plain(topic: str, count: int, registry: str) -> float:
 def e2e_latency(registry: str, tmp: Path, seconds: float, rate: float) -> dict[str, float]:
     """POST one event to `keel ingest`, then poll the query API until the user's view
     shows it; a background sender keeps `rate` events/s flowing meanwhile."""
-    prefix = f"bench-e2e-{uuid.uuid4().hex[:6]}-"
-    source = f"{prefix}events"
-    from keel.kafka import TopicSpec, ensure_topics, wait_for_topics
-
+    prefix, source = fresh_events_topic("e2e", 4)
     admin = make_admin()
-    ensure_topics(admin, [TopicSpec(source, 4)])
-    wait_for_topics(admin, [source])
     keys = tmp / "api-keys.json"
     ingest_port, worker_port = free_port(), free_port()
     env = {**os.environ, "KEEL_SCHEMA_REGISTRY_URL": registry, "KEEL_INGEST_KEYS_FILE": str(keys),

@@ -212,12 +212,12 @@ def main() -> None:
         drop_topics,
         emit,
         ensure_registry,
+        fresh_events_topic,
         machine,
         stop_processes,
         summary,
         wait_http,
     )
-    from keel.kafka import TopicSpec, ensure_topics, make_admin, wait_for_topics
     from keel.local.ports import free_port
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-webhooks-"))
@@ -229,11 +229,7 @@ def main() -> None:
         stderr=(tmp / "receiver.log").open("wb"),
     )
     base = f"http://127.0.0.1:{port}"
-    prefix = f"bench-{uuid.uuid4().hex[:8]}-"
-    topic = f"{prefix}events"
-    admin = make_admin()
-    ensure_topics(admin, [TopicSpec(topic, PARTITIONS)])
-    wait_for_topics(admin, [topic])
+    prefix, topic = fresh_events_topic("webhooks", PARTITIONS)
     subs = tmp / "hooks.toml"
     subs.write_text(
         f'[[subscriptions]]\nname = "bench"\nurl = "{base}/hook"\nsecret = "{SECRET}"\n'
