@@ -60,9 +60,10 @@ from prometheus_client import (
 )
 
 from connectors.health import HealthServer
-from keel.errors import KafkaEdgeError, KeelError
+from keel.errors import KeelError
 from keel.kafka import (
     SILENT_LOG,
+    has_record,
     kafka_call,
     make_admin,
     make_consumer,
@@ -504,12 +505,7 @@ class ArchiveSink:
 
     # -- records --------------------------------------------------------------------------
     def _handle(self, msg: Message) -> None:
-        error = msg.error()
-        if error is not None:
-            if error.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer error: %s", error.str())
-                if error.fatal():
-                    raise KafkaEdgeError.from_kafka_error(error, "consuming")
+        if not has_record(msg):
             return
         topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
         key = (topic, partition)

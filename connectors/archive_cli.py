@@ -32,22 +32,16 @@ def run(
 ) -> None:
     """Archive the topics (KEEL_ARCHIVE_TOPICS) until SIGTERM/Ctrl-C: the open files are
     finished and committed; JSON log lines, progress every KEEL_ARCHIVE_PROGRESS_INTERVAL_S."""
-    from connectors.archive import ArchiveSink, health_server
+    from connectors.archive import ArchiveError, ArchiveSink, health_server
+    from connectors.health import serving
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     sink = ArchiveSink(settings, root=root)
     sink.check()  # an unwritable root or unreachable brokers end here, in one line
     port = settings.archive_http_port if http_port is None else http_port
-    server = health_server(sink, port) if port else None
-    stop = stop_on_signals()
-    if server is not None:
-        server.start()
-    try:
-        sink.run(stop)
-    finally:
-        if server is not None:
-            server.stop()
+    with serving(lambda p: health_server(sink, p), port, "KEEL_ARCHIVE_HTTP_PORT", ArchiveError):
+        sink.run(stop_on_signals())
 
 
 @archive_app.command("list")

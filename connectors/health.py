@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -62,3 +63,23 @@ class HealthServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextmanager
+def serving(
+    make: Callable[[int], HealthServer], port: int, variable: str, error: type[Exception]
+) -> Iterator[None]:
+    """The endpoints on `port` (0: none) while the block runs. A port that cannot be bound
+    ends the command with `error`, one line naming the setting `variable`."""
+    if not port:
+        yield
+        return
+    try:
+        server = make(port)
+    except OSError as exc:
+        raise error(f"{variable} {port}: {exc.strerror}") from None
+    server.start()
+    try:
+        yield
+    finally:
+        server.stop()

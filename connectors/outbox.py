@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import random
 import threading
 import time
 import uuid
@@ -52,6 +51,7 @@ from psycopg.types.json import set_json_loads
 from connectors.health import HealthServer
 from connectors.postgres import TableName, describe_dsn, first_line
 from connectors.postgres import connect as connect_postgres
+from keel.backoff import Backoff
 from keel.errors import KeelError
 from keel.settings import KeelSettings, get_settings
 from producers.sdk import KeelProducer
@@ -246,18 +246,6 @@ class BatchResult:
 
 
 BeforeCommit = Callable[[BatchResult], None]
-
-
-class _Backoff:
-    def __init__(self, cap: float, first: float = 0.2) -> None:
-        self.cap, self.first, self.delay = cap, first, 0.0
-
-    def next(self) -> float:
-        self.delay = min(self.cap, max(self.first, self.delay * 2))
-        return self.delay * random.uniform(0.8, 1.2)  # replicas do not retry in lockstep
-
-    def reset(self) -> None:
-        self.delay = 0.0
 
 
 class RelayMetrics:
@@ -514,7 +502,7 @@ class OutboxRelay:
         """The relay until `stop` is set: drain, then wait for a NOTIFY or the poll interval;
         back off (capped, jittered) while Kafka or PostgreSQL is down; purge old rows."""
         s = self.settings
-        backoff = _Backoff(s.outbox_backoff_max_s)
+        backoff = Backoff(s.outbox_backoff_max_s)
         next_purge = time.monotonic()
         next_progress = time.monotonic() + s.outbox_progress_interval_s
         log.info(

@@ -45,7 +45,7 @@ def run(
     ] = False,
 ) -> None:
     """Publish committed outbox rows to Kafka until SIGTERM/Ctrl-C (JSON log lines)."""
-    from connectors.health import HealthServer
+    from connectors.health import serving
     from connectors.outbox import OutboxError, OutboxRelay, health_server
 
     settings = get_settings()
@@ -53,21 +53,12 @@ def run(
     if create:
         init()
     relay = OutboxRelay(settings)
-    server: HealthServer | None = None
     try:
         relay.check()  # a bad DSN or a missing table ends here, in one line
         port = settings.outbox_http_port if http_port is None else http_port
-        if port:
-            try:
-                server = health_server(relay, port)
-            except OSError as exc:
-                raise OutboxError(f"KEEL_OUTBOX_HTTP_PORT {port}: {exc.strerror}") from None
-            server.start()
-        stop = stop_on_signals()
-        relay.run(stop)
+        with serving(lambda p: health_server(relay, p), port, "KEEL_OUTBOX_HTTP_PORT", OutboxError):
+            relay.run(stop_on_signals())
     finally:
-        if server is not None:
-            server.stop()
         relay.close()
 
 

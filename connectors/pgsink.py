@@ -31,7 +31,6 @@ import functools
 import json
 import logging
 import math
-import random
 import threading
 import time
 import uuid
@@ -56,6 +55,7 @@ from connectors.health import HealthServer
 from connectors.postgres import TableName as Table
 from connectors.postgres import connect as connect_postgres
 from connectors.postgres import describe_dsn, first_line
+from keel.backoff import Backoff
 from keel.deadletters import (
     H_ERROR,
     H_ORIG_OFFSET,
@@ -64,11 +64,12 @@ from keel.deadletters import (
     H_ORIG_TOPIC,
     H_REASON,
 )
-from keel.errors import KafkaEdgeError, KeelError
+from keel.errors import KeelError
 from keel.kafka import (
     SILENT_LOG,
     TopicSpec,
     ensure_topics,
+    has_record,
     kafka_call,
     make_admin,
     make_consumer,
@@ -430,18 +431,6 @@ class Batch:
 AfterWrite = Callable[[Batch], None]
 
 
-class _Backoff:
-    def __init__(self, cap: float, first: float = 0.2) -> None:
-        self.cap, self.first, self.delay = cap, first, 0.0
-
-    def next(self) -> float:
-        self.delay = min(self.cap, max(self.first, self.delay * 2))
-        return self.delay * random.uniform(0.8, 1.2)  # replicas do not retry in lockstep
-
-    def reset(self) -> None:
-        self.delay = 0.0
-
-
 class PgSink:
     """The sink (see the module docstring). `run(stop)` on one thread until `stop` is set;
     no I/O before. `after_write(batch)` runs between the database commit and the offset
@@ -473,7 +462,7 @@ class PgSink:
         self._assigned: set[tuple[str, int]] = set()
         self._next: dict[tuple[str, int], int] = {}  # next offset expected per partition
         self._paused = False
-        self._backoff = _Backoff(settings.pgsink_backoff_max_s)
+        self._backoff = Backoff(settings.pgsink_backoff_max_s)
         self._stop = threading.Event()
         self._delivery_errors: list[str] = []
 
@@ -587,12 +576,7 @@ class PgSink:
             return
         messages = self._consumer.consume(count, timeout)
         for msg in messages:
-            error = msg.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error: %s", error.str())
-                    if error.fatal():
-                        raise KafkaEdgeError.from_kafka_error(error, "consuming")
+            if not has_record(msg):
                 continue
             if not self._take(msg):
                 break  # stopping while the registry is down: the rest is read again later

@@ -42,7 +42,7 @@ def run(
     ] = False,
 ) -> None:
     """Write events into the table until SIGTERM/Ctrl-C (JSON log lines, periodic progress)."""
-    from connectors.health import HealthServer
+    from connectors.health import serving
     from connectors.pgsink import PgSink, PgSinkError, health_server
 
     settings = get_settings()
@@ -50,21 +50,12 @@ def run(
     if create:
         init()
     sink = PgSink(settings)
-    server: HealthServer | None = None
     try:
         sink.check()  # a bad DSN, a missing table or unreachable brokers end here, in one line
         port = settings.pgsink_http_port if http_port is None else http_port
-        if port:
-            try:
-                server = health_server(sink, port)
-            except OSError as exc:
-                raise PgSinkError(f"KEEL_PGSINK_HTTP_PORT {port}: {exc.strerror}") from None
-            server.start()
-        stop = stop_on_signals()
-        sink.run(stop)
+        with serving(lambda p: health_server(sink, p), port, "KEEL_PGSINK_HTTP_PORT", PgSinkError):
+            sink.run(stop_on_signals())
     finally:
-        if server is not None:
-            server.stop()
         sink.close()
 
 

@@ -80,8 +80,15 @@ from keel.deadletters import (
     H_REPLAYED_FROM,
     header_map,
 )
-from keel.errors import KafkaEdgeError, KeelError
-from keel.kafka import TopicSpec, ensure_topics, make_admin, make_consumer, make_producer
+from keel.errors import KeelError
+from keel.kafka import (
+    TopicSpec,
+    ensure_topics,
+    has_record,
+    make_admin,
+    make_consumer,
+    make_producer,
+)
 from keel.settings import KeelSettings
 from schemas.catalog import load_catalog
 from schemas.errors import DecodeError, RegistryError
@@ -737,12 +744,7 @@ class WebhookSink:
         messages = self._consumer.consume(self.batch_size, 0.2)
         records = []
         for msg in messages:
-            error = msg.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error: %s", error.str())
-                    if error.fatal():
-                        raise KafkaEdgeError.from_kafka_error(error, "consuming")
+            if not has_record(msg):
                 continue
             try:
                 records.append(self._decode(msg))

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from keel.errors import KafkaEdgeError
@@ -53,6 +53,7 @@ def make_consumer(
 
 # For one-shot commands: librdkafka logs every failed connection attempt (every 50 ms) to
 # stderr, which buries the one line the command ends with. Pass as `logger=SILENT_LOG`.
+_log = logging.getLogger(__name__)
 SILENT_LOG = logging.getLogger("keel.librdkafka.silent")
 SILENT_LOG.addHandler(logging.NullHandler())
 SILENT_LOG.propagate = False
@@ -82,6 +83,20 @@ def naming_brokers(settings: KeelSettings) -> Iterator[None]:
         raise KafkaEdgeError(
             f"Kafka at {settings.bootstrap_servers}: {exc}", code=exc.code, retriable=exc.retriable
         ) from None
+
+
+def has_record(msg: Message, context: str = "consuming") -> bool:
+    """Whether a consumed message holds a record. A partition's end is skipped quietly,
+    another error is logged and skipped, unless librdkafka calls it fatal: then it raises
+    KafkaEdgeError naming `context`."""
+    error = msg.error()
+    if error is None:
+        return True
+    if error.code() != KafkaError._PARTITION_EOF:
+        _log.warning("consumer error: %s", error.str())
+        if error.fatal():
+            raise KafkaEdgeError.from_kafka_error(error, context)
+    return False
 
 
 def make_admin(settings: KeelSettings | None = None, **overrides: Any) -> AdminClient:
