@@ -2,8 +2,14 @@
 
 1. batch: events/s through POST /v1/events (batches of 100, wrk) vs a plain confluent-kafka
    producer producing the same Avro bytes (same config: acks=all, idempotent, lz4).
-2. single: requests/s of one-event POSTs at a fixed concurrency (wrk) vs a bare aiohttp
-   handler that only answers 202, with the same worker count; p50/p99 of both.
+2. single: requests/s of one-event POSTs at fixed concurrencies (wrk; 32 and 128
+   connections) vs a bare aiohttp handler that only answers 202, with the same worker
+   count; p50/p99 of both. Beside them, the *floor*: the least any handler on Keel's stack
+   does for one event (read and parse the body, Keel's validation and encoding, Keel's
+   producer with acks=all, answer once acked), without Keel's checks, auth, limits and
+   metrics. keel/floor is the cost of Keel's own request handling; floor/bare the cost of
+   the stack itself.
+The floor also takes the batches of case 1 (its figures: floor_batch_*).
 
 Needs the broker (KEEL_BOOTSTRAP_SERVERS); starts Keel's registry on a free port unless
 KEEL_SCHEMA_REGISTRY_URL answers; installs wrk from Debian when missing. Runs alternate
@@ -132,18 +138,26 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--batch-connections", type=int, default=8)
     # 32: enough for two workers to overlap parsing, producing and answering, and the bare
-    # server is CPU-bound there already (its p50 ~1 ms); the same for both sides.
-    parser.add_argument("--single-connections", type=int, default=32)
+    # server is CPU-bound there already (its p50 ~1 ms). 128: enough that Keel, whose every
+    # answer waits for its ack, is CPU-bound too. The same for every side.
+    parser.add_argument(
+        "--single-connections", default="32,128", help="comma-separated wrk concurrencies"
+    )
     parser.add_argument(
         "--linger-ms", type=int, help="KEEL_INGEST_LINGER_MS for Keel (default: Keel's own)"
     )
     parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--floor-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
         _bare_server(args.bare_server)
         return
+    if args.floor_server:
+        _floor_server(args.floor_server)
+        return
     if args.quick:
-        args.runs, args.seconds = 3, 3.0
+        args.runs, args.seconds = 3, 2.0
+    concurrencies = [int(c) for c in args.single_connections.split(",")]
     settings = get_settings()
     with ExitStack() as stack:
         registry_url, registry_proc = ensure_registry(Path(tempfile.mkdtemp()) / "registry.log")
@@ -178,6 +192,16 @@ def main() -> None:
         ]
         for b in bare:
             stack.callback(b.terminate)
+        floor_port = free_port()
+        floor = [
+            subprocess.Popen(
+                [sys.executable, "-m", "bench.ingest", "--floor-server", str(floor_port)],
+                env=env,
+            )
+            for _ in range(args.workers)
+        ]
+        for f in floor:
+            stack.callback(f.terminate)
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/healthz", ingest)
         deadline = time.monotonic() + 60
@@ -190,6 +214,7 @@ def main() -> None:
                     raise
                 time.sleep(0.3)
         wait_http(f"http://127.0.0.1:{bare_port}/", bare[0])
+        wait_http(f"http://127.0.0.1:{floor_port}/", floor[0])
 
         batch = [_event(i) for i in range(BATCH)]
         batch_body = json.dumps({"events": batch}).encode()
@@ -199,14 +224,12 @@ def main() -> None:
         values = [(o.key, o.value) for o in (pipeline.prepare(e, source="bench") for e in batch)]
         url = f"{base}/v1/events"
         bare_url = f"http://127.0.0.1:{bare_port}/v1/events"
+        floor_url = f"http://127.0.0.1:{floor_port}/v1/events"
         _wrk(url, batch_body, key, 2, 1.0)  # warm-up
         _wrk(bare_url, single_body, key, 2, 1.0)
+        _wrk(floor_url, single_body, key, 2, 1.0)
 
-        rows: dict[str, list[float]] = {k: [] for k in (
-            "batch_eps", "plain_eps", "batch_ratio", "batch_p50_ms", "batch_p99_ms",
-            "single_rps", "bare_rps", "single_ratio", "single_p50_ms", "single_p99_ms",
-            "single_ack_wait_ms",
-            "bare_p50_ms", "bare_p99_ms")}  # fmt: skip
+        rows: dict[str, list[float]] = {}
         for run in range(args.runs):
             plain_events = 200_000 if args.quick else 1_000_000
             if run % 2:
@@ -215,35 +238,50 @@ def main() -> None:
             else:
                 b = _wrk(url, batch_body, key, args.batch_connections, args.seconds)
                 plain = _plain_producer(topic, values, plain_events)
-            waited_before = _produce_wait(base)
-            s = _wrk(url, single_body, key, args.single_connections, args.seconds)
-            waited_after = _produce_wait(base)
-            # The mean ack wait of the single-event requests: how much of their latency is
-            # Kafka's (linger + acks=all round trip + the hand-back to the handler).
-            ack_wait_ms = (
-                (waited_after[0] - waited_before[0]) / (waited_after[1] - waited_before[1]) * 1000
-            )
-            r = _wrk(bare_url, single_body, key, args.single_connections, args.seconds)
+            fb = _wrk(floor_url, batch_body, key, args.batch_connections, args.seconds)
             figures = {
                 "batch_eps": b["rps"] * BATCH, "plain_eps": plain,
                 "batch_ratio": b["rps"] * BATCH / plain,
                 "batch_p50_ms": b["p50_ms"], "batch_p99_ms": b["p99_ms"],
-                "single_rps": s["rps"], "bare_rps": r["rps"], "single_ratio": s["rps"] / r["rps"],
-                "single_p50_ms": s["p50_ms"], "single_p99_ms": s["p99_ms"],
-                "single_ack_wait_ms": ack_wait_ms,
-                "bare_p50_ms": r["p50_ms"], "bare_p99_ms": r["p99_ms"],
+                "floor_batch_eps": fb["rps"] * BATCH,
+                "floor_batch_ratio": fb["rps"] * BATCH / plain,
+                "keel_vs_floor_batch": b["rps"] / fb["rps"],
             }  # fmt: skip
+            for c in concurrencies:
+                waited_before = _produce_wait(base)
+                s = _wrk(url, single_body, key, c, args.seconds)
+                waited_after = _produce_wait(base)
+                f = _wrk(floor_url, single_body, key, c, args.seconds)
+                r = _wrk(bare_url, single_body, key, c, args.seconds)
+                # The mean ack wait of the single-event requests: how much of their latency
+                # is Kafka's (linger + acks=all round trip + the hand-back to the handler).
+                ack_wait_ms = (
+                    (waited_after[0] - waited_before[0])
+                    / (waited_after[1] - waited_before[1]) * 1000
+                )  # fmt: skip
+                # The first concurrency keeps the plain names (the issue's figures).
+                at = "" if c == concurrencies[0] else f"_c{c}"
+                figures.update({
+                    f"single_rps{at}": s["rps"], f"floor_rps{at}": f["rps"],
+                    f"bare_rps{at}": r["rps"], f"single_ratio{at}": s["rps"] / r["rps"],
+                    f"floor_ratio{at}": f["rps"] / r["rps"],
+                    f"keel_vs_floor{at}": s["rps"] / f["rps"],
+                    f"single_p50_ms{at}": s["p50_ms"], f"single_p99_ms{at}": s["p99_ms"],
+                    f"floor_p50_ms{at}": f["p50_ms"], f"floor_p99_ms{at}": f["p99_ms"],
+                    f"bare_p50_ms{at}": r["p50_ms"], f"bare_p99_ms{at}": r["p99_ms"],
+                    f"single_ack_wait_ms{at}": ack_wait_ms,
+                })  # fmt: skip
             for k, v in figures.items():
-                rows[k].append(v)
+                rows.setdefault(k, []).append(v)
             print(f"run {run + 1}: " + ", ".join(f"{k} {v:,.2f}" for k, v in figures.items()),
                   file=sys.stderr)  # fmt: skip
 
     result: dict[str, Any] = {k: summary(v) for k, v in rows.items()}
-    result["batch_ratio"] = result["batch_ratio"]["median"]
-    result["single_ratio"] = result["single_ratio"]["median"]
+    for k in ("batch_ratio", "single_ratio", *(f"single_ratio_c{c}" for c in concurrencies[1:])):
+        result[k] = result[k]["median"]
     result["config"] = {
         "workers": args.workers, "batch": BATCH, "batch_connections": args.batch_connections,
-        "single_connections": args.single_connections, "seconds": args.seconds, "runs": args.runs,
+        "single_connections": concurrencies, "seconds": args.seconds, "runs": args.runs,
         "linger_ms": settings.ingest_linger_ms if args.linger_ms is None else args.linger_ms,
     }  # fmt: skip
     result["machine"] = machine()
@@ -261,6 +299,67 @@ def _bare_server(port: int) -> None:
         return web.Response(text="ok")
 
     app = web.Application()
+    app.router.add_post("/v1/events", accept)
+    app.router.add_get("/", ok)
+    web.run_app(app, host="127.0.0.1", port=port, reuse_port=True, print=None, access_log=None)
+
+
+def _floor_server(port: int) -> None:
+    """The floor (reuse-port worker): an event or a batch per request, read and parsed,
+    validated and encoded by Keel's pipeline, produced by Keel's producer (acks=all,
+    idempotent, Keel's linger), answered 202 with the offsets once acknowledged. Nothing
+    else: no API key, content checks, limits, metrics, nor answers for partial failures."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    import orjson
+    from aiohttp import web
+
+    from producers.kafka_out import EventProducer
+
+    settings = get_settings()
+    pipeline = Pipeline(
+        AvroSerde(RegistryClient(settings.schema_registry_url), load_catalog()),
+        topic_prefix=settings.ingest_topic_prefix,
+    )
+    pipeline.warm_up()
+    producer = EventProducer(settings)
+
+    async def accept(request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        now = datetime.now(UTC)
+        # The same enrichment as Keel's (client ip and agent): the same bytes on Kafka.
+        context = {"ip": request.remote, "user_agent": request.headers.get("User-Agent")}
+        batch = "events" in body
+        items = [
+            pipeline.prepare(e, source="bench", context=context, now=now)
+            for e in (body["events"] if batch else [body])
+        ]
+        deliveries = await producer.send(items)
+        if any(d.error is not None for d in deliveries):
+            return web.Response(status=503)
+        answer = [
+            {"event_id": d.event_id, "topic": d.topic, "partition": d.partition,
+             "offset": d.offset}
+            for d in deliveries
+        ]  # fmt: skip
+        return web.Response(
+            body=orjson.dumps({"results": answer} if batch else answer[0]),
+            status=202, content_type="application/json",
+        )  # fmt: skip
+
+    async def ok(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def start(_app: web.Application) -> None:
+        producer.start()
+
+    async def stop(_app: web.Application) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, producer.close, 10.0)
+
+    app = web.Application()
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
     app.router.add_post("/v1/events", accept)
     app.router.add_get("/", ok)
     web.run_app(app, host="127.0.0.1", port=port, reuse_port=True, print=None, access_log=None)
