@@ -141,7 +141,8 @@ def main() -> None:
     # server is CPU-bound there already (its p50 ~1 ms). 128: enough that Keel, whose every
     # answer waits for its ack, is CPU-bound too. The same for every side.
     parser.add_argument(
-        "--single-connections", default="32,128", help="comma-separated wrk concurrencies"
+        "--single-connections",
+        help="comma-separated wrk concurrencies (default 32,128; --quick: 32, to stay in a minute)",
     )
     parser.add_argument(
         "--linger-ms", type=int, help="KEEL_INGEST_LINGER_MS for Keel (default: Keel's own)"
@@ -157,7 +158,8 @@ def main() -> None:
         return
     if args.quick:
         args.runs, args.seconds = 3, 2.0
-    concurrencies = [int(c) for c in args.single_connections.split(",")]
+    connections = args.single_connections or ("32" if args.quick else "32,128")
+    concurrencies = [int(c) for c in connections.split(",")]
     settings = get_settings()
     with ExitStack() as stack:
         registry_url, registry_proc = ensure_registry(Path(tempfile.mkdtemp()) / "registry.log")
