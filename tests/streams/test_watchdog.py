@@ -158,6 +158,9 @@ class InProcessWorker:
             await self.stopping.wait()
         finally:
             await app.app.stop()
+            # Faust's stop flushed it; without this its librdkafka client outlives the
+            # test (the closure StreamsApp puts on Faust's producer keeps it referenced).
+            app.kafka.close()
 
     def start(self) -> StreamsApp:
         self.thread.start()
