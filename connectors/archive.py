@@ -37,6 +37,7 @@ whatever the roll points of the two runs.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import errno
 import glob
 import gzip
@@ -278,15 +279,49 @@ class FileStats:
     size: int
 
 
+STATS_SUFFIX = ".stats"
+
+
+def stats_path(path: Path) -> Path:
+    return path.with_name(path.name + STATS_SUFFIX)
+
+
+def write_stats(path: Path, stats: FileStats) -> None:
+    """The file's figures beside it, so `keel archive list` need not read it through. A
+    cache, not a record: written after the file is durable, without fsync; a missing or
+    stale one (its size is not the file's) sends `file_stats` back to the file itself."""
+    target = stats_path(path)
+    tmp = target.with_name(target.name + TMP_SUFFIX)
+    tmp.write_bytes(orjson.dumps(dataclasses.asdict(stats)))
+    os.replace(tmp, target)
+
+
+def _cached_stats(path: Path, size: int) -> FileStats | None:
+    try:
+        raw = orjson.loads(stats_path(path).read_bytes())
+        stats = FileStats(
+            int(raw["records"]), int(raw["first_offset"]), int(raw["last_offset"]),
+            int(raw["size"]),
+        )  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return stats if stats.size == size else None
+
+
 def file_stats(path: Path) -> FileStats:
-    """Reads the file through (names carry only the first offset)."""
+    """From the figures written beside the file when they match it, else by reading it
+    through (names carry only the first offset)."""
+    size = path.stat().st_size
+    cached = _cached_stats(path, size)
+    if cached is not None:
+        return cached
     count, first, last = 0, -1, -1
     for record in read_file(path):
         if count == 0:
             first = record.offset
         last = record.offset
         count += 1
-    return FileStats(count, first, last, path.stat().st_size)
+    return FileStats(count, first, last, size)
 
 
 # -- rolling (pure) -----------------------------------------------------------------------
@@ -379,6 +414,12 @@ class OpenFile:
         self._raw.close()
         os.replace(self.tmp, self.path)
         fsync_dir(self.path.parent)
+        if self.records:
+            stats = FileStats(self.records, self.first, self.last, self.path.stat().st_size)
+            try:
+                write_stats(self.path, stats)
+            except OSError as exc:  # only `list` is slower without it
+                log.warning("could not write %s: %s", stats_path(self.path).name, exc)
 
     def discard(self) -> None:
         try:

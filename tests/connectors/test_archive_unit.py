@@ -4,6 +4,7 @@ and an OpenFile's rename-only-when-finished contract on a real directory."""
 from __future__ import annotations
 
 import gzip
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from connectors.archive import (
     ArchivedRecord,
     ArchiveError,
+    FileStats,
     OpenFile,
     RollPolicy,
     archive_path,
@@ -25,6 +27,7 @@ from connectors.archive import (
     parse_hour,
     parse_path,
     read_file,
+    stats_path,
 )
 
 H14 = datetime(2026, 11, 28, 14, tzinfo=UTC)
@@ -178,3 +181,45 @@ def test_size_counts_compressed_bytes_as_chunks_reach_the_file(tmp_path: Path) -
     assert 0 < f.size < 400 * len(line)  # a chunk was compressed into the file
     f.finish()
     assert file_stats(f.path).records == 400
+
+
+def _finished(tmp_path: Path, offsets: range) -> OpenFile:
+    f = OpenFile(tmp_path, "t", 2, H14, offsets[0])
+    for o in offsets:
+        f.write(encode_record(ArchivedRecord("t", 2, o, 0, b"k", b"v", [])), o)
+    f.finish()
+    return f
+
+
+def test_a_finished_file_has_its_figures_beside_it_and_list_uses_them(tmp_path: Path) -> None:
+    f = _finished(tmp_path, range(10, 20))
+    read_through = (10, 10, 19)
+    cached = file_stats(f.path)
+    assert (cached.records, cached.first_offset, cached.last_offset) == read_through
+    assert cached.size == f.path.stat().st_size
+    # Proof the figures come from beside the file: a sidecar that matches the file's size
+    # but claims other figures is believed (so list never reads the file through).
+    stats_path(f.path).write_text(
+        json.dumps({"records": 99, "first_offset": 1, "last_offset": 99, "size": cached.size})
+    )
+    assert file_stats(f.path) == FileStats(99, 1, 99, cached.size)
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert [x.path for x in list_files(tmp_path)] == [f.path]  # the sidecar is not a file
+
+
+@pytest.mark.parametrize(
+    "sidecar",
+    [None, "", "{not json", '{"records": 3}', '{"records": 1, "first_offset": 10, '
+     '"last_offset": 19, "size": 1}'],
+    ids=["missing", "empty", "corrupt", "incomplete", "stale size"],
+)  # fmt: skip
+def test_a_missing_or_untrustworthy_sidecar_falls_back_to_reading(
+    tmp_path: Path, sidecar: str | None
+) -> None:
+    f = _finished(tmp_path, range(10, 20))
+    if sidecar is None:
+        stats_path(f.path).unlink()
+    else:
+        stats_path(f.path).write_text(sidecar)
+    stats = file_stats(f.path)
+    assert (stats.records, stats.first_offset, stats.last_offset) == (10, 10, 19)
