@@ -412,6 +412,8 @@ class OpenFile:
         self._raw.flush()
         os.fsync(self._raw.fileno())
         self._raw.close()
+        # A file rewritten under its old name must not meet the old file's figures.
+        stats_path(self.path).unlink(missing_ok=True)
         os.replace(self.tmp, self.path)
         fsync_dir(self.path.parent)
         if self.records:

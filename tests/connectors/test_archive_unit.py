@@ -223,3 +223,23 @@ def test_a_missing_or_untrustworthy_sidecar_falls_back_to_reading(
         stats_path(f.path).write_text(sidecar)
     stats = file_stats(f.path)
     assert (stats.records, stats.first_offset, stats.last_offset) == (10, 10, 19)
+
+
+def test_a_file_rewritten_under_its_name_never_meets_the_old_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash between the rename and the new figures (write_stats failing here) must leave
+    no figures rather than the old file's, even ones that happen to match the new size."""
+    new_size = _finished(tmp_path / "elsewhere", range(10, 11)).path.stat().st_size
+    old = _finished(tmp_path, range(10, 20))
+    stats_path(old.path).write_text(
+        json.dumps({"records": 10, "first_offset": 10, "last_offset": 19, "size": new_size})
+    )
+
+    def crash(_path: Path, _stats: FileStats) -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr("connectors.archive.write_stats", crash)
+    _finished(tmp_path, range(10, 11))
+    stats = file_stats(old.path)
+    assert (stats.records, stats.first_offset, stats.last_offset) == (1, 10, 10)
