@@ -20,7 +20,13 @@ def _start_time(pid: int) -> str | None:
     except OSError:
         return None
     # Field 22; the command name (field 2) may hold spaces, so split after its ')'.
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    # A zombie has exited: its parent (often this process, which keeps no handle to reap
+    # it) has not collected it yet. Counting it as alive made a service that crashed at
+    # start-up wait out its whole start timeout instead of failing at once.
+    if fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
 
 
 def dying_with_parent(argv: Sequence[str], sig: int = signal.SIGTERM) -> list[str]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -7,6 +8,7 @@ from keel.local import kafka_dist
 from keel.local.broker import LocalKafka
 from keel.local.process import ManagedProcess
 from keel.settings import get_settings
+from tests.polling import wait_for
 
 
 def test_start_status_stop_across_instances(tmp_path: Path) -> None:
@@ -18,6 +20,20 @@ def test_start_status_stop_across_instances(tmp_path: Path) -> None:
     assert again.stop(timeout=5)
     assert not proc.is_running()
     assert not proc.pid_file.exists()
+
+
+def test_a_process_that_exits_at_once_is_seen_gone_though_nobody_reaped_it(
+    tmp_path: Path,
+) -> None:
+    """ManagedProcess keeps no handle on its child, so a child that dies stays a zombie of
+    this process: it must count as gone (a service crashing at start-up fails `keel up` at
+    once, with its log's tail, instead of after the whole start timeout)."""
+    proc = ManagedProcess("crasher", tmp_path / "run", tmp_path / "logs")
+    pid = proc.start([sys.executable, "-c", "import sys; print('bad config'); sys.exit(3)"])
+    wait_for(proc.exited_early, 10, "the exited process seen as gone")
+    assert not proc.pid_file.exists()
+    assert "bad config" in proc.tail(5)
+    os.waitpid(pid, 0)  # reap it here, as nothing else will
 
 
 def test_a_recycled_pid_is_not_taken_for_ours(tmp_path: Path) -> None:
