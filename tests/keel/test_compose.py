@@ -36,12 +36,14 @@ def test_compose_uses_the_same_keel_settings() -> None:
                 assert key in known, f"{key} is not a Keel setting"
 
 
-def test_compose_runs_the_connectors_as_the_local_stack_does() -> None:
+def test_compose_runs_the_connectors_as_the_local_stack_does(tmp_path: Path) -> None:
     from connectors.services import services
     from keel.settings import KeelSettings
 
     doc = yaml.safe_load(COMPOSE.read_text())
-    defaults = KeelSettings()
+    # With a subscriptions file, so the webhook sink is among them (see the next test).
+    (tmp_path / "webhooks.toml").write_text("")
+    defaults = KeelSettings(home=tmp_path)
     for stacked in services(defaults):
         service = doc["services"][stacked.name]
         # The same command as `keel up` runs (python -m connectors <command> ...)
@@ -49,3 +51,26 @@ def test_compose_runs_the_connectors_as_the_local_stack_does() -> None:
         assert service["command"] == argv[argv.index("connectors") + 1 : argv.index("--http-port")]
         # and the health check calls the port the connector serves by default.
         assert f":{stacked.port}/healthz" in " ".join(service["healthcheck"]["test"])
+
+
+def test_the_webhook_sink_joins_the_stack_only_with_subscriptions(tmp_path: Path) -> None:
+    from connectors.services import services
+    from keel.settings import KeelSettings
+
+    def names(settings: KeelSettings) -> set[str]:
+        return {s.name for s in services(settings)}
+
+    without = names(KeelSettings(home=tmp_path))
+    assert {"outbox-relay", "pgsink", "archive-sink"} <= without
+    assert "webhook-sink" not in without
+    (tmp_path / "webhooks.toml").write_text("")
+    assert "webhook-sink" in names(KeelSettings(home=tmp_path))
+    elsewhere = tmp_path / "hooks.json"
+    elsewhere.write_text("[]")
+    other_home = tmp_path / "other"
+    assert "webhook-sink" not in names(KeelSettings(home=other_home))
+    given = KeelSettings(home=other_home, webhooks_subscriptions=elsewhere)
+    assert "webhook-sink" in names(given)
+    # In compose it waits for its profile: a plain `docker compose up` needs no file.
+    doc = yaml.safe_load(COMPOSE.read_text())
+    assert doc["services"]["webhook-sink"]["profiles"] == ["webhooks"]
