@@ -299,10 +299,7 @@ def write_stats(path: Path, stats: FileStats) -> None:
 def _cached_stats(path: Path, size: int) -> FileStats | None:
     try:
         raw = orjson.loads(stats_path(path).read_bytes())
-        stats = FileStats(
-            int(raw["records"]), int(raw["first_offset"]), int(raw["last_offset"]),
-            int(raw["size"]),
-        )  # fmt: skip
+        stats = FileStats(*(int(raw[f.name]) for f in dataclasses.fields(FileStats)))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return stats if stats.size == size else None
@@ -385,7 +382,7 @@ class OpenFile:
         self._raw: IO[bytes] = open(self.tmp, "wb")  # noqa: SIM115 (closed by finish/discard)
         self._gz = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=_GZIP_LEVEL, mtime=0)
         self.opened = time.monotonic()
-        self.size = 0  # compressed bytes handed to the file so far (updated per chunk)
+        self.size = 0  # compressed bytes in the file: per chunk, then the whole once finished
         self.records = 0
         self.last = first - 1
 
@@ -410,6 +407,7 @@ class OpenFile:
         self._flush_chunk()
         self._gz.close()  # writes the trailer; leaves the raw file open
         self._raw.flush()
+        self.size = self._raw.tell()  # the finished file's size: no stat() after the rename
         os.fsync(self._raw.fileno())
         self._raw.close()
         # A file rewritten under its old name must not meet the old file's figures.
@@ -417,7 +415,7 @@ class OpenFile:
         os.replace(self.tmp, self.path)
         fsync_dir(self.path.parent)
         if self.records:
-            stats = FileStats(self.records, self.first, self.last, self.path.stat().st_size)
+            stats = FileStats(self.records, self.first, self.last, self.size)
             try:
                 write_stats(self.path, stats)
             except OSError as exc:  # only `list` is slower without it
@@ -615,7 +613,7 @@ class ArchiveSink:
         self.open.pop((current.topic, current.partition), None)
         self.metrics.open_files.set(len(self.open))
         current.finish()
-        size = current.path.stat().st_size
+        size = current.size
         self.metrics.records.inc(current.records)
         self.counts["files"] += 1
         self.counts["bytes"] += size
