@@ -30,6 +30,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -185,25 +186,8 @@ def main() -> None:
         )  # fmt: skip
         stack.callback(ingest.wait, 30)
         stack.callback(ingest.terminate)
-        bare_port = free_port()
-        bare = [
-            subprocess.Popen(
-                [sys.executable, "-m", "bench.ingest", "--bare-server", str(bare_port)]
-            )
-            for _ in range(args.workers)
-        ]
-        for b in bare:
-            stack.callback(b.terminate)
-        floor_port = free_port()
-        floor = [
-            subprocess.Popen(
-                [sys.executable, "-m", "bench.ingest", "--floor-server", str(floor_port)],
-                env=env,
-            )
-            for _ in range(args.workers)
-        ]
-        for f in floor:
-            stack.callback(f.terminate)
+        bare_port, bare = _servers("--bare-server", args.workers, os.environ, stack)
+        floor_port, floor = _servers("--floor-server", args.workers, env, stack)
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/healthz", ingest)
         deadline = time.monotonic() + 60
@@ -306,6 +290,21 @@ def _bare_server(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, reuse_port=True, print=None, access_log=None)
 
 
+def _servers(
+    flag: str, workers: int, env: Mapping[str, str], stack: ExitStack
+) -> tuple[int, list[subprocess.Popen[bytes]]]:
+    """`workers` reuse-port processes of this script's baseline `flag` on one free port,
+    stopped with `stack`."""
+    port = free_port()
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "bench.ingest", flag, str(port)], env=env)
+        for _ in range(workers)
+    ]
+    for proc in procs:
+        stack.callback(proc.terminate)
+    return port, procs
+
+
 def _floor_server(port: int) -> None:
     """The floor (reuse-port worker): an event or a batch per request, read and parsed,
     validated and encoded by Keel's pipeline, produced by Keel's producer (acks=all,
@@ -318,6 +317,7 @@ def _floor_server(port: int) -> None:
     from aiohttp import web
 
     from producers.kafka_out import EventProducer
+    from producers.routes import client_context
 
     settings = get_settings()
     pipeline = Pipeline(
@@ -330,8 +330,8 @@ def _floor_server(port: int) -> None:
     async def accept(request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
         now = datetime.now(UTC)
-        # The same enrichment as Keel's (client ip and agent): the same bytes on Kafka.
-        context = {"ip": request.remote, "user_agent": request.headers.get("User-Agent")}
+        # Keel's own enrichment (client ip and agent): the same bytes on Kafka.
+        context = client_context(request, trust_forwarded=False)
         batch = "events" in body
         items = [
             pipeline.prepare(e, source="bench", context=context, now=now)

@@ -182,7 +182,7 @@ async def _post_events(request: web.Request, ingest: Ingest) -> web.StreamRespon
             retry_after=wait, reason="rate_limited", types=types,
         )  # fmt: skip
 
-    context = _client_context(request, s.ingest_trust_forwarded)
+    context = client_context(request, s.ingest_trust_forwarded)
     outgoing: list[Outgoing] = []
     positions: list[int] = []
     results: list[dict[str, Any] | None] = [None] * len(events)
@@ -298,7 +298,7 @@ def _body_too_large(limit: int) -> web.Response:
     )  # fmt: skip
 
 
-def _client_context(request: web.Request, trust_forwarded: bool) -> dict[str, Any]:
+def client_context(request: web.Request, trust_forwarded: bool) -> dict[str, Any]:
     ip = request.remote
     if trust_forwarded:
         forwarded = request.headers.get("X-Forwarded-For")
