@@ -173,10 +173,11 @@ def cluster_durability(admin: AdminClient, timeout: float = 15.0) -> ClusterDura
     each broker: every one must answer, and the most cautious answer wins)."""
     with kafka_call("describing the cluster", timeout):
         nodes = admin.describe_cluster(request_timeout=timeout).result(timeout=timeout).nodes
-    resources = [ConfigResource(ResourceType.BROKER, str(node.id)) for node in nodes]
     configs = []
-    for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
-        with kafka_call(f"reading the configs of broker {resource.name}", timeout):
+    for node in nodes:  # librdkafka takes one broker per DescribeConfigs call
+        resource = ConfigResource(ResourceType.BROKER, str(node.id))
+        with kafka_call(f"reading the configs of broker {node.id}", timeout):
+            [future] = admin.describe_configs([resource], request_timeout=timeout).values()
             entries = future.result(timeout=timeout)
         configs.append({key: entry.value for key, entry in entries.items()})
     if not configs:
