@@ -115,5 +115,7 @@ def apply_command(
         f"applied: {len(planned.creates)} created, {len(planned.partitions)} with more "
         f"partitions, {len(planned.configs)} config(s) set"
     )
-    if left.changes or left.refusals:  # changed by someone else meanwhile: say so rather than claim a match
+    if (
+        left.changes or left.refusals
+    ):  # changed by someone else meanwhile: say so rather than claim a match
         typer.echo("the cluster changed meanwhile; run `keel topics plan` again", err=True)
