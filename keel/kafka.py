@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType, TopicMetadata
 
 from keel.durability import ClusterDurability
 from keel.errors import KafkaEdgeError
@@ -206,8 +206,11 @@ def topic_replication(admin: AdminClient, settings: KeelSettings, timeout: float
     return cluster_durability(admin, timeout).default_replication
 
 
-def wait_for_topics(admin: AdminClient, names: Iterable[str], timeout: float = 30.0) -> None:
-    """Block until every named topic has a leader for each partition (metadata settled)."""
+def wait_for_topics(
+    admin: AdminClient, names: Iterable[str], timeout: float = 30.0
+) -> dict[str, TopicMetadata]:
+    """Block until every named topic has a leader for each partition (metadata settled);
+    return their metadata as seen then (asking again may reach a broker that lags behind)."""
     wanted = set(names)
     deadline = time.monotonic() + timeout
     while True:
@@ -221,7 +224,7 @@ def wait_for_topics(admin: AdminClient, names: Iterable[str], timeout: float = 3
             and all(p.leader >= 0 for p in topic.partitions.values())
         }
         if wanted <= ready:
-            return
+            return {name: metadata.topics[name] for name in wanted}
         if time.monotonic() > deadline:
             raise KafkaEdgeError(f"topics not ready after {timeout}s: {sorted(wanted - ready)}")
         time.sleep(0.1)

@@ -31,8 +31,8 @@ def source_partitions(settings: KeelSettings) -> int:
         ensure_topics(
             admin, [TopicSpec(name, settings.streams_source_partitions)], settings=settings
         )
-        wait_for_topics(admin, [name])
-        topics = admin.list_topics(name, timeout=15).topics
+        # The metadata that shows it: another broker asked now may not know it yet.
+        topics = wait_for_topics(admin, [name])
     meta = topics[name]
     if meta.error is not None or not meta.partitions:
         raise StreamsError(f"source topic {name!r} is not usable: {meta.error}")
