@@ -203,7 +203,15 @@ def topic_replication(admin: AdminClient, settings: KeelSettings, timeout: float
     leave it to the brokers (Faust's settings take no -1)."""
     if settings.replication_factor is not None:
         return settings.replication_factor
-    return cluster_durability(admin, timeout).default_replication
+    try:
+        return cluster_durability(admin, timeout).default_replication
+    except KafkaEdgeError as exc:  # e.g. a managed cluster that denies DescribeConfigs
+        raise KafkaEdgeError(
+            f"{exc} (the cluster's default.replication.factor is needed; "
+            "or set KEEL_REPLICATION_FACTOR)",
+            code=exc.code,
+            retriable=exc.retriable,
+        ) from None
 
 
 def wait_for_topics(

@@ -92,3 +92,35 @@ def test_the_old_streams_setting_still_counts_and_nothing_defaults_to_one(
     assert KeelSettings().replication_factor == 2
     monkeypatch.setenv("KEEL_REPLICATION_FACTOR", "3")
     assert KeelSettings().replication_factor == 3
+
+
+def test_keel_topics_are_the_files_the_settings_and_the_apps_own() -> None:
+    from keel.doctor import keel_topics
+
+    settings = KeelSettings(streams_app_id="keel-streams", jobs_topic_prefix="")
+    names = [
+        "events",
+        "events.dlq",
+        "_schemas",
+        "keel-streams-dedup-changelog",
+        "keel-streams-__assignor-__leader",
+        "jobs.email.retry",
+        "webhooks.dlq.shop",
+        "pgsink.dlq",
+        "declared.elsewhere",
+        "someone-elses",
+        "__consumer_offsets",
+    ]
+    assert keel_topics(settings, names, ["declared.elsewhere"]) == sorted(
+        set(names) - {"someone-elses", "__consumer_offsets"}
+    )
+
+
+def test_keel_groups_are_the_services_and_the_job_workers() -> None:
+    from keel.doctor import is_keel_group
+
+    settings = KeelSettings(streams_app_id="keel-streams", jobs_topic_prefix="")
+    assert is_keel_group(settings, "keel-streams")
+    assert is_keel_group(settings, "keel.jobs.email")
+    assert is_keel_group(settings, "keel-pgsink")
+    assert not is_keel_group(settings, "someone-elses")
