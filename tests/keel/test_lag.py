@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from keel.cli.lag import age
@@ -36,9 +36,19 @@ def _fill(
 
 
 def _commit(bootstrap: str, group: str, offsets: list[TopicPartition]) -> None:
+    """Commit `offsets` for `group`, retrying what the broker calls retriable (a fresh
+    broker answers NOT_COORDINATOR while it creates __consumer_offsets)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    deadline = time.monotonic() + 30
     try:
-        consumer.commit(offsets=offsets, asynchronous=False)
+        while True:
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+                return
+            except KafkaException as exc:
+                if not exc.args[0].retriable() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)  # the broker's own retry backoff, not a wait for an effect
     finally:
         consumer.close()
 
