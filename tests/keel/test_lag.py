@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from keel.cli.lag import age
@@ -35,6 +35,14 @@ def _fill(
     assert producer.flush(30) == 0
 
 
+# What a fresh broker answers while it elects the group's coordinator: try again.
+_COORDINATOR_SETTLING = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+}
+
+
 def _commit(bootstrap: str, group: str, offsets: list[TopicPartition]) -> None:
     """Commit `offsets` for `group`, retrying what the broker calls retriable (a fresh
     broker answers NOT_COORDINATOR while it creates __consumer_offsets)."""
@@ -46,7 +54,9 @@ def _commit(bootstrap: str, group: str, offsets: list[TopicPartition]) -> None:
                 consumer.commit(offsets=offsets, asynchronous=False)
                 return
             except KafkaException as exc:
-                if not exc.args[0].retriable() or time.monotonic() > deadline:
+                error = exc.args[0]
+                settling = error.code() in _COORDINATOR_SETTLING or error.retriable()
+                if not settling or time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)  # the broker's own retry backoff, not a wait for an effect
     finally:
