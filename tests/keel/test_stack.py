@@ -53,9 +53,13 @@ def test_up_status_down(tmp_path: Path) -> None:
         "KEEL_LAG_EXPORTER_PORT": str(port["lag_exporter"]),
         "KEEL_PROMETHEUS_PORT": str(port["prometheus"]),
     }
-    # With a subscriptions file (none in it), so the webhook sink runs and is scraped too.
+    # With a subscriber (nobody there; no event is sent), so the webhook sink runs and is
+    # scraped too.
     (tmp_path / "home").mkdir()
-    (tmp_path / "home" / "webhooks.toml").write_text("")
+    (tmp_path / "home" / "webhooks.toml").write_text(
+        '[[subscriptions]]\nname = "nobody"\nurl = "http://127.0.0.1:9/hook"\n'
+        'secret = "stack-test-secret-0123456789"\n'
+    )
 
     def keel(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
