@@ -307,6 +307,17 @@ class KeelSettings(BaseSettings):
         30.0, gt=0, description="How often `keel archive run` logs its progress."
     )
 
+    # Monitoring: the lag exporter (`keel lag --serve`) and the local stack's Prometheus
+    lag_exporter_port: int = Field(
+        9308, ge=1, description="Port the lag exporter serves /metrics, /healthz, /readyz on."
+    )
+    lag_exporter_interval_s: float = Field(
+        15.0, gt=0, description="How often the lag exporter reads every group's lag."
+    )
+    prometheus_port: int = Field(
+        9090, ge=0, description="Port of the local stack's Prometheus (0: none)."
+    )
+
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 
