@@ -60,8 +60,8 @@ from prometheus_client import (
     Gauge,
 )
 
-from connectors.health import HealthServer
 from keel.errors import KeelError
+from keel.health import HealthServer, check, loop_server
 from keel.kafka import (
     SILENT_LOG,
     has_record,
@@ -71,6 +71,7 @@ from keel.kafka import (
     make_producer,
     naming_brokers,
 )
+from keel.metrics import ConsumerMetrics, total
 from keel.settings import KeelSettings
 
 log = logging.getLogger(__name__)
@@ -467,7 +468,9 @@ def check_brokers(settings: KeelSettings, timeout: float = 10.0) -> set[str]:
 class SinkMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.records = Counter("keel_archive_records", "Records in finished files.", registry=r)
+        # keel_consumer_*{component="archive"}: processed counts records in finished files;
+        # skipped{reason="archived"} those already in a file finished before a crash.
+        self.consumer = ConsumerMetrics("archive", r)
         self.files = Counter(
             "keel_archive_files",
             "Files finished (renamed, then committed).",
@@ -476,11 +479,6 @@ class SinkMetrics:
         )
         self.bytes = Counter(
             "keel_archive_bytes", "Compressed bytes in finished files.", registry=r
-        )
-        self.skipped = Counter(
-            "keel_archive_skipped",
-            "Records already in a file finished before a crash (not written again).",
-            registry=r,
         )
         self.open_files = Gauge("keel_archive_open_files", "Files being written.", registry=r)
 
@@ -503,7 +501,7 @@ class ArchiveSink:
         self.assigned: set[tuple[str, int]] = set()
         self.heartbeat = time.monotonic()
         self.joined = threading.Event()
-        self.counts = {"records": 0, "files": 0, "skipped": 0, "bytes": 0}
+        self.counts = self.metrics.consumer  # what the progress log and /metrics report
         self._consumer: Consumer | None = None
 
     def check(self) -> None:
@@ -550,9 +548,9 @@ class ArchiveSink:
             return
         topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
         key = (topic, partition)
+        self.counts.consumed += 1
         if offset <= self.skip_until.get(key, -1):
-            self.counts["skipped"] += 1
-            self.metrics.skipped.inc()
+            self.counts.skipped["archived"] += 1
             return
         kind, timestamp = msg.timestamp()
         if kind == TIMESTAMP_NOT_AVAILABLE:
@@ -574,7 +572,7 @@ class ArchiveSink:
         headers = _headers(msg) if msg.headers() else None
         line = encode_fields(topic, partition, offset, timestamp, msg.key(), msg.value(), headers)
         current.write(line, offset)
-        self.counts["records"] += 1
+        self.counts.in_flight += 1
         reason = self.policy.reason(current.size, current.records, 0.0)
         if reason is not None:
             self._finish(current, reason)
@@ -590,8 +588,7 @@ class ArchiveSink:
             log.warning("%s does not start at offset %d; rewriting it", path, offset)
             return False
         self.skip_until[(topic, partition)] = stats.last_offset
-        self.counts["skipped"] += 1
-        self.metrics.skipped.inc()
+        self.counts.skipped["archived"] += 1
         self._commit(topic, partition, stats.last_offset + 1)
         log.info(
             "%s already finished before a restart (offsets %d-%d); committed past it",
@@ -614,9 +611,8 @@ class ArchiveSink:
         self.metrics.open_files.set(len(self.open))
         current.finish()
         size = current.size
-        self.metrics.records.inc(current.records)
-        self.counts["files"] += 1
-        self.counts["bytes"] += size
+        self.counts.processed += current.records
+        self.counts.in_flight -= current.records
         self.metrics.files.labels(reason).inc()
         self.metrics.bytes.inc(size)
         log.info(
@@ -636,6 +632,7 @@ class ArchiveSink:
             self._consumer.commit(
                 offsets=[TopicPartition(topic, partition, offset)], asynchronous=False
             )
+            self.counts.commits += 1
         except Exception as exc:  # the file is durable; a restart finds it (_already_archived)
             log.warning("commit of %s[%d]@%d failed: %s", topic, partition, offset, exc)
 
@@ -651,6 +648,8 @@ class ArchiveSink:
                 if (tp.topic, tp.partition) not in self.open:
                     leftover.unlink(missing_ok=True)
                     log.info("discarded %s left by a crash", leftover.name)
+        self.counts.assigned = len(self.assigned)
+        self.counts.rebalances += 1
         self.joined.set()
         log.info(
             "assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "none"
@@ -664,6 +663,8 @@ class ArchiveSink:
             if current is not None:
                 self._finish(current, "revoked")
             self.skip_until.pop((tp.topic, tp.partition), None)
+        self.counts.assigned = len(self.assigned)
+        self.counts.rebalances += 1
         log.info("revoked %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -673,6 +674,9 @@ class ArchiveSink:
             current = self.open.pop((tp.topic, tp.partition), None)
             if current is not None:
                 current.discard()
+                self.counts.in_flight -= current.records
+        self.counts.assigned = len(self.assigned)
+        self.counts.rebalances += 1
         log.warning("lost %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
 
     # -- shutdown, progress, health -------------------------------------------------------
@@ -683,34 +687,38 @@ class ArchiveSink:
             except OSError as exc:
                 log.error("could not finish %s: %s", current.tmp, exc)
                 current.discard()
+                self.counts.in_flight -= current.records
         if self._consumer is not None:
             self._consumer.close()
         self.log_progress()
         log.info("archive sink stopped")
 
     def log_progress(self) -> None:
-        c = self.counts
+        c, files, size = self.counts, total(self.metrics.files), total(self.metrics.bytes)
         log.info(
-            "archive: %d records in %d files (%d bytes), %d open, %d skipped",
-            c["records"],
-            c["files"],
-            c["bytes"],
+            "archive: %d records read, %d in %d finished files (%d bytes), %d in %d open, "
+            "%d skipped",
+            c.consumed,
+            c.processed,
+            files,
+            size,
+            c.in_flight,
             len(self.open),
-            c["skipped"],
-            extra={**c, "open": len(self.open)},
+            sum(c.skipped.values()),
+            extra={**c.counts(), "files": files, "bytes": size, "open": len(self.open)},
         )
 
 
 def health_server(sink: ArchiveSink, port: int) -> HealthServer:
     """`/healthz` (the loop beats), `/readyz` (joined the group), `/metrics`."""
     try:
-        return HealthServer(
+        return loop_server(
             "archive",
             port,
             registry=sink.metrics.registry,
             heartbeat=lambda: sink.heartbeat,
-            ready=sink.joined.is_set,
             stale_after=60.0 + sink.settings.archive_session_timeout_ms / 1000,
+            ready=lambda: {"group": check(sink.joined.is_set(), group=sink.settings.archive_group)},
         )
     except OSError as exc:
         raise ArchiveError(f"KEEL_ARCHIVE_HTTP_PORT {port}: {exc.strerror}") from None

@@ -45,13 +45,10 @@ import psycopg
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client import (
     CollectorRegistry,
-    Counter,
-    Gauge,
     Histogram,
 )
 from psycopg import sql
 
-from connectors.health import HealthServer
 from connectors.postgres import TableName as Table
 from connectors.postgres import connect as connect_postgres
 from connectors.postgres import describe_dsn, first_line
@@ -65,6 +62,7 @@ from keel.deadletters import (
     H_REASON,
 )
 from keel.errors import KeelError
+from keel.health import HealthServer, check, loop_server
 from keel.kafka import (
     SILENT_LOG,
     TopicSpec,
@@ -76,6 +74,7 @@ from keel.kafka import (
     make_producer,
     naming_brokers,
 )
+from keel.metrics import ConsumerMetrics
 from keel.settings import KeelSettings
 from schemas.catalog import load_catalog
 from schemas.errors import DecodeError, RegistryError
@@ -386,30 +385,14 @@ def table_figures(conn: psycopg.Connection[Any], table: Table) -> tuple[int, dat
 class SinkMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.consumed = Counter("keel_pgsink_consumed", "Records read.", registry=r)
-        self.written = Counter(
-            "keel_pgsink_written", "Rows inserted (duplicates not counted).", registry=r
-        )
-        self.duplicates = Counter(
-            "keel_pgsink_duplicates", "Events whose event_id was already a row.", registry=r
-        )
-        self.filtered = Counter(
-            "keel_pgsink_filtered", "Events skipped by KEEL_PGSINK_TYPES.", registry=r
-        )
-        self.dead_lettered = Counter(
-            "keel_pgsink_dead_lettered", "Records written to the dead-letter topic.", registry=r
-        )
-        self.failures = Counter(
-            "keel_pgsink_failures", "Batch writes that failed and were retried.", registry=r
-        )
+        # keel_consumer_*{component="pgsink"}: processed counts rows inserted; skipped, by
+        # reason, the events already a row (duplicate) or not wanted (filtered).
+        self.consumer = ConsumerMetrics("pgsink", r)
         self.batch_seconds = Histogram(
             "keel_pgsink_batch_seconds",
             "INSERT to offsets committed, for one batch.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
-        )
-        self.buffered = Gauge(
-            "keel_pgsink_buffered", "Events read and not written yet.", registry=r
         )
 
 
@@ -451,7 +434,7 @@ class PgSink:
         self.serde = serde
         self.after_write = after_write
         self.metrics = SinkMetrics()
-        self.counts = {"read": 0, "written": 0, "duplicates": 0, "filtered": 0, "dead_lettered": 0}
+        self.counts = self.metrics.consumer  # what the progress log and /metrics report
         self.heartbeat = time.monotonic()  # the loop is alive (/healthz)
         self.ready = False  # joined the group and the last write worked (/readyz)
         self._insert = insert_from_load(self.table)
@@ -592,15 +575,13 @@ class PgSink:
         batch = self._batch
         if not batch.offsets:
             batch.started = time.monotonic()
-        self.counts["read"] += 1
-        self.metrics.consumed.inc()
+        self.counts.consumed += 1
         if isinstance(event, str):
             batch.letters.append((msg, REASON_UNDECODABLE, event))
         else:
             event_type = event.get("type")
             if isinstance(event_type, str) and not wanted(self.types, event_type):
-                self.counts["filtered"] += 1
-                self.metrics.filtered.inc()
+                self.counts.skipped["filtered"] += 1
             else:
                 try:
                     batch.rows.append(event_row(event, key[0], key[1], offset))
@@ -609,7 +590,7 @@ class PgSink:
                     batch.letters.append((msg, REASON_UNDECODABLE, str(exc)))
         batch.offsets[key] = offset + 1
         self._next[key] = offset + 1
-        self.metrics.buffered.set(len(batch.rows))
+        self.counts.in_flight = len(batch)
         return True
 
     def _decode(self, msg: Message) -> dict[str, Any] | str | None:
@@ -643,7 +624,7 @@ class PgSink:
             self._deliver_letters(batch)  # the rows PostgreSQL refused, if any
         except (psycopg.Error, PgSinkError, _LettersFailed) as exc:
             self.ready = False
-            self.metrics.failures.inc()
+            self.counts.failures += 1
             if isinstance(exc, psycopg.Error) and self._conn is not None:
                 with contextlib.suppress(psycopg.Error):
                     self._conn.close()
@@ -658,13 +639,11 @@ class PgSink:
             self.after_write(batch)
         self._commit(batch)
         duplicates = len(batch.rows) - inserted
-        self.counts["written"] += inserted
-        self.counts["duplicates"] += duplicates
-        self.metrics.written.inc(inserted)
-        self.metrics.duplicates.inc(duplicates)
+        self.counts.processed += inserted
+        self.counts.skipped["duplicate"] += duplicates
         self.metrics.batch_seconds.observe(time.monotonic() - started)
         self._batch = Batch()
-        self.metrics.buffered.set(0)
+        self.counts.in_flight = 0
         self._backoff.reset()
         self.ready = True
         if self._paused:
@@ -739,8 +718,8 @@ class PgSink:
                 error,
                 extra={"reason": reason},
             )
-        self.counts["dead_lettered"] += len(batch.letters)
-        self.metrics.dead_lettered.inc(len(batch.letters))
+        for _msg, reason, _error in batch.letters:
+            self.counts.dead_lettered[reason] += 1
         batch.letters = []  # delivered: a retry of the rows does not send them twice
 
     def _delivered(self, err: KafkaError | None, _msg: object) -> None:
@@ -758,12 +737,13 @@ class PgSink:
             return
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
+            self.counts.commits += 1
         except Exception as exc:  # a rebalance under way: the new owner re-writes, harmlessly
             log.warning("offset commit failed: %s", exc)
 
     def _pause(self) -> None:
         assert self._consumer is not None
-        self._paused = True
+        self._paused = self.counts.paused = True
         tps = [TopicPartition(t, p) for t, p in self._assigned]
         if tps:
             self._consumer.pause(tps)
@@ -771,7 +751,7 @@ class PgSink:
 
     def _resume(self) -> None:
         assert self._consumer is not None
-        self._paused = False
+        self._paused = self.counts.paused = False
         tps = [TopicPartition(t, p) for t, p in self._assigned]
         if tps:
             self._consumer.resume(tps)
@@ -784,6 +764,8 @@ class PgSink:
             self._next.pop((tp.topic, tp.partition), None)
         if self._paused and partitions:
             consumer.pause(partitions)
+        self.counts.assigned = len(self._assigned)
+        self.counts.rebalances += 1
         self.ready = True
         log.info(
             "assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "none"
@@ -804,6 +786,8 @@ class PgSink:
     def _release(self, partitions: list[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self._assigned -= gone
+        self.counts.assigned = len(self._assigned)
+        self.counts.rebalances += 1
         for key in gone:
             self._next.pop(key, None)
         batch = self._batch
@@ -828,12 +812,12 @@ class PgSink:
         c = self.counts
         log.info(
             "pgsink progress: %d read, %d written, %d duplicates, %d filtered, %d dead-lettered",
-            c["read"],
-            c["written"],
-            c["duplicates"],
-            c["filtered"],
-            c["dead_lettered"],
-            extra={**c, "buffered": len(self._batch.rows), "paused": self._paused},
+            c.consumed,
+            c.processed,
+            c.skipped["duplicate"],
+            c.skipped["filtered"],
+            sum(c.dead_lettered.values()),
+            extra=c.counts(),
         )
 
 
@@ -846,11 +830,11 @@ class _LettersFailed(Exception):
 
 def health_server(sink: PgSink, port: int) -> HealthServer:
     """`/healthz` (the loop is alive), `/readyz` (in the group and writing) and `/metrics`."""
-    return HealthServer(
+    return loop_server(
         "pgsink",
         port,
         registry=sink.metrics.registry,
         heartbeat=lambda: sink.heartbeat,
-        ready=lambda: sink.ready,
         stale_after=3 * max(sink.settings.pgsink_backoff_max_s, 1.0) + 60,
+        ready=lambda: {"sink": check(sink.ready, table=sink.table.qualified)},
     )

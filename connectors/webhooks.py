@@ -53,10 +53,8 @@ import aiohttp
 from aiohttp import web
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     generate_latest,
 )
@@ -81,6 +79,7 @@ from keel.deadletters import (
     header_map,
 )
 from keel.errors import KeelError
+from keel.health import Checks, beating, check, routes
 from keel.kafka import (
     TopicSpec,
     ensure_topics,
@@ -89,6 +88,7 @@ from keel.kafka import (
     make_consumer,
     make_producer,
 )
+from keel.metrics import ConsumerMetrics
 from keel.settings import KeelSettings
 from schemas.catalog import load_catalog
 from schemas.errors import DecodeError, RegistryError
@@ -560,10 +560,9 @@ class SinkMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
             registry=r,
         )
-        self.pending = Gauge(
-            "keel_webhooks_pending", "Events read and not committed yet.", registry=r
-        )
-        self.consumed = Counter("keel_webhooks_consumed", "Records read.", registry=r)
+        # keel_consumer_*{component="webhooks"}: processed counts deliveries a subscriber
+        # took, failures the attempts retried; the figures above break them down by subscriber.
+        self.consumer = ConsumerMetrics("webhooks", r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -610,7 +609,7 @@ class WebhookSink:
         self._joined = threading.Event()
         self._last_loop = time.monotonic()
         self._children: dict[str, tuple[Any, Any, Any]] = {}
-        self._counts = {"delivered": 0, "retried": 0, "dead_lettered": 0, "consumed": 0}
+        self.counts = self.metrics.consumer  # what the progress log and /metrics report
 
     # -- lifecycle ----------------------------------------------------------------------
     def stop(self) -> None:
@@ -695,6 +694,8 @@ class WebhookSink:
         with self._lock:
             for tp in partitions:
                 self.tracks[(tp.topic, tp.partition)] = PartitionTrack(tp.topic, tp.partition)
+            self.counts.assigned = len(self.tracks)
+        self.counts.rebalances += 1
         self._joined.set()
         log.info(
             "assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "none"
@@ -727,6 +728,8 @@ class WebhookSink:
                 released.append(track)
                 if track.commit_at is not None and track.commit_at != track.committed:
                     offsets.append(TopicPartition(track.topic, track.partition, track.commit_at))
+            self.counts.assigned = len(self.tracks)
+        self.counts.rebalances += 1
         if released and self._loop is not None:
             self._loop.call_soon_threadsafe(self._cancel_lanes, released)
         return offsets
@@ -819,8 +822,7 @@ class WebhookSink:
             track = self.tracks.get((record.topic, record.partition))
         if track is None or track.revoked:
             return  # revoked while this batch was in flight: its new owner reads it again
-        self._counts["consumed"] += 1
-        self.metrics.consumed.inc()
+        self.counts.consumed += 1
         if record.undecodable:
             targets = self.targets  # nobody can tell who wanted it: every subscriber hears
         else:
@@ -853,7 +855,8 @@ class WebhookSink:
             elif track.paused and track.pending <= high // 2:
                 track.paused = False
                 resume.append(TopicPartition(track.topic, track.partition))
-        self.metrics.pending.set(sum(t.pending for t in tracks))
+        self.counts.in_flight = sum(t.pending for t in tracks)
+        self.counts.paused = any(t.paused for t in tracks)
         if pause and self._consumer is not None:
             await self._kafka_call(self._consumer.pause, pause)
             log.info("read-ahead full, waiting on %s", pause)
@@ -880,6 +883,7 @@ class WebhookSink:
         with self._lock:
             for track, at in due:
                 track.committed = at
+        self.counts.commits += 1
 
     def _commit_now(self, offsets: list[TopicPartition]) -> None:
         assert self._consumer is not None
@@ -889,15 +893,15 @@ class WebhookSink:
         with self._lock:
             pending = sum(t.pending for t in self.tracks.values())
             partitions = len(self.tracks)
-        c = self._counts
+        c = self.counts
         log.info(
             "webhooks: %d read, %d delivered, %d retries, %d dead-lettered, %d pending",
-            c["consumed"],
-            c["delivered"],
-            c["retried"],
-            c["dead_lettered"],
+            c.consumed,
+            c.processed,
+            c.failures,
+            sum(c.dead_lettered.values()),
             pending,
-            extra={**c, "pending": pending, "partitions": partitions},
+            extra={**c.counts(), "pending": pending, "partitions": partitions},
         )
 
     # -- delivering -----------------------------------------------------------------------
@@ -927,7 +931,7 @@ class WebhookSink:
             async with target.semaphore:
                 outcome = await self._attempt(target, record, attempt, ident)
             if outcome.verdict is Verdict.SUCCESS:
-                self._counts["delivered"] += 1
+                self.counts.processed += 1
                 ok_attempts, delivered, latency = self._success_metrics(target.name)
                 ok_attempts.inc()
                 delivered.inc()
@@ -941,7 +945,7 @@ class WebhookSink:
                 age = time.monotonic() - started
                 delay, reason = target.policy.next_retry(attempt, age, outcome.retry_after)
                 if delay is not None:
-                    self._counts["retried"] += 1
+                    self.counts.failures += 1
                     log.info(
                         "%s: attempt %d failed (%s), retrying in %.2fs",
                         target.name,
@@ -1046,7 +1050,7 @@ class WebhookSink:
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
-        self._counts["dead_lettered"] += 1
+        self.counts.dead_lettered[reason] += 1
         self.metrics.dead_lettered.labels(target.name, reason).inc()
         log.warning(
             "%s: event dead-lettered to %s (%s): %s",
@@ -1087,27 +1091,18 @@ class WebhookSink:
         if not self.http_port:
             return None
 
-        async def healthz(_request: web.Request) -> web.Response:
-            stalled = time.monotonic() - self._last_loop > 60
-            return web.json_response(
-                {"status": "unavailable" if stalled else "ok"}, status=503 if stalled else 200
-            )
+        async def healthz(_app: web.Application) -> Checks:
+            return {"loop": beating(self._last_loop, 60.0)}
 
-        async def readyz(_request: web.Request) -> web.Response:
-            ready = self._joined.is_set()
-            return web.json_response(
-                {"status": "ok" if ready else "unavailable"}, status=200 if ready else 503
-            )
+        async def readyz(app: web.Application) -> Checks:
+            group = check(self._joined.is_set(), group=self.settings.webhooks_group)
+            return {**await healthz(app), "group": group}
 
-        async def metrics(_request: web.Request) -> web.Response:
-            return web.Response(
-                body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
-            )
+        async def metrics(_app: web.Application) -> bytes:
+            return self.metrics.render()
 
         app = web.Application()
-        app.add_routes(
-            [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics)]
-        )
+        app.add_routes(routes(healthz=healthz, readyz=readyz, metrics=metrics))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "0.0.0.0", self.http_port).start()

@@ -41,6 +41,7 @@ from mode.utils.compat import want_bytes
 from prometheus_client import generate_latest
 from rocksdict import WriteBatch
 
+from keel import health
 from keel.deadletters import (
     H_ERROR,
     H_ORIG_OFFSET,
@@ -657,16 +658,19 @@ class StreamsApp:
 
         class Healthz(View):
             async def get(self, request: Request) -> Response:
-                if streams.stalls:  # a restart gets the partition fetched again
-                    body = {"status": "stalled", "stalled": [s.as_dict() for s in streams.stalls]}
-                    return self.json(body, status=503)
-                return self.json({"status": "ok"})
+                # A stalled partition fails it: a restart gets the partition fetched again.
+                stalled = [s.as_dict() for s in streams.stalls]
+                status, body = health.answer(
+                    {"partitions": health.check(not stalled, stalled=stalled)}
+                )
+                return self.json(body, status=status)
 
         class Readyz(View):
             async def get(self, request: Request) -> Response:
                 ready, why = streams.readiness()
                 streams.metrics.ready.set(1 if ready else 0)
-                return self.json({"ready": ready, "status": why}, status=200 if ready else 503)
+                status, body = health.answer({"worker": health.check(ready, state=why)})
+                return self.json(body, status=status)
 
         class Metrics(View):
             async def get(self, request: Request) -> Response:

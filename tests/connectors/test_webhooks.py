@@ -423,7 +423,7 @@ def test_a_stuck_subscriber_holds_the_others_back_only_up_to_the_read_ahead(
 
     def consumed() -> int:
         for line in sink.text("/metrics").splitlines():
-            if line.startswith("keel_webhooks_consumed_total "):
+            if line.startswith('keel_consumer_consumed_total{component="webhooks"} '):
                 return int(float(line.split()[1]))
         return 0
 

@@ -1,17 +1,22 @@
 """`keel up --detach`, `keel status`, `keel down`: the real console script runs the whole
-local stack in its own folder and on its own ports."""
+local stack in its own folder and on its own ports, and every Keel process of it answers
+/healthz and /readyz in keel.health's one shape."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from keel.local.ports import free_base_port
+from tests.polling import wait_for
+from tests.processes import http_get
 
 KEEL = str(Path(sys.executable).parent / "keel")
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -19,7 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 def test_up_status_down(tmp_path: Path) -> None:
     names = ["broker", "redis", "postgres", "registry", "streams", "jobs", "smtp", "ingest_lb",
-             "ingest_a", "ingest_b", "outbox", "pgsink", "archive"]  # fmt: skip
+             "ingest_a", "ingest_b", "outbox", "pgsink", "archive", "webhooks"]  # fmt: skip
     base = free_base_port(len(names))  # free port pairs, 100 apart: one per listening service
     port = {name: base + 100 * i for i, name in enumerate(names)}
     env = {
@@ -42,7 +47,14 @@ def test_up_status_down(tmp_path: Path) -> None:
         "KEEL_OUTBOX_HTTP_PORT": str(port["outbox"]),
         "KEEL_PGSINK_HTTP_PORT": str(port["pgsink"]),
         "KEEL_ARCHIVE_HTTP_PORT": str(port["archive"]),
+        "KEEL_WEBHOOKS_HTTP_PORT": str(port["webhooks"]),
     }
+    # A subscriptions file makes the webhook sink join (its subscriber need not answer).
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "webhooks.toml").write_text(
+        '[[subscriptions]]\nname = "stack"\nurl = "http://127.0.0.1:9/hook"\n'
+        'secret = "whsec_stack_test_0123456789"\n'
+    )
 
     def keel(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -52,13 +64,17 @@ def test_up_status_down(tmp_path: Path) -> None:
     try:
         up = keel("up", "--detach")
         assert up.returncode == 0, up.stderr
-        status = keel("status")
-        assert status.returncode == 0, status.stdout + status.stderr
+        # Alive once `up` returns; ready (in their groups, tables recovered) soon after.
+        status = wait_for(
+            lambda: (st := keel("status")).returncode == 0 and st, 120, "every service ready"
+        )
         lines = status.stdout.splitlines()
         assert {ln.split()[0] for ln in lines} >= {
-            "kafka", "redis", "postgres", "registry", "outbox-relay", "pgsink", "archive-sink"
+            "kafka", "redis", "postgres", "registry", "outbox-relay", "pgsink", "archive-sink",
+            "webhook-sink", "jobs-worker", "streams-1", "ingest-1", "ingest-2",
         }  # fmt: skip
         assert all(" healthy " in ln for ln in lines), status.stdout
+        _every_process_answers_the_one_shape(keel)
         # A second `up` reuses what runs.
         again = keel("up", "--detach")
         assert again.returncode == 0 and "already running" in again.stderr
@@ -70,3 +86,32 @@ def test_up_status_down(tmp_path: Path) -> None:
     after = keel("status")
     assert after.returncode == 1
     assert all(" stopped " in ln for ln in after.stdout.splitlines())
+
+
+KEEL_PROCESSES = {"registry", "ingest-1", "ingest-2", "streams-1", "jobs-worker",
+                  "outbox-relay", "pgsink", "archive-sink", "webhook-sink"}  # fmt: skip
+
+
+def _every_process_answers_the_one_shape(keel: Any) -> None:
+    """`keel status --json` names where each Keel process serves keel.health; each answers
+    /healthz and /readyz as {"status": "ok", "checks": {name: {"ok": true, ...}}} and serves
+    /metrics."""
+    listed = keel("status", "--json")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    found = {st["name"]: st for st in json.loads(listed.stdout)}
+    assert {name for name, st in found.items() if st["url"]} == KEEL_PROCESSES
+    for name in sorted(KEEL_PROCESSES):
+        st = found[name]
+        assert st["ready"] and st["readiness"]["status"] == "ok", st
+        for path in ("/healthz", "/readyz"):
+            status, text = http_get(st["url"] + path)
+            body = json.loads(text)
+            assert status == 200, (name, path, body)
+            assert set(body) == {"status", "checks"} and body["status"] == "ok", (name, body)
+            assert body["checks"] and all(
+                isinstance(c, dict) and c["ok"] is True for c in body["checks"].values()
+            ), (name, path, body)
+        assert http_get(st["url"] + "/metrics")[0] == 200, name
+    # A consumer's figures carry the one naming scheme.
+    metrics = http_get(found["pgsink"]["url"] + "/metrics")[1]
+    assert 'keel_consumer_consumed_total{component="pgsink"}' in metrics
