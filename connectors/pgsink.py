@@ -53,14 +53,7 @@ from connectors.postgres import TableName as Table
 from connectors.postgres import connect as connect_postgres
 from connectors.postgres import describe_dsn, first_line
 from keel.backoff import Backoff
-from keel.deadletters import (
-    H_ERROR,
-    H_ORIG_OFFSET,
-    H_ORIG_PARTITION,
-    H_ORIG_TIMESTAMP,
-    H_ORIG_TOPIC,
-    H_REASON,
-)
+from keel.deadletters import Failure, Origin, letter_headers
 from keel.errors import KeelError
 from keel.health import HealthServer, check, loop_server
 from keel.kafka import (
@@ -403,7 +396,7 @@ class Batch:
 
     rows: list[Row] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)  # the record of each row
-    letters: list[tuple[Message, str, str]] = field(default_factory=list)  # reason, error
+    letters: list[tuple[Message, str, Failure]] = field(default_factory=list)  # reason, why
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     started: float = 0.0
 
@@ -576,7 +569,7 @@ class PgSink:
         if not batch.offsets:
             batch.started = time.monotonic()
         self.counts.consumed += 1
-        if isinstance(event, str):
+        if isinstance(event, Failure):
             batch.letters.append((msg, REASON_UNDECODABLE, event))
         else:
             event_type = event.get("type")
@@ -587,13 +580,13 @@ class PgSink:
                     batch.rows.append(event_row(event, key[0], key[1], offset))
                     batch.messages.append(msg)
                 except Unwritable as exc:
-                    batch.letters.append((msg, REASON_UNDECODABLE, str(exc)))
+                    batch.letters.append((msg, REASON_UNDECODABLE, Failure.of(exc)))
         batch.offsets[key] = offset + 1
         self._next[key] = offset + 1
         self.counts.in_flight = len(batch)
         return True
 
-    def _decode(self, msg: Message) -> dict[str, Any] | str | None:
+    def _decode(self, msg: Message) -> dict[str, Any] | Failure | None:
         """The event, or why it cannot be decoded, or None when stopping during a registry
         outage."""
         assert self.serde is not None
@@ -603,14 +596,14 @@ class PgSink:
                 return self.serde.decode_plain(msg.value() or b"")
             except RegistryError as exc:
                 if not exc.retriable:
-                    return f"{type(exc).__name__}: {exc}"
+                    return Failure.of(exc)
                 # The registry is down: nothing behind this record can be decoded either.
                 log.warning("registry unavailable, retrying in %.1fs: %s", delay, exc)
                 if self._stop.wait(delay):
                     return None
                 delay = min(delay * 2, 30.0)
             except (DecodeError, ValueError) as exc:
-                return f"{type(exc).__name__}: {exc}"
+                return Failure.of(exc)
 
     # -- writing and committing ---------------------------------------------------------
     def _flush(self) -> bool:
@@ -671,7 +664,8 @@ class PgSink:
             try:
                 inserted += write_rows(conn, self._insert, [row])
             except (psycopg.DataError, psycopg.IntegrityError) as exc:
-                error = f"PostgreSQL refused the row: {first_line(exc)}"
+                error = Failure.of(exc)
+                error = Failure(f"PostgreSQL refused the row: {first_line(exc)}", error.error_class)
                 batch.letters.append((msg, REASON_REJECTED, error))
                 continue
             rows.append(row)
@@ -685,20 +679,11 @@ class PgSink:
         assert self._producer is not None
         self._delivery_errors = []
         for msg, reason, error in batch.letters:
-            _kind, timestamp_ms = msg.timestamp()
-            headers: list[tuple[str, str | bytes | None]] = [
-                (H_ERROR, error),
-                (H_REASON, reason),
-                (H_ORIG_TOPIC, msg.topic() or ""),
-                (H_ORIG_PARTITION, str(msg.partition())),
-                (H_ORIG_OFFSET, str(msg.offset())),
-                (H_ORIG_TIMESTAMP, str(timestamp_ms)),
-            ]
             self._producer.produce(
                 self.settings.pgsink_dlq_topic,
                 key=msg.key(),
                 value=msg.value(),
-                headers=headers,
+                headers=letter_headers(reason, error, Origin.of_message(msg)),
                 on_delivery=self._delivered,
             )
         left = self._producer.flush(30)
@@ -715,8 +700,8 @@ class PgSink:
                 msg.offset(),
                 self.settings.pgsink_dlq_topic,
                 reason,
-                error,
-                extra={"reason": reason},
+                error.message,
+                extra={"reason": reason, "error_class": error.error_class},
             )
         for _msg, reason, _error in batch.letters:
             self.counts.dead_lettered[reason] += 1

@@ -68,16 +68,7 @@ from pydantic import (
     field_validator,
 )
 
-from keel.deadletters import (
-    H_ERROR,
-    H_ORIG_OFFSET,
-    H_ORIG_PARTITION,
-    H_ORIG_TIMESTAMP,
-    H_ORIG_TOPIC,
-    H_REASON,
-    H_REPLAYED_FROM,
-    header_map,
-)
+from keel.deadletters import H_REPLAYED_FROM, Failure, Origin, header_map, letter_headers
 from keel.errors import KeelError
 from keel.health import Checks, beating, check, routes
 from keel.kafka import (
@@ -116,6 +107,11 @@ _ANSWER_SNIPPET = 300  # bytes of a failed answer kept in logs and dead letters
 
 class WebhookError(KeelError):
     """Root of the webhook sink's errors."""
+
+
+class DeliveryRefused(WebhookError):
+    """A subscriber did not take an event: its HTTP answer stands for this error class in a
+    dead letter's `keel.error.class`."""
 
 
 class SubscriptionError(WebhookError):
@@ -197,6 +193,7 @@ class Outcome:
     detail: str
     retry_after: float | None = None  # seconds the receiver asked us to wait
     status: int | None = None
+    error_class: str = f"{__name__}.DeliveryRefused"  # an exception's, when one was raised
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -234,12 +231,12 @@ def classify_status(
 
 def classify_error(exc: BaseException) -> Outcome:
     """Timeouts and connection errors are retried; a URL aiohttp cannot use is permanent."""
-    name = type(exc).__name__
+    name, kind = type(exc).__name__, Failure.of(exc).error_class
     if isinstance(exc, aiohttp.InvalidURL):
-        return Outcome(Verdict.PERMANENT, f"invalid URL: {exc}")
+        return Outcome(Verdict.PERMANENT, f"invalid URL: {exc}", error_class=kind)
     if isinstance(exc, TimeoutError):
-        return Outcome(Verdict.RETRY, f"timeout ({name})")
-    return Outcome(Verdict.RETRY, f"{name}: {exc}")
+        return Outcome(Verdict.RETRY, f"timeout ({name})", error_class=kind)
+    return Outcome(Verdict.RETRY, f"{name}: {exc}", error_class=kind)
 
 
 @dataclass(frozen=True)
@@ -488,7 +485,7 @@ class Record:
     event_id: str = ""
     event_type: str = ""
     body: bytes = b""
-    undecodable: str = ""  # the decoding error, when there is one
+    undecodable: Failure | None = None  # the decoding error, when there is one
     replayed_from: str = ""  # `keel dlq replay`'s <dlq topic>/<partition>@<offset>
 
 
@@ -780,18 +777,21 @@ class WebhookSink:
                 if exc.retriable and self._stopping.is_set():
                     raise _Interrupted from None  # not undecodable: left for the next start
                 if not exc.retriable:
-                    record.undecodable = f"{type(exc).__name__}: {exc}"
+                    record.undecodable = Failure.of(exc)
                     return record
                 # The registry is down: nothing behind this record can be decoded either.
                 log.warning("registry unavailable, retrying in %.1fs: %s", delay, exc)
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
             except (DecodeError, ValueError) as exc:
-                record.undecodable = f"{type(exc).__name__}: {exc}"
+                record.undecodable = Failure.of(exc)
                 return record
         event_type = event.get("type")
         if not isinstance(event_type, str):
-            record.undecodable = "the record has no string 'type' field: not a Keel event"
+            record.undecodable = Failure(
+                "the record has no string 'type' field: not a Keel event",
+                f"{DecodeError.__module__}.{DecodeError.__qualname__}",
+            )
             return record
         record.event_type = event_type
         record.event_id = str(event.get("event_id", ""))
@@ -956,7 +956,8 @@ class WebhookSink:
                     )
                     await asyncio.sleep(delay)  # the backoff itself
                     continue
-            await self._dead_letter(target, record, reason, outcome.detail, attempt)
+            failure = Failure(outcome.detail, outcome.error_class)
+            await self._dead_letter(target, record, reason, failure, attempt)
             return
 
     def _success_metrics(self, name: str) -> tuple[Any, Any, Any]:
@@ -999,21 +1000,17 @@ class WebhookSink:
             return classify_error(exc)
 
     async def _dead_letter(
-        self, target: Target, record: Record, reason: str, error: str, attempts: int
+        self, target: Target, record: Record, reason: str, error: Failure, attempts: int
     ) -> None:
         """Write the record to the subscriber's dead-letter topic; return once the broker
         acknowledged it (retrying meanwhile: committing past it otherwise would lose it)."""
-        headers: list[tuple[str, str | bytes | None]] = [
-            (H_ERROR, error),
-            (H_REASON, reason),
-            (H_ORIG_TOPIC, record.topic),
-            (H_ORIG_PARTITION, str(record.partition)),
-            (H_ORIG_OFFSET, str(record.offset)),
-            (H_ORIG_TIMESTAMP, str(record.timestamp_ms)),
+        origin = Origin(record.topic, record.partition, record.offset, record.timestamp_ms)
+        extra = [
             (H_SUBSCRIBER, target.name),
             (H_ATTEMPTS, str(attempts)),
             (H_EVENT_ID, record.event_id),
         ]
+        headers = letter_headers(reason, error, origin, extra)
         loop = asyncio.get_running_loop()
         delay = 0.5
         while True:
@@ -1057,7 +1054,7 @@ class WebhookSink:
             target.name,
             target.dead_letter_topic,
             reason,
-            error,
+            error.message,
             extra={"event_id": record.event_id, "subscriber": target.name, "reason": reason},
         )
 

@@ -42,14 +42,7 @@ from prometheus_client import generate_latest
 from rocksdict import WriteBatch
 
 from keel import health
-from keel.deadletters import (
-    H_ERROR,
-    H_ORIG_OFFSET,
-    H_ORIG_PARTITION,
-    H_ORIG_TOPIC,
-    H_PROCESSOR,
-    H_REASON,
-)
+from keel.deadletters import H_PROCESSOR, Failure, Origin, letter_headers
 from keel.kafka import TopicSpec
 from keel.settings import KeelSettings
 from streams.codec import AvroCodec
@@ -457,15 +450,15 @@ class StreamsApp:
 
     def _dead_letter(self, poison: Poison) -> None:
         raw = poison.raw
+        origin = Origin(
+            raw.topic or self.source.get_topic_name(), raw.partition, raw.offset, raw.timestamp_ms
+        )
+        extra = [(H_PROCESSOR, poison.processor)] if poison.processor else []
+        failure = Failure(poison.error, poison.error_class)
         headers = [
-            (H_ERROR, poison.error.encode()[:4000]),
-            (H_REASON, poison.reason.encode()),
-            (H_ORIG_TOPIC, (raw.topic or self.source.get_topic_name()).encode()),
-            (H_ORIG_PARTITION, str(raw.partition).encode()),
-            (H_ORIG_OFFSET, str(raw.offset).encode()),
+            (name, value.encode() if isinstance(value, str) else value or b"")
+            for name, value in letter_headers(poison.reason, failure, origin, extra)
         ]
-        if poison.processor:
-            headers.append((H_PROCESSOR, poison.processor.encode()))
         log.warning(
             "dead letter %s:%s@%s: %s",
             raw.topic,

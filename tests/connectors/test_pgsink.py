@@ -263,6 +263,7 @@ def test_an_undecodable_record_is_dead_lettered_and_later_events_still_land(pg: 
     assert letters[0].headers[H_ORIG_TOPIC] == pg.source
     assert letters[0].headers[H_ORIG_PARTITION] == "0"
     assert letters[0].headers[H_ORIG_OFFSET] == "0"
+    assert letters[0].headers["keel.error.class"].startswith("schemas.errors.")
     # keel dlq reads the same topic.
     shown = run_keel("dlq", "list", pg.settings.pgsink_dlq_topic, env=pg.env())
     assert shown.returncode == 0, shown.stderr
@@ -487,4 +488,5 @@ def test_a_row_postgresql_refuses_is_dead_lettered_and_the_rest_of_its_batch_lan
     [letter] = read(pg.settings, pg.settings.pgsink_dlq_topic)
     assert letter.headers[H_REASON] == "rejected"
     assert "check constraint" in letter.error and letter.key == b"banned"
+    assert letter.headers["keel.error.class"] == "psycopg.errors.CheckViolation"
     assert sink.counts.processed == 5 and sum(sink.counts.dead_lettered.values()) == 1
