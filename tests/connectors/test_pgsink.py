@@ -281,7 +281,7 @@ def test_a_sink_stopped_between_db_commit_and_offset_commit_rewrites_nothing_twi
     pg.send(first)
 
     def crash(batch: Batch) -> None:
-        raise Crash(f"stopped after writing {len(batch.rows)} rows")
+        raise Crash(f"stopped after writing {len(batch.items)} rows")
 
     sink = PgSink(pg.settings, after_write=crash)
     running = Running(sink)
