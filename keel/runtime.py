@@ -137,7 +137,7 @@ class BatchingSink(ABC, Generic[T]):
 class RunnerConfig:
     group: str
     topics: list[str]
-    dlq_topic: str
+    dlq_topic: str = ""  # where a batching sink's dead letters go
     batch_size: int = 500
     batch_ms: int = 1000
     backoff_max_s: float = 30.0
@@ -169,10 +169,212 @@ def decode_with_retry(
                 return None
 
 
-class BatchRunner(Generic[T]):
-    """Runs a `BatchingSink` (see the module docstring). `run(stop)` on one thread until
-    `stop` is set; no I/O before. `after_write(batch)` runs between the sink's write and the
-    offset commit (tests stop a sink at exactly that point)."""
+class ConsumerLoop:
+    """What every runner shares: the consumer and its subscription, the assignment, the
+    loop with its liveness beat and progress log, offset commits and readiness. A runner
+    says what one turn of the loop does (`_turn`) and what a rebalance means for its sink."""
+
+    def __init__(
+        self,
+        component: str,
+        settings: KeelSettings,
+        config: RunnerConfig,
+        metrics: ConsumerMetrics,
+        **consumer_overrides: Any,
+    ) -> None:
+        self.component = component
+        self.settings = settings
+        self.config = config
+        self.counts = metrics
+        self.heartbeat = time.monotonic()  # the loop is alive (/healthz)
+        self.ready = False  # in the group (and, for a batching sink, the last write worked)
+        self._overrides = {"session.timeout.ms": config.session_timeout_ms, **consumer_overrides}
+        self._consumer: Consumer | None = None
+        self._assigned: set[Key] = set()
+        self._stop = threading.Event()
+
+    def run(self, stop: threading.Event) -> None:
+        """Until `stop` is set, on this thread (the rebalance callbacks run inside `consume`,
+        on it too); no I/O before."""
+        self._stop = stop
+        c = self.config
+        self._start()
+        self._consumer = make_consumer(c.group, self.settings, **self._overrides)
+        self._consumer.subscribe(
+            c.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        next_progress = time.monotonic() + c.progress_interval_s
+        try:
+            while not stop.is_set():
+                self.heartbeat = time.monotonic()
+                self._turn()
+                if time.monotonic() >= next_progress:
+                    self.log_progress()
+                    next_progress = time.monotonic() + c.progress_interval_s
+            self._stopping()
+        finally:
+            self._finish()
+            self.log_progress()
+            log.info("%s stopped", self.component)
+
+    def commit(self, offsets: list[TopicPartition]) -> bool:
+        """Commit `offsets` of partitions still assigned, synchronously; False when the
+        broker refused (a rebalance under way: the new owner reads those records again)."""
+        assert self._consumer is not None
+        offsets = [tp for tp in offsets if (tp.topic, tp.partition) in self._assigned]
+        if not offsets:
+            return True
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except Exception as exc:
+            log.warning("offset commit failed: %s", exc)
+            return False
+        self.counts.commits += 1
+        return True
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                self._consumer.close()  # leaves the group; commits nothing (manual commits)
+            self._consumer = None
+
+    def log_progress(self) -> None:
+        c = self.counts
+        log.info(
+            "%s progress: %d read, %d written, %s skipped, %d dead-lettered",
+            self.component,
+            c.consumed,
+            c.processed,
+            dict(c.skipped) or 0,
+            sum(c.dead_lettered.values()),
+            extra={**c.counts(), **self._progress_extra()},
+        )
+
+    # -- what a runner decides ----------------------------------------------------------
+    def _start(self) -> None:
+        """Before the consumer is made (open a producer...)."""
+
+    def _turn(self) -> None:
+        raise NotImplementedError
+
+    def _stopping(self) -> None:
+        """`stop` was set: the last work before the consumer leaves."""
+
+    def _finish(self) -> None:
+        """Always, last: release what the runner holds, close the consumer."""
+        self.close()
+
+    def _progress_extra(self) -> dict[str, Any]:
+        return {}
+
+    def _assigned_now(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """After new partitions joined the assignment."""
+
+    def _revoking(self, partitions: list[TopicPartition]) -> None:
+        """Before partitions leave in good order: finish and commit their work."""
+
+    def _released(self, partitions: list[TopicPartition], lost: bool) -> None:
+        """After partitions left (lost: another member may own them already)."""
+
+    # -- rebalances (inside consume, on the loop's thread) -----------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._assigned.add((tp.topic, tp.partition))
+        self._assigned_now(consumer, partitions)
+        self.counts.assigned = len(self._assigned)
+        self.counts.rebalances += 1
+        self.ready = True
+        log.info("assigned %s", _names(partitions) or "none")
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._revoking(partitions)
+        self._release(partitions, lost=False)
+        log.info("revoked %s", _names(partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._release(partitions, lost=True)
+        log.warning("lost %s", _names(partitions))
+
+    def _release(self, partitions: list[TopicPartition], lost: bool) -> None:
+        self._assigned -= {(tp.topic, tp.partition) for tp in partitions}
+        self._released(partitions, lost)
+        self.counts.assigned = len(self._assigned)
+        self.counts.rebalances += 1
+
+
+class CommittingSink(ABC):
+    """A sink that decides its own commit points (the archive commits after its rename):
+    it takes every record and calls `runner.commit(...)` when its effect is durable."""
+
+    component: str
+
+    @abstractmethod
+    def take(self, message: Message) -> None: ...
+
+    def tick(self) -> None:  # noqa: B027  (optional hook)
+        """Once per turn of the loop (roll what aged)."""
+
+    def on_assign(self, partitions: list[TopicPartition]) -> None:  # noqa: B027
+        """New partitions are this sink's."""
+
+    def on_revoke(self, partitions: list[TopicPartition]) -> None:  # noqa: B027
+        """Partitions leave in good order: finish and commit their work now."""
+
+    def on_lost(self, partitions: list[TopicPartition]) -> None:  # noqa: B027
+        """Partitions are gone (another member may write them already): discard."""
+
+    def stop(self) -> None:  # noqa: B027
+        """The runner stops: finish and commit what can be."""
+
+    def progress(self) -> dict[str, Any]:
+        return {}
+
+
+class CommitRunner(ConsumerLoop):
+    """Runs a `CommittingSink`: each record to `take`, `tick` once a turn, the rebalances
+    to its hooks; its commits go through `commit`."""
+
+    def __init__(
+        self,
+        sink: CommittingSink,
+        settings: KeelSettings,
+        config: RunnerConfig,
+        metrics: ConsumerMetrics,
+    ) -> None:
+        super().__init__(sink.component, settings, config, metrics)
+        self.sink = sink
+
+    def _turn(self) -> None:
+        assert self._consumer is not None
+        for msg in self._consumer.consume(self.config.batch_size, 0.2):
+            if has_record(msg):
+                self.counts.consumed += 1
+                self.sink.take(msg)
+        self.sink.tick()
+
+    def _finish(self) -> None:
+        try:
+            self.sink.stop()
+        finally:
+            self.close()
+
+    def _progress_extra(self) -> dict[str, Any]:
+        return self.sink.progress()
+
+    def _assigned_now(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.sink.on_assign(partitions)
+
+    def _revoking(self, partitions: list[TopicPartition]) -> None:
+        self.sink.on_revoke(partitions)
+
+    def _released(self, partitions: list[TopicPartition], lost: bool) -> None:
+        if lost:
+            self.sink.on_lost(partitions)
+
+
+class BatchRunner(ConsumerLoop, Generic[T]):
+    """Runs a `BatchingSink` (see the module docstring). `after_write(batch)` runs between
+    the sink's write and the offset commit (tests stop a sink at exactly that point)."""
 
     def __init__(
         self,
@@ -185,84 +387,62 @@ class BatchRunner(Generic[T]):
         metrics: ConsumerMetrics,
         after_write: Callable[[Batch[T]], None] | None = None,
     ) -> None:
+        # Decoding waits out a registry outage on the loop's thread: leave room before the
+        # group decides this member is stuck.
+        super().__init__(
+            sink.component, settings, config, metrics, **{"max.poll.interval.ms": 600_000}
+        )
         self.sink = sink
-        self.settings = settings
-        self.config = config
         self.decode = decode
         self.undecodable = undecodable
-        self.counts = metrics
         self.after_write = after_write
-        self.heartbeat = time.monotonic()  # the loop is alive (/healthz)
-        self.ready = False  # in the group and the last write worked (/readyz)
-        self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._batch: Batch[T] = Batch()
-        self._assigned: set[Key] = set()
         self._next: dict[Key, int] = {}  # next offset expected per partition
         self._paused = False
+        self._retry_at = 0.0
         self._backoff = Backoff(config.backoff_max_s)
         self._decode_backoff = Backoff(30.0, first=0.5)
-        self._stop = threading.Event()
         self._delivery_errors: list[str] = []
 
     # -- the loop -------------------------------------------------------------------------
-    def run(self, stop: threading.Event) -> None:
-        self._stop = stop
-        c = self.config
+    def _start(self) -> None:
         self._producer = make_producer(self.settings, **{"linger.ms": 0})
-        self._consumer = make_consumer(
-            c.group,
-            self.settings,
-            # Decoding waits out a registry outage on this thread: leave room before the
-            # group decides this member is stuck.
-            **{"max.poll.interval.ms": 600_000, "session.timeout.ms": c.session_timeout_ms},
-        )
-        self._consumer.subscribe(
-            c.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
-        )
+
+    def _turn(self) -> None:
+        c, now = self.config, time.monotonic()
         batch_s = c.batch_ms / 1000
-        next_progress = time.monotonic() + c.progress_interval_s
-        retry_at = 0.0
-        try:
-            while not stop.is_set():
-                self.heartbeat = now = time.monotonic()
-                if self._paused:
-                    # Keep the membership alive (rebalance callbacks, heartbeats) and read
-                    # nothing until the batch is written.
-                    self._consume(1, min(0.2, max(0.0, retry_at - now)))
-                else:
-                    timeout = 0.2
-                    if self._batch.offsets:
-                        timeout = max(0.0, min(timeout, self._batch.started + batch_s - now))
-                    self._consume(c.batch_size - len(self._batch), timeout)
-                batch, now = self._batch, time.monotonic()
-                due = batch.offsets and (
-                    len(batch) >= c.batch_size or now >= batch.started + batch_s
-                )
-                if due and now >= retry_at:
-                    delay = self._flush()
-                    if delay is None:
-                        retry_at = 0.0
-                    else:
-                        retry_at = time.monotonic() + delay
-                        if not self._paused:
-                            self._pause()
-                if now >= next_progress:
-                    self.log_progress()
-                    next_progress = now + c.progress_interval_s
-            # Stopping: one last try to write what was read (the next start re-reads it
-            # otherwise, which an idempotent sink makes harmless).
+        if self._paused:
+            # Keep the membership alive (rebalance callbacks, heartbeats) and read nothing
+            # until the batch is written.
+            self._consume(1, min(0.2, max(0.0, self._retry_at - now)))
+        else:
+            timeout = 0.2
             if self._batch.offsets:
-                self._flush()
-        finally:
-            self.log_progress()
-            log.info("%s stopped", self.sink.component)
+                timeout = max(0.0, min(timeout, self._batch.started + batch_s - now))
+            self._consume(c.batch_size - len(self._batch), timeout)
+        batch, now = self._batch, time.monotonic()
+        due = batch.offsets and (len(batch) >= c.batch_size or now >= batch.started + batch_s)
+        if due and now >= self._retry_at:
+            delay = self._flush()
+            if delay is None:
+                self._retry_at = 0.0
+            else:
+                self._retry_at = time.monotonic() + delay
+                if not self._paused:
+                    self._pause()
+
+    def _stopping(self) -> None:
+        # One last try to write what was read (the next start re-reads it otherwise, which
+        # an idempotent sink makes harmless).
+        if self._batch.offsets:
+            self._flush()
+
+    def _finish(self) -> None:
+        """The consumer stays open until `close()` (the caller's, after `run`)."""
 
     def close(self) -> None:
-        if self._consumer is not None:
-            with contextlib.suppress(Exception):
-                self._consumer.close()  # leaves the group; commits nothing (manual commits)
-            self._consumer = None
+        super().close()
         if self._producer is not None:
             self._producer.flush(10)
             self._producer = None
@@ -383,19 +563,7 @@ class BatchRunner(Generic[T]):
             self._delivery_errors.append(err.str())
 
     def _commit(self, batch: Batch[T]) -> None:
-        assert self._consumer is not None
-        offsets = [
-            TopicPartition(topic, partition, at)
-            for (topic, partition), at in batch.offsets.items()
-            if (topic, partition) in self._assigned
-        ]
-        if not offsets:
-            return
-        try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
-            self.counts.commits += 1
-        except Exception as exc:  # a rebalance under way: the new owner re-writes, harmlessly
-            log.warning("offset commit failed: %s", exc)
+        self.commit([TopicPartition(t, p, at) for (t, p), at in batch.offsets.items()])
 
     def _pause(self) -> None:
         assert self._consumer is not None
@@ -403,7 +571,7 @@ class BatchRunner(Generic[T]):
         tps = [TopicPartition(t, p) for t, p in self._assigned]
         if tps:
             self._consumer.pause(tps)
-        log.warning("%s: write failed; partitions paused until it works", self.sink.component)
+        log.warning("%s: write failed; partitions paused until it works", self.component)
 
     def _resume(self) -> None:
         assert self._consumer is not None
@@ -411,52 +579,26 @@ class BatchRunner(Generic[T]):
         tps = [TopicPartition(t, p) for t, p in self._assigned]
         if tps:
             self._consumer.resume(tps)
-        log.info("%s: batch written, partitions resumed", self.sink.component)
+        log.info("%s: batch written, partitions resumed", self.component)
 
-    # -- rebalances (inside consume, on this thread) ------------------------------------
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    # -- rebalances (inside consume, on the loop's thread) -----------------------------
+    def _assigned_now(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
-            self._assigned.add((tp.topic, tp.partition))
             self._next.pop((tp.topic, tp.partition), None)
         if self._paused and partitions:
             consumer.pause(partitions)
-        self.counts.assigned = len(self._assigned)
-        self.counts.rebalances += 1
-        self.ready = True
-        log.info("assigned %s", _names(partitions) or "none")
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _revoking(self, partitions: list[TopicPartition]) -> None:
         # Write and commit what was read before another member takes over; if that fails,
         # it re-reads those records (and the idempotent sink drops what this one wrote).
         if self._batch.offsets:
             self._flush()
-        self._release(partitions)
-        log.info("revoked %s", _names(partitions))
 
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._release(partitions)
-        log.warning("lost %s", _names(partitions))
-
-    def _release(self, partitions: list[TopicPartition]) -> None:
+    def _released(self, partitions: list[TopicPartition], lost: bool) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
-        self._assigned -= gone
         for key in gone:
             self._next.pop(key, None)
         self._batch.forget(gone)
-        self.counts.assigned = len(self._assigned)
-        self.counts.rebalances += 1
-
-    def log_progress(self) -> None:
-        c = self.counts
-        log.info(
-            "%s progress: %d read, %d written, %s skipped, %d dead-lettered",
-            self.sink.component,
-            c.consumed,
-            c.processed,
-            dict(c.skipped) or 0,
-            sum(c.dead_lettered.values()),
-            extra=c.counts(),
-        )
 
 
 class LettersFailed(KeelError):
