@@ -180,3 +180,31 @@ def test_consumer_metrics_are_keel_consumer_names_labelled_by_component() -> Non
     names = {ln.split("{")[0].split(" ")[0] for ln in text.splitlines() if ln[0] != "#"}
     assert all(n.startswith("keel_consumer_") for n in names), names
     assert m.counts()["consumed"] == 10 and m.counts()["dead_lettered"] == 1
+
+
+def test_keel_status_reads_readiness_and_names_the_failing_checks() -> None:
+    from keel.local.services import ProcessService, ServiceStatus
+    from keel.settings import KeelSettings
+
+    unready = {"status": "unavailable", "checks": {"loop": {"ok": True}, "sink": {"ok": False}}}
+    st = ServiceStatus("pgsink", True, True, "x", url="http://h", readiness=unready)
+    assert not st.ready and st.unready_checks() == ["sink"]
+    assert ServiceStatus("redis", True, True, "x").ready  # no /readyz: healthy is enough
+    assert not ServiceStatus("pgsink", True, False, "x", url="http://h").ready
+
+    # A process serving keel.health answers its /readyz body, a 503 included.
+    server = HealthServer(
+        "x",
+        0,
+        healthz=lambda: {"loop": check(True)},
+        readyz=lambda: {"group": check(False)},
+        metrics=lambda: b"",
+    )
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}"
+        service = ProcessService("x", [], KeelSettings(), port=server.port, ops_url=url)
+        assert service.health_url == url + "/healthz" and service.healthy()
+        assert service.readiness()["checks"] == {"group": {"ok": False}}
+    finally:
+        server.stop()
