@@ -1,9 +1,11 @@
-"""The consumer runtime: one confluent-kafka loop under Keel's batching sinks, and the Sink
-API they implement.
+"""The consumer runtime: one confluent-kafka loop (`ConsumerLoop`) under Keel's sinks, and
+the Sink API they implement.
 
-A sink is one class (`BatchingSink`): it turns a decoded record into an item (or says to
-skip it, or why it cannot be one) and writes a batch of items. `BatchRunner` does the rest,
-once for every sink:
+Two kinds of sink, each one class. A `CommittingSink` (the archive) takes every record and
+decides its own commit points (`CommitRunner`: after a file's rename). A `BatchingSink`
+(the PostgreSQL sink) turns a decoded record into an item (or says to skip it, or why it
+cannot be one) and writes a batch of items; `BatchRunner` does the rest, once for every
+such sink:
 - subscribe (one group, manual commits, read_committed), follow rebalances: on a
   revocation the batch is written and committed first; records of partitions gone are
   dropped from what is held;
