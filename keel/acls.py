@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from confluent_kafka import KafkaError
 from confluent_kafka.admin import (
     AclBinding,
     AclBindingFilter,
@@ -34,7 +35,7 @@ from confluent_kafka.admin import (
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from keel.errors import KeelError
+from keel.errors import KafkaEdgeError, KeelError
 from keel.kafka import kafka_call
 
 DEFAULT_FILE = Path("acls.toml")
@@ -231,6 +232,18 @@ def observe(admin: AdminClient, timeout: float = 30.0) -> set[Acl]:
         AclOperation.ANY, AclPermissionType.ANY,
     )  # fmt: skip
     with kafka_call("describing ACLs", timeout):
+        # Kafka answers an empty list, not an error, to a principal that may not describe
+        # ACLs: a plan from it would add everything. Ask what this principal may do first.
+        cluster = admin.describe_cluster(
+            include_authorized_operations=True, request_timeout=timeout
+        ).result(timeout)
+        allowed = {op.name for op in cluster.authorized_operations or ()}
+        if not allowed & {"DESCRIBE", "ALTER", "ALL"}:
+            raise KafkaEdgeError(
+                "describing ACLs: Broker: Cluster authorization failed (the cluster's "
+                "DESCRIBE is needed)",
+                code=KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+            )
         bindings = admin.describe_acls(everything, request_timeout=timeout).result(timeout)
     return {acl for acl in map(_from_binding, bindings) if acl is not None}
 

@@ -373,7 +373,8 @@ class LocalKafka:
         upsert: UserScramCredentialAlteration = UserScramCredentialUpsertion(
             principal, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192), password.encode()
         )
-        for name, future in self._admin().alter_user_scram_credentials([upsert]).items():
+        admin = self._admin()  # held: its futures die with it
+        for name, future in admin.alter_user_scram_credentials([upsert]).items():
             with kafka_call(f"setting the password of {name}", 30):
                 future.result(30)
         self.security.set_password(principal, password)
