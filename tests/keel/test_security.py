@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from confluent_kafka import KafkaError, KafkaException
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from keel.acls import Acl, observe
+from keel.acls import Acl, load_acls, observe
 from keel.errors import KafkaEdgeError
 from keel.kafka import (
     SILENT_LOG,
@@ -32,13 +33,18 @@ from keel.kafka import (
     wait_for_topics,
 )
 from keel.local.broker import LocalKafka
-from keel.local.ports import free_base_port
+from keel.local.ports import free_base_port, free_port
 from keel.local.security import ADMIN, LocalSecurity
 from keel.settings import KeelSettings, get_settings
+from producers.auth import create_key
+from tests.harness import start_registry
 from tests.polling import wait_for
-from tests.processes import run_keel
+from tests.processes import KeelProcess, run_keel
+from tests.producers.conftest import post
+from tests.producers.test_http_roundtrip import order
 
 pytestmark = pytest.mark.integration
+SHIPPED_ACLS = Path(__file__).resolve().parents[2] / "acls.toml"
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +62,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
         die_with_parent=True,
         secure=True,
         security=LocalSecurity(root / "security"),
-        principals=("keel-ops",),
+        principals=tuple(load_acls(SHIPPED_ACLS).names()),
     )
     kafka.up(progress=lambda _m: None, timeout=600)
     try:
@@ -329,3 +335,46 @@ def test_aiokafka_and_faust_credentials_connect(cluster: LocalKafka, tmp_path: P
             await consumer.stop()
 
     assert asyncio.run(roundtrip()) == b"from-aiokafka"
+
+
+def test_components_run_as_their_own_principals_and_leak_no_password(
+    cluster: LocalKafka, tmp_path: Path
+) -> None:
+    """The registry and the events API, each as its principal of the shipped acls.toml: an
+    event goes through; no password is in their logs, /metrics or /readyz."""
+    run_keel("acls", "apply", "--yes", "-f", str(SHIPPED_ACLS), env=env_as(cluster, ADMIN),
+             timeout=120, check=True)  # fmt: skip
+    admin = make_admin(settings_as(cluster, ADMIN), logger=SILENT_LOG)
+    ensure_topics(admin, [TopicSpec("events", 3)])  # the ingest principal may not create it
+    wait_for_topics(admin, ["events"])
+
+    registry, registry_url = start_registry(
+        tmp_path / "registry", free_port(), "_schemas", **env_as(cluster, "keel-registry")
+    )
+    keys = tmp_path / "keys.json"
+    key = create_key(keys, "shop")
+    port = free_port()
+    ingest = KeelProcess.start(
+        [sys.executable, "-m", "keel.cli", "ingest", "--port", str(port), "--workers", "1"],
+        env_as(
+            cluster, "keel-ingest", KEEL_SCHEMA_REGISTRY_URL=registry_url,
+            KEEL_INGEST_KEYS_FILE=str(keys),
+        ),
+        tmp_path / "ingest.log", port=port, name="ingest",
+    )  # fmt: skip
+    try:
+        wait_for(ingest.ready, 120, "ingest /readyz")
+        status, _, body = post(ingest.url, order(), key)
+        assert status == 202, body
+        assert body["topic"] == "events"
+        outputs = [
+            registry.log.read_text(), ingest.log.read_text(), registry.text("/metrics"),
+            ingest.text("/metrics"), ingest.text("/readyz"),
+        ]  # fmt: skip
+    finally:
+        ingest.stop()
+        registry.stop()
+    secrets = [cluster.security.password(p) for p in ("keel-registry", "keel-ingest", ADMIN)]
+    for output in outputs:
+        for secret in secrets:
+            assert secret not in output
