@@ -201,16 +201,21 @@ def _ssl_reason(text: str) -> str:
     return text
 
 
-def record_errors(settings: KeelSettings) -> Any:
+def record_errors(settings: KeelSettings, overrides: dict[str, Any] | None = None) -> Any:
     """An `error_cb` for librdkafka that remembers the last security cause per cluster, so
-    that a command's timeout says why (`naming_brokers`); other errors are left to the log."""
+    that a command's timeout says why (`naming_brokers`). With an error callback librdkafka
+    no longer logs its errors itself, so this one logs them (one line, the cause first when it
+    is security), unless the client is silenced (`logger=SILENT_LOG`)."""
     identity = _identity(settings)
+    silent = (overrides or {}).get("logger") is SILENT_LOG
 
     def on_error(error: KafkaError) -> None:
         cause = security_cause(error, settings)
         if cause is not None:
             with _causes_lock:
                 _causes[identity] = cause
+        if not silent:
+            _log.warning("kafka error: %s", cause or error.str())
 
     return on_error
 
@@ -236,7 +241,7 @@ def _identity(settings: KeelSettings) -> tuple[object, ...]:
 
 def make_producer(settings: KeelSettings | None = None, **overrides: Any) -> Producer:
     settings = settings or get_settings()
-    config = {**PRODUCER_DEFAULTS, "error_cb": record_errors(settings), **overrides}
+    config = {**PRODUCER_DEFAULTS, "error_cb": record_errors(settings, overrides), **overrides}
     return Producer(settings.kafka_config(**config))
 
 
@@ -245,7 +250,7 @@ def make_consumer(
 ) -> Consumer:
     settings = settings or get_settings()
     config = {
-        **CONSUMER_DEFAULTS, "group.id": group_id, "error_cb": record_errors(settings),
+        **CONSUMER_DEFAULTS, "group.id": group_id, "error_cb": record_errors(settings, overrides),
         **overrides,
     }  # fmt: skip
     return Consumer(settings.kafka_config(**config))
@@ -308,7 +313,8 @@ def has_record(msg: Message, context: str = "consuming") -> bool:
 
 def make_admin(settings: KeelSettings | None = None, **overrides: Any) -> AdminClient:
     settings = settings or get_settings()
-    admin = AdminClient(settings.kafka_config(**{"error_cb": record_errors(settings), **overrides}))
+    error_cb = record_errors(settings, overrides)
+    admin = AdminClient(settings.kafka_config(**{"error_cb": error_cb, **overrides}))
     _admins.add(admin)
     return admin
 
