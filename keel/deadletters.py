@@ -228,6 +228,9 @@ def _drain(consumer: Consumer, topic: str, committed: bool, timeout: float) -> l
     seen when called. Partitions are assigned, not subscribed: no rebalance to wait for."""
     with kafka_call(f"reading dead-letter topic {topic}", timeout):
         metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        refused = metadata.error if metadata is not None else None
+        if refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            raise KafkaEdgeError.from_kafka_error(refused, f"reading dead-letter topic {topic}")
         if metadata is None or metadata.error is not None or not metadata.partitions:
             raise KafkaEdgeError(f"dead-letter topic {topic} does not exist")
         partitions = sorted(metadata.partitions)

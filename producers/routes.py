@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import PayloadEncodingError
 
 from keel.health import Checks, check
 from keel.health import routes as health_routes
@@ -113,6 +114,17 @@ async def _post_events(request: web.Request, ingest: Ingest) -> web.StreamRespon
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _body_too_large(s.ingest_max_body_bytes)
+    except (web.RequestPayloadError, PayloadEncodingError):
+        # aiohttp decodes the Content-Encoding while reading: a body that is not what its
+        # header claims (or that breaks off) is the client's fault, not a 500.
+        encoding = request.headers.get("Content-Encoding")
+        if not encoding:
+            return _error(400, "the body could not be read in full", reason="bad_json")
+        return _error(
+            400, f"body is not valid {encoding} (Content-Encoding: {encoding})",
+            [{"field": "Content-Encoding", "error": f"body is not {encoding}"}],
+            reason="bad_encoding",
+        )  # fmt: skip
     if len(raw) > s.ingest_max_body_bytes:
         return _body_too_large(s.ingest_max_body_bytes)
     try:

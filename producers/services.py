@@ -50,6 +50,7 @@ def render_nginx_conf(settings: KeelSettings, prefix: Path) -> Path:
         NGINX_CONF.read_text()
         .replace("{{UPSTREAMS}}", upstreams)
         .replace("{{LISTEN}}", str(settings.ingest_lb_port))
+        .replace("{{MAX_BODY}}", str(settings.ingest_max_body_bytes + 64 * 1024))
         .replace("{{PREFIX}}", str(prefix))
     )
     prefix.mkdir(parents=True, exist_ok=True)

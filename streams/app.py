@@ -43,7 +43,7 @@ from rocksdict import WriteBatch
 
 from keel import health
 from keel.deadletters import H_PROCESSOR, Failure, Origin, letter_headers
-from keel.kafka import TopicSpec
+from keel.kafka import TopicSpec, faust_credentials
 from keel.settings import KeelSettings
 from streams.codec import AvroCodec
 from streams.dedup_index import DedupIndex, batch_record_key
@@ -738,7 +738,7 @@ def faust_settings(settings: KeelSettings, partitions: int, datadir: Path) -> di
     batch = settings.streams_batch_size
     return {
         "broker": ";".join(f"kafka://{h.strip()}" for h in settings.bootstrap_servers.split(",")),
-        "broker_credentials": _credentials(settings),
+        "broker_credentials": faust_credentials(settings),
         "store": "rocksdb://",
         "datadir": str(datadir),
         "topic_partitions": partitions,
@@ -818,22 +818,6 @@ def _changelog_config(table: Any) -> dict[str, str]:
     config = {"cleanup.policy": "compact"}
     config.update({k: str(v) for k, v in table.extra_topic_configs.items()})
     return config
-
-
-def _credentials(settings: KeelSettings) -> Any:
-    if settings.security_protocol == "PLAINTEXT":
-        return None
-    if settings.sasl_username and settings.sasl_password is not None:
-        return faust.SASLCredentials(
-            username=settings.sasl_username,
-            password=settings.sasl_password.get_secret_value(),
-            mechanism=settings.sasl_mechanism or "PLAIN",
-        )
-    if settings.security_protocol == "SSL":
-        import ssl
-
-        return faust.SSLCredentials(ssl.create_default_context())
-    return None
 
 
 __all__ = ["StreamsApp", "faust_settings", "key_partition", "partition_context", "tune_gc"]

@@ -72,7 +72,12 @@ class Service(ABC):
 
 
 def local_kafka(
-    settings: KeelSettings, brokers: int = 1, base_port: int | None = None
+    settings: KeelSettings,
+    brokers: int = 1,
+    base_port: int | None = None,
+    *,
+    secure: bool = False,
+    principals: tuple[str, ...] = (),
 ) -> LocalKafka:
     return LocalKafka(
         settings.home / "broker",
@@ -82,6 +87,8 @@ def local_kafka(
         base_port=base_port or settings.broker_port,
         heap=settings.broker_heap,
         maven_settings=settings.maven_settings,
+        secure=secure,
+        principals=principals,
     )
 
 
