@@ -55,9 +55,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
         libs_home=get_settings().home,  # the jars' cache
         version=get_settings().kafka_version,
         brokers=3,
-        # Above the kernel's ephemeral range (32768-60999): a secured broker opens its client
-        # port a minute after its controller port on a loaded machine, long enough for an
-        # outgoing connection to take it (seen twice).
         base_port=free_base_port(3),
         die_with_parent=True,
         secure=True,
