@@ -24,7 +24,20 @@ from keel.local.ports import free_port as _free_port
 from keel.settings import get_settings
 from tests.harness import start_registry
 
+# The fault suite's shared 3-broker cluster (tests/faults): one for the session, whichever
+# modules use it (a fixture imported into each module would start one per module).
+pytest_plugins = ["tests.faults.cluster"]
+
 KAFKA_IMAGE = "apache/kafka:4.1.0"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fault-iterations",
+        type=int,
+        default=2,
+        help="Rounds of each fault test in tests/faults (`make faults` runs 20).",
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +63,10 @@ class LocalKafka:
         heap: str = "512m",
         die_with_parent: bool = False,
         maven_settings: Path | None = None,
+        overrides: Mapping[str, object] | None = None,
     ) -> None:
+        """`overrides`: broker properties written over the defaults below (fault tests
+        shorten failure detection with them)."""
         if brokers not in (1, 3):
             raise LocalStackError(f"--brokers must be 1 or 3, not {brokers}")
         self.root = root
@@ -74,6 +77,7 @@ class LocalKafka:
         self.heap = heap
         self.die_with_parent = die_with_parent
         self.maven_settings = maven_settings
+        self.overrides = dict(overrides or {})
 
     # -- layout ---------------------------------------------------------------------------
     @property
@@ -246,6 +250,7 @@ class LocalKafka:
             "auto.create.topics.enable": "false",
             # A developer machine: no reason to wait for more members before the first rebalance.
             "group.initial.rebalance.delay.ms": 0,
+            **self.overrides,
         }
         node.config_file.parent.mkdir(parents=True, exist_ok=True)
         node.config_file.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
