@@ -4,7 +4,7 @@ registry on them, and what a fault test needs to read the cluster and break it.
 One cluster serves every fault test of the session (starting three JVMs is the costly
 part); each test owns its topics, created here with replication 3 and min.insync.replicas
 2 stated explicitly, never left to the brokers' defaults. Failure detection is shortened
-(a SIGKILLed broker is fenced after 6 s, a lagging follower leaves the ISR after 8 s) so a
+(a dead or frozen broker is fenced after 6 s, a lagging follower leaves the ISR after 8 s) so a
 fault round takes seconds; what happens once detected is Kafka's and Keel's own.
 """
 
@@ -23,13 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka.admin import (
-    AdminClient,
-    AlterConfigOpType,
-    ConfigEntry,
-    ConfigResource,
-    ResourceType,
-)
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from keel.kafka import TopicSpec, delete_topics, ensure_topics, wait_for_topics
 from keel.local.broker import LocalKafka
@@ -64,7 +58,6 @@ class FaultCluster:
     root: Path
     admin: AdminClient = field(init=False)
     paused: set[int] = field(default_factory=set)
-    throttled: list[tuple[str, int]] = field(default_factory=list)
     frozen: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -177,50 +170,14 @@ class FaultCluster:
         self.kafka.nodes()[node - 1].process.stop(timeout=60)
 
     def heal(self) -> None:
-        """Every node running and unpaused, writable, no throttle left, three brokers
-        registered."""
+        """Every node running, unpaused and writable, three brokers registered."""
         self.thaw()
         for node in list(self.paused):
             self.resume(node)
         for node in (1, 2, 3):
             if node not in self.running():
                 self.restart(node)
-        self.unthrottle()
         wait_for(lambda: len(self.admin.list_topics(timeout=5).brokers) == 3, 90, "three brokers")
-
-    # -- replication throttles (a follower made to lag while it stays up) -----------------
-    def throttle_follower(self, topic: str, partition: int, node: int, rate: int) -> None:
-        """Broker `node` fetches `topic[partition]` as a follower at `rate` bytes/s at most."""
-        self._alter(ResourceType.BROKER, str(node), {"follower.replication.throttled.rate": rate})
-        self._alter(
-            ResourceType.TOPIC, topic, {"follower.replication.throttled.replicas": f"{partition}:{node}"}
-        )  # fmt: skip
-        self.throttled.append((topic, node))
-
-    def unthrottle(self) -> None:
-        for topic, node in self.throttled:
-            self._alter(
-                ResourceType.BROKER, str(node), {"follower.replication.throttled.rate": None}
-            )
-            self._alter(
-                ResourceType.TOPIC, topic, {"follower.replication.throttled.replicas": None}
-            )
-        self.throttled.clear()
-
-    def _alter(self, kind: ResourceType, name: str, values: dict[str, Any]) -> None:
-        entries = [
-            ConfigEntry(
-                key,
-                "" if value is None else str(value),
-                incremental_operation=(
-                    AlterConfigOpType.DELETE if value is None else AlterConfigOpType.SET
-                ),
-            )
-            for key, value in values.items()
-        ]
-        resource = ConfigResource(kind, name, incremental_configs=entries)
-        for future in self.admin.incremental_alter_configs([resource]).values():
-            future.result(timeout=15)
 
     def node_rss_kb(self, node: int) -> int:
         return rss_kb(self.pid(node))

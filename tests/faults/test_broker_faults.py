@@ -96,10 +96,11 @@ def test_two_of_three_brokers_down(
 def test_follower_out_of_isr_then_leader_killed(
     healed: FaultCluster, ingest_front: IngestFront, request: pytest.FixtureRequest
 ) -> None:
-    """Scenario 3: a follower falls out of the ISR (its replication throttled while it runs),
-    then the leader is SIGKILLed. Only the follower still in sync may take over; the lagging
-    one, missing acknowledged events, must never lead (unclean election is off), and with
-    one in-sync copy left the partition refuses writes until the lagger catches up."""
+    """Scenario 3: a follower falls out of the ISR (SIGSTOPped: it stops fetching and
+    heartbeating, so it is fenced and dropped), events are acknowledged by the two copies
+    left, then the leader is SIGKILLed and the frozen follower resumed (which gives the
+    KRaft quorum its second voter back). Only the follower still in sync may take over:
+    the lagger misses acknowledged events, and unclean election is off."""
     cluster, topic = healed, ingest_front.topic
     rounds = repetitions(request.config)
     with HttpLoad(ingest_front.url, ingest_front.key) as load:
@@ -108,17 +109,17 @@ def test_follower_out_of_isr_then_leader_killed(
             state = cluster.assert_meaningful(topic)[0]
             leader = state.leader
             lagger, keeper = (b for b in state.replicas if b != leader)
-            cluster.throttle_follower(topic, 0, lagger, rate=1024)
-            # The fault's premise, seen just before the kill: the lagger is out of the ISR.
-            cluster.wait_isr(topic, 0, {leader, keeper}, timeout=90)
+            cluster.pause(lagger)
+            cluster.wait_isr(topic, 0, {leader, keeper}, timeout=90)  # the fault's premise
+            load.wait_acked(150, 60, f"by brokers {leader} and {keeper} alone (round {n})")
             cluster.kill(leader)
-            new_leader = cluster.wait_leader(topic, 0, not_on=leader)
+            cluster.resume(lagger)
+            new_leader = cluster.wait_leader(topic, 0, not_on=leader, timeout=120)
             assert new_leader == keeper, f"broker {new_leader} led, not the in-sync {keeper}"
-            load.wait_acked(50, 60, f"from the partitions {leader} did not lead (round {n})")
-            cluster.unthrottle()  # the lagger catches up from the keeper; writes resume
+            load.wait_acked(150, 120, f"with broker {leader} dead (round {n})")
             cluster.restart(leader)
             cluster.wait_in_sync(topic)
-            load.wait_acked(150, 120, f"once the lagger caught up (round {n})")
+            load.wait_acked(50, 60, f"after broker {leader} came back (round {n})")
     result = verdict(load, cluster.bootstrap, cluster.registry_url, topic)
     FaultRow(
         "3. a follower out of the ISR, then the leader SIGKILLed", rounds, result.acknowledged,
