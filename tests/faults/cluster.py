@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
+from keel.errors import LocalStackError
 from keel.kafka import TopicSpec, delete_topics, ensure_topics, wait_for_topics
 from keel.local.broker import LocalKafka
 from keel.local.ports import free_base_port, free_port
@@ -84,8 +86,15 @@ class FaultCluster:
 
     def min_isr(self, topic: str) -> int:
         resource = ConfigResource(ResourceType.TOPIC, topic)
-        configs = self.admin.describe_configs([resource])[resource].result(timeout=10)
-        return int(configs["min.insync.replicas"].value)
+
+        def read() -> int | None:  # a broker may not know a topic just created yet
+            try:
+                configs = self.admin.describe_configs([resource])[resource].result(timeout=10)
+            except KafkaException:
+                return None
+            return int(configs["min.insync.replicas"].value)
+
+        return int(wait_for(read, 60, f"the configs of {topic}", interval=0.5))
 
     def assert_meaningful(self, topic: str) -> dict[int, PartitionState]:
         """What makes a fault on `topic` meaningful: every partition has three replicas, all
@@ -146,7 +155,13 @@ class FaultCluster:
         self.paused.discard(node)
 
     def restart(self, node: int) -> None:
-        self.kafka.start_node(node, timeout=90)
+        """Start broker `node` again (after a SIGKILL it first recovers its logs: on a busy
+        machine that takes minutes)."""
+        try:
+            self.kafka.start_node(node, timeout=240)
+        except LocalStackError as exc:
+            tail = self.kafka.nodes()[node - 1].process.tail(30)
+            raise AssertionError(f"{exc}; its log ends:\n{tail}") from exc
 
     def running(self) -> list[int]:
         return [n.node_id for n in self.kafka.running_nodes()]
@@ -213,7 +228,8 @@ def fault_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultClu
         if registry is not None:
             registry.stop()
         kafka.down(progress=lambda _m: None)
-        shutil.rmtree(kafka.root, ignore_errors=True)
+        for node in kafka.nodes():  # the logs stay with pytest's temporary folders
+            shutil.rmtree(node.data_dir, ignore_errors=True)
 
 
 @pytest.fixture
