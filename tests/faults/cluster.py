@@ -206,16 +206,33 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def _start_cluster(root: Path, attempts: int = 2) -> LocalKafka:
+    """Three brokers on free ports. A port found free can be taken before the broker binds
+    it (other test runs share the machine): a broker that dies starting is tried again on
+    other ports, once, with its log's tail in the error if that fails too."""
+    settings = get_settings()
+    for attempt in range(1, attempts + 1):
+        kafka = LocalKafka(
+            root / f"try-{attempt}", libs_home=settings.home, version=settings.kafka_version,
+            brokers=3, base_port=free_base_port(3), heap="384m", die_with_parent=True,
+            overrides=FAST_DETECTION,
+        )  # fmt: skip
+        try:
+            kafka.up(progress=lambda _m: None)
+            return kafka
+        except LocalStackError as exc:
+            tails = "\n".join(f"broker {n.node_id}: {n.process.tail(5)}" for n in kafka.nodes())
+            kafka.down(progress=lambda _m: None)
+            if attempt == attempts:
+                raise AssertionError(f"{exc}\n{tails}") from exc
+            print(f"--- the fault cluster did not start ({exc}), trying other ports:\n{tails}")
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="session")
 def fault_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCluster]:
-    settings = get_settings()
     root = tmp_path_factory.mktemp("fault-cluster")
-    kafka = LocalKafka(
-        root / "kafka", libs_home=settings.home, version=settings.kafka_version, brokers=3,
-        base_port=free_base_port(3), heap="384m", die_with_parent=True,
-        overrides=FAST_DETECTION,
-    )  # fmt: skip
-    kafka.up(progress=lambda _m: None)
+    kafka = _start_cluster(root / "kafka")
     registry = None
     try:
         registry, url = start_registry(
