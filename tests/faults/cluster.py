@@ -78,11 +78,23 @@ class FaultCluster:
         return name
 
     def partitions(self, topic: str) -> dict[int, PartitionState]:
-        meta = self.admin.list_topics(topic, timeout=10).topics[topic]
-        return {
-            p.id: PartitionState(p.leader, tuple(p.replicas), tuple(sorted(p.isrs)))
-            for p in meta.partitions.values()
-        }
+        """Leader, replicas and ISR of each partition. A frozen broker (SIGSTOP) keeps its
+        connections open and answers nothing: a request it swallowed is asked again, of
+        whichever broker librdkafka picks next."""
+
+        def read() -> dict[int, PartitionState] | None:
+            try:
+                meta = self.admin.list_topics(topic, timeout=5).topics[topic]
+            except KafkaException:
+                return None
+            if meta.error is not None:
+                return None
+            return {
+                p.id: PartitionState(p.leader, tuple(p.replicas), tuple(sorted(p.isrs)))
+                for p in meta.partitions.values()
+            }
+
+        return wait_for(read, 60, f"the metadata of {topic}", interval=0.2)
 
     def min_isr(self, topic: str) -> int:
         resource = ConfigResource(ResourceType.TOPIC, topic)
@@ -296,6 +308,7 @@ def ingest_front(healed: FaultCluster, tmp_path: Path) -> Iterator[IngestFront]:
             if service.process.is_running():
                 print(f"--- {service.name}:\n{service.process.tail(15)}")
             service.stop(said.append)
+        healed.heal()  # after a test failed mid-fault: no broker left frozen or down
         delete_topics(healed.admin, [topic])
 
 
