@@ -206,9 +206,6 @@ class FaultCluster:
                 self.restart(node)
         wait_for(lambda: len(self.admin.list_topics(timeout=5).brokers) == 3, 90, "three brokers")
 
-    def node_rss_kb(self, node: int) -> int:
-        return rss_kb(self.pid(node))
-
 
 def rss_kb(pid: int) -> int:
     """Resident memory of a process, in kB (from /proc)."""
