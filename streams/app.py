@@ -41,14 +41,8 @@ from mode.utils.compat import want_bytes
 from prometheus_client import generate_latest
 from rocksdict import WriteBatch
 
-from keel.deadletters import (
-    H_ERROR,
-    H_ORIG_OFFSET,
-    H_ORIG_PARTITION,
-    H_ORIG_TOPIC,
-    H_PROCESSOR,
-    H_REASON,
-)
+from keel import health
+from keel.deadletters import H_PROCESSOR, Failure, Origin, letter_headers
 from keel.kafka import TopicSpec
 from keel.settings import KeelSettings
 from streams.codec import AvroCodec
@@ -271,14 +265,17 @@ class StreamsApp:
         return f"{self.settings.streams_app_id}-{table}-changelog"
 
     def internal_topics(self) -> list[TopicSpec]:
-        """Every topic this app writes to, for creation up front (auto-create is off)."""
-        rf, n = self.settings.streams_replication_factor, self.partitions
+        """Every topic this app writes to, for creation up front (auto-create is off), Faust's
+        own leader topic too: Keel creates them all, so their replication is Keel's choice
+        (keel.kafka.ensure_topics), never Faust's fallback of 1."""
+        n = self.partitions
         specs = [
-            TopicSpec(self.changelog_topic_name(name), n, rf, _changelog_config(table))
+            TopicSpec(self.changelog_topic_name(name), n, config=_changelog_config(table))
             for name, table in self.tables.items()
         ]
-        specs += [TopicSpec(t.get_topic_name(), n, rf) for t in self.rekey_topics.values()]
-        specs.append(TopicSpec(self.settings.streams_dlq_topic, n, rf))
+        specs += [TopicSpec(t.get_topic_name(), n) for t in self.rekey_topics.values()]
+        specs.append(TopicSpec(self.settings.streams_dlq_topic, n))
+        specs.append(TopicSpec(f"{self.settings.streams_app_id}-__assignor-__leader", 1))
         return specs
 
     # -- agents ----------------------------------------------------------------------
@@ -456,15 +453,15 @@ class StreamsApp:
 
     def _dead_letter(self, poison: Poison) -> None:
         raw = poison.raw
+        origin = Origin(
+            raw.topic or self.source.get_topic_name(), raw.partition, raw.offset, raw.timestamp_ms
+        )
+        extra = [(H_PROCESSOR, poison.processor)] if poison.processor else []
+        failure = Failure(poison.error, poison.error_class)
         headers = [
-            (H_ERROR, poison.error.encode()[:4000]),
-            (H_REASON, poison.reason.encode()),
-            (H_ORIG_TOPIC, (raw.topic or self.source.get_topic_name()).encode()),
-            (H_ORIG_PARTITION, str(raw.partition).encode()),
-            (H_ORIG_OFFSET, str(raw.offset).encode()),
+            (name, value.encode() if isinstance(value, str) else value or b"")
+            for name, value in letter_headers(poison.reason, failure, origin, extra)
         ]
-        if poison.processor:
-            headers.append((H_PROCESSOR, poison.processor.encode()))
         log.warning(
             "dead letter %s:%s@%s: %s",
             raw.topic,
@@ -657,16 +654,19 @@ class StreamsApp:
 
         class Healthz(View):
             async def get(self, request: Request) -> Response:
-                if streams.stalls:  # a restart gets the partition fetched again
-                    body = {"status": "stalled", "stalled": [s.as_dict() for s in streams.stalls]}
-                    return self.json(body, status=503)
-                return self.json({"status": "ok"})
+                # A stalled partition fails it: a restart gets the partition fetched again.
+                stalled = [s.as_dict() for s in streams.stalls]
+                status, body = health.answer(
+                    {"partitions": health.check(not stalled, stalled=stalled)}
+                )
+                return self.json(body, status=status)
 
         class Readyz(View):
             async def get(self, request: Request) -> Response:
                 ready, why = streams.readiness()
                 streams.metrics.ready.set(1 if ready else 0)
-                return self.json({"ready": ready, "status": why}, status=200 if ready else 503)
+                status, body = health.answer({"worker": health.check(ready, state=why)})
+                return self.json(body, status=status)
 
         class Metrics(View):
             async def get(self, request: Request) -> Response:
@@ -742,7 +742,13 @@ def faust_settings(settings: KeelSettings, partitions: int, datadir: Path) -> di
         "store": "rocksdb://",
         "datadir": str(datadir),
         "topic_partitions": partitions,
-        "topic_replication_factor": settings.streams_replication_factor,
+        # For a topic Faust would create itself (Keel creates them all first: internal_topics).
+        # Faust takes no -1, so streams.cli resolves the cluster's default into the settings.
+        **(
+            {"topic_replication_factor": settings.replication_factor}
+            if settings.replication_factor is not None
+            else {}
+        ),
         "table_standby_replicas": settings.streams_standby_replicas,
         "consumer_auto_offset_reset": "earliest",
         "processing_guarantee": "at_least_once",
