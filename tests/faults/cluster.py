@@ -185,7 +185,8 @@ class FaultCluster:
             ["chattr", "-R", "+i", str(path)], capture_output=True, text=True, check=False
         )
         self.frozen.append(path)
-        assert done.returncode == 0, f"chattr +i {path}: {done.stderr.strip()}"
+        if done.returncode != 0:  # not root (CAP_LINUX_IMMUTABLE), or a filesystem without it
+            pytest.skip(f"cannot make a log dir unwritable here: {done.stderr.strip()}")
 
     def thaw(self) -> None:
         for path in self.frozen:
