@@ -24,9 +24,22 @@ from keel.local.ports import free_port as _free_port
 from keel.settings import KeelSettings, get_settings
 from tests.harness import start_registry
 
+# The fault suite's shared 3-broker cluster (tests/faults): one for the session, whichever
+# modules use it (a fixture imported into each module would start one per module).
+pytest_plugins = ["tests.faults.cluster"]
+
 # One Kafka version everywhere: the local stack's (KEEL_KAFKA_VERSION's default), also in
 # docker-compose.yml (tests/keel/test_compose.py holds them equal).
 KAFKA_IMAGE = f"apache/kafka:{KeelSettings.model_fields['kafka_version'].default}"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fault-iterations",
+        type=int,
+        default=2,
+        help="Rounds of each fault test in tests/faults (`make faults` runs 20).",
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +81,10 @@ class LocalKafka:
         secure: bool = False,
         security: LocalSecurity | None = None,
         principals: tuple[str, ...] = (),
+        overrides: Mapping[str, object] | None = None,
     ) -> None:
+        """`overrides`: broker properties written over the defaults below (fault tests
+        shorten failure detection with them)."""
         if brokers not in (1, 3):
             raise LocalStackError(f"--brokers must be 1 or 3, not {brokers}")
         self.secure = secure
@@ -95,6 +98,7 @@ class LocalKafka:
         self.heap = heap
         self.die_with_parent = die_with_parent
         self.maven_settings = maven_settings
+        self.overrides = dict(overrides or {})
 
     # -- layout ---------------------------------------------------------------------------
     @property
@@ -305,6 +309,7 @@ class LocalKafka:
             "auto.create.topics.enable": "false",
             # A developer machine: no reason to wait for more members before the first rebalance.
             "group.initial.rebalance.delay.ms": 0,
+            **self.overrides,
         }
         if self.secure:
             props.update(self._secure_props(node))
