@@ -26,7 +26,7 @@ test: lint
 
 # The fault suite's long form: 20 kill rounds per test (the default run takes 2).
 faults: $(STAMP)
-	$(BIN)/pytest tests/faults -m faults --fault-iterations 20 --timeout 3600 -v
+	$(BIN)/pytest tests/faults -m faults --all-faults --fault-iterations 20 --timeout 3600 -v
 
 # The Kubernetes manifests of an overlay (dev or prod), rendered by kustomize (fetched through
 # the Go module proxy on first use):  make k8s OVERLAY=prod | kubectl apply -f -

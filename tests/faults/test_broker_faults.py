@@ -93,6 +93,7 @@ def test_two_of_three_brokers_down(
     assert_honest(load, result)
 
 
+@pytest.mark.long_form
 def test_follower_out_of_isr_then_leader_killed(
     healed: FaultCluster, ingest_front: IngestFront, request: pytest.FixtureRequest
 ) -> None:
@@ -129,6 +130,7 @@ def test_follower_out_of_isr_then_leader_killed(
     assert_honest(load, result)
 
 
+@pytest.mark.long_form
 def test_log_dir_made_unwritable(
     healed: FaultCluster, ingest_front: IngestFront, request: pytest.FixtureRequest
 ) -> None:

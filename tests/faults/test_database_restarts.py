@@ -35,7 +35,8 @@ from tests.polling import wait_for
 from tests.processes import KEEL, KeelProcess, run_keel
 
 pytestmark = [
-    pytest.mark.faults, pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(1800)
+    pytest.mark.faults, pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(1800),
+    pytest.mark.long_form,
 ]  # fmt: skip
 TABLE = "fault_events"
 
