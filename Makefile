@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test lint bench clean
+.PHONY: up test lint faults bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# The fault suite's long form: 20 kill rounds per test (the default run takes 2).
+faults: $(STAMP)
+	$(BIN)/pytest tests/faults -m faults --fault-iterations 20 --timeout 3600 -v
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -27,6 +27,15 @@ from tests.harness import start_registry
 KAFKA_IMAGE = "apache/kafka:4.1.0"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fault-iterations",
+        type=int,
+        default=2,
+        help="Rounds of each fault test in tests/faults (`make faults` runs 20).",
+    )
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that touches the broker is an integration test; every other one is a unit test."""
     for item in items:
