@@ -10,7 +10,7 @@ from types import FrameType
 
 import typer
 
-from keel.local.stack import stack_services, start_all, statuses, stop_all
+from keel.local.stack import stack_services, start_all, statuses, stop_all, stop_stack
 from keel.settings import get_settings
 
 
@@ -80,8 +80,8 @@ def _start_demo(rate: float) -> subprocess.Popen[bytes] | None:
 
 
 def down() -> None:
-    """Stop every service of the local stack (whoever started it)."""
-    stop_all(stack_services(get_settings()), _progress)
+    """Stop every service of the local stack (whoever started it, whatever the settings now)."""
+    stop_stack(get_settings(), _progress)
 
 
 def status() -> None:
