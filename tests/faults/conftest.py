@@ -127,7 +127,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     iterations = int(config.getoption("fault_iterations"))
     for item in items:
         if item.get_closest_marker("faults") and not item.get_closest_marker("timeout"):
-            item.add_marker(pytest.mark.timeout(300 + 120 * iterations))
+            item.add_marker(pytest.mark.timeout(600 + 150 * iterations))
 
 
 def read_all(env: FaultEnv, topic: str, partitions: int) -> list[Any]:
@@ -259,8 +259,9 @@ def fault_env(
         "KEEL_STREAMS_JOBS_TOPIC_PREFIX": prefix,
         "KEEL_STREAMS_DATA_DIR": str(tmp_path / "data"),
         "KEEL_STREAMS_CACHE_PREFIX": f"fault:{uuid.uuid4().hex[:8]}:",
-        "KEEL_STREAMS_SESSION_TIMEOUT_S": "6",
+        "KEEL_STREAMS_SESSION_TIMEOUT_S": "10",  # heartbeats survive a loaded machine
         "KEEL_STREAMS_BATCH_WITHIN_S": "0.05",
+        "KEEL_STREAMS_STALL_TIMEOUT_S": "30",
         # Explicit, whatever the default: the internal topics as replicated as the source.
         "KEEL_STREAMS_REPLICATION_FACTOR": str(replication),
         "KEEL_LOG_LEVEL": "INFO",
