@@ -281,7 +281,8 @@ class StreamsApp:
             try:
                 await faust_on_stop()
             finally:
-                dropped = self.kafka.close(self.settings.streams_shutdown_timeout_s)
+                # Within the worker's own deadline (streams.shutdown), which ends it anyway.
+                dropped = self.kafka.close(self.settings.streams_shutdown_timeout_s / 2)
                 if dropped:
                     log.error("stopped with %d state record(s) not written", dropped)
 

@@ -20,7 +20,7 @@ from tests.polling import wait_for
 from tests.processes import KEEL
 from tests.streams.conftest import Worker
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
 def test_a_stopped_worker_exits_in_time_with_the_brokers_gone(
@@ -87,8 +87,9 @@ def test_a_stopped_worker_exits_in_time_with_the_brokers_gone(
         started = time.monotonic()
         status = worker.stop_gracefully(timeout=90)
         took = time.monotonic() - started
-        assert took < 60, f"the worker took {took:.0f}s to exit:\n{worker.tail()}"
-        assert status is not None
+        # 5 s of shutdown timeout, and a loaded machine's slack
+        assert took < 30, f"the worker took {took:.0f}s to exit:\n{worker.tail()}"
+        assert status in (0, 75), status
     finally:
         if worker is not None:
             worker.stop()
