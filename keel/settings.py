@@ -127,6 +127,9 @@ class KeelSettings(BaseSettings):
     streams_web_port: int = Field(8083, description="Query API, /healthz, /readyz, /metrics port.")
     streams_workers: int = Field(1, ge=0, description="Stream workers the local stack runs.")
     streams_standby_replicas: int = Field(1, ge=0, description="Standby copies of each table.")
+    streams_shutdown_timeout_s: float = Field(
+        20.0, gt=0, description="How long a stopping worker may take before it exits anyway."
+    )
     streams_dedup_window_s: int = Field(
         86400, ge=1, description="How long an event_id is remembered."
     )

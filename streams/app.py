@@ -38,6 +38,7 @@ from faust.types import TP, EventT
 from faust.utils import json as faust_json
 from faust.web import Request, Response, View
 from mode.utils.compat import want_bytes
+from mode.utils.futures import notify
 from prometheus_client import generate_latest
 from rocksdict import WriteBatch
 
@@ -60,6 +61,7 @@ from streams.engine import (
 )
 from streams.errors import BadQuery
 from streams.metrics import StreamMetrics
+from streams.offsets import AppliedOffsets
 from streams.processor import KeyedView, Processor, Sink, Stateful
 from streams.processors.product_stats import ProductStats
 from streams.producer import BatchProducer
@@ -239,7 +241,12 @@ class StreamsApp:
         self.watchdog = StallDetector(settings.streams_stall_timeout_s)
         self.stalls: list[Stall] = []
         self.kafka = BatchProducer(settings)
+        # What this worker applied of each partition since the last rebalance: no ack counts
+        # toward a commit, and nothing is applied, past a record it did not apply.
+        self.applied = AppliedOffsets()
+        self._acks_guarded = False
         self._chain_flush()
+        self._close_on_stop()
         self._wire()
 
     def _chain_flush(self) -> None:
@@ -256,6 +263,55 @@ class StreamsApp:
             self._persist_changelog_offsets()
 
         producer.flush = flush_both  # type: ignore[method-assign]
+
+    def _close_on_stop(self) -> None:
+        """Close this worker's changelog producer when Faust's producer stops: after the
+        consumer's last commit (and its flush). Before, librdkafka's threads outlived the
+        worker, retrying brokers that were gone, and kept the process alive for minutes."""
+        producer = cast(Any, self.app.producer)
+        faust_on_stop = producer.on_stop
+
+        async def on_stop() -> None:
+            try:
+                await faust_on_stop()
+            finally:
+                # Within the worker's own deadline (streams.shutdown), which ends it anyway.
+                dropped = self.kafka.close(self.settings.streams_shutdown_timeout_s / 2)
+                if dropped:
+                    log.error("stopped with %d state record(s) not written", dropped)
+
+        producer.on_stop = on_stop
+
+    def _guard_acks(self) -> None:
+        """Faust acks records the agent never applied (see streams.offsets) and commits the
+        acked offsets; an ack of the source or a re-keyed topic now counts toward a commit
+        only for a record this worker applied. The others are released (a rebalance waits
+        for every record handed out to be acked) but never committed."""
+        if self._acks_guarded:
+            return
+        consumer = cast(Any, self.app.consumer)
+        faust_ack = consumer.ack
+        topics = {self.source.get_topic_name(), *self.rekey_topic_names()}
+        applied = self.applied
+
+        def ack(message: Any) -> bool:
+            if message.topic in topics and not applied.is_applied(message.tp, message.offset):
+                if not message.acked:
+                    message.acked = True
+                    consumer._unacked_messages.discard(message)
+                    notify(consumer._waiting_for_ack)
+                return False
+            return bool(faust_ack(message))
+
+        consumer.ack = ack
+
+        async def restart_from_committed(sender: Any, **kwargs: Any) -> None:
+            # Every partition is sought back to its committed offset next.
+            self.applied.clear()
+
+        cast(Any, self.app.on_rebalance_complete).connect(restart_from_committed)
+
+        self._acks_guarded = True
 
     # -- topics ----------------------------------------------------------------------
     def rekey_topic_name(self, view: str) -> str:
@@ -298,6 +354,7 @@ class StreamsApp:
 
         @app.task
         async def start_sinks() -> None:
+            self._guard_acks()  # before the first assignment hands out any record
             for sink in self.sinks:
                 await sink.start(self.settings)
             self._started = True
@@ -338,6 +395,7 @@ class StreamsApp:
     def _check_generation(self) -> None:
         """Forget the reader's remembered values after a rebalance (partitions may have
         moved, and come back restored from their changelogs)."""
+        self._guard_acks()
         generation = self.app.rebalancing_count
         if generation != self._generation or self.app.rebalancing:
             self.reader.clear()
@@ -346,7 +404,9 @@ class StreamsApp:
     async def _source_batch(
         self, events: Sequence[EventT], done: list[tuple[EventT, BatchResult]], started: float
     ) -> None:
-        for partition_events in _by_partition(events):
+        applying: list[tuple[TP, int]] = []
+        seeks: dict[TP, int] = {}
+        for partition_events in self._applicable(events, applying, seeks):
             last = partition_events[-1]
             raws: list[Raw] = []
             append = raws.append
@@ -372,13 +432,44 @@ class StreamsApp:
             self.metrics.events.labels(last.message.topic).inc(len(raws))
         self.metrics.stage_seconds.labels("engine").inc(time.perf_counter() - started)
         await self._commit(done)
+        await self._applied(applying, seeks)
+
+    def _applicable(
+        self,
+        events: Sequence[EventT],
+        applying: list[tuple[TP, int]],
+        seeks: dict[TP, int],
+    ) -> Iterator[list[EventT]]:
+        """Each partition's events this worker may apply (see streams.offsets): none past a
+        record it has not applied. Fills `applying` (partition, last offset) and `seeks`
+        (partition, offset to fetch again)."""
+        committed = cast(Any, self.app.consumer)._committed_offset
+        for partition_events in _by_partition(events):
+            tp = partition_events[0].message.tp
+            offsets = [e.message.offset for e in partition_events]
+            plan = self.applied.plan(tp, offsets, committed.get(tp))
+            if plan.seek is not None:
+                seeks[tp] = plan.seek
+            if plan.hi > plan.lo:
+                applying.append((tp, offsets[plan.hi - 1]))
+                yield partition_events[plan.lo : plan.hi]
+
+    async def _applied(self, applying: Sequence[tuple[TP, int]], seeks: Mapping[TP, int]) -> None:
+        """The batch's state writes are queued (Faust flushes them before it commits): its
+        records count as applied; holes are fetched again."""
+        for tp, last in applying:
+            self.applied.applied(tp, last)
+        for tp, offset in seeks.items():
+            await cast(Any, self.app.consumer).seek(tp, offset)
 
     async def handle_fold(self, name: str, events: Sequence[EventT]) -> None:
         started = time.perf_counter()
         self._check_generation()
         done: list[tuple[EventT, BatchResult]] = []
+        applying: list[tuple[TP, int]] = []
+        seeks: dict[TP, int] = {}
         try:
-            for partition_events in _by_partition(events):
+            for partition_events in self._applicable(events, applying, seeks):
                 last = partition_events[-1]
                 messages = [
                     (_text(e.key), e.value)
@@ -389,6 +480,7 @@ class StreamsApp:
                 with partition_context(last):
                     done.append((last, self.engine.fold(name, messages, self.reader)))
             await self._commit(done)
+            await self._applied(applying, seeks)
             self.handled[name] += len(events)
         except BaseException:
             self.reader.clear()

@@ -14,7 +14,7 @@ from types import FrameType
 
 import typer
 
-from keel.local.stack import stack_services, start_all, statuses, stop_all
+from keel.local.stack import stack_services, start_all, statuses, stop_all, stop_stack
 from keel.settings import get_settings
 
 
@@ -117,8 +117,8 @@ def demo_failure(process: subprocess.Popen[bytes], log: Path) -> str | None:
 
 
 def down() -> None:
-    """Stop every service of the local stack (whoever started it)."""
-    stop_all(stack_services(get_settings()), _progress)
+    """Stop every service of the local stack (whoever started it, whatever the settings now)."""
+    stop_stack(get_settings(), _progress)
 
 
 def status(

@@ -155,3 +155,24 @@ def _every_process_answers_the_one_shape(keel: Any) -> None:
     # A consumer's figures carry the one naming scheme.
     metrics = http_get(found["pgsink"]["url"] + "/metrics")[1]
     assert 'keel_consumer_consumed_total{component="pgsink"}' in metrics
+
+
+def test_down_stops_what_the_stack_started_whatever_the_settings_say_now(tmp_path: Path) -> None:
+    """A stack started with KEEL_STREAMS_WORKERS=2 and stopped from a shell without it: `keel
+    down` stops `streams-2` too (its pid file), or the next `keel up` finds its port taken."""
+    from keel.local.process import ManagedProcess
+
+    home = tmp_path / "home"
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    workers = [ManagedProcess(f"streams-{i}", home / "run", home / "logs") for i in (1, 2)]
+    for worker in workers:
+        worker.start(sleeper, die_with_parent=True)
+    assert all(w.is_running() for w in workers)
+    env = {**os.environ, "KEEL_HOME": str(home), "KEEL_STREAMS_WORKERS": "1"}
+    down = subprocess.run(
+        [KEEL, "down"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert down.returncode == 0, down.stderr
+    assert not any(w.is_running() for w in workers), down.stdout + down.stderr
+    assert "stopped streams-2 (not in the current settings)" in down.stdout + down.stderr
+    assert not list((home / "run").glob("*.pid"))
