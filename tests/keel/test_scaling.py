@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from keel.kafka import TopicSpec, ensure_topics, wait_for_topics
-from keel.local.ports import free_base_port
+from keel.local.ports import free_base_port, free_port
 from keel.local.scaling import (
     Scalable,
     ScaleError,
@@ -28,7 +28,7 @@ from keel.local.services import ProcessService
 from keel.local.stack import stack_services
 from keel.settings import KeelSettings
 from tests.polling import wait_for
-from tests.processes import run_keel
+from tests.processes import http_get, run_keel
 
 
 def _by_name(settings: KeelSettings) -> dict[str, Scalable]:
@@ -209,3 +209,30 @@ def test_keel_scale_streams_runs_replicas_in_the_group_and_refuses_past_the_part
     assert not list((home / "run").glob("*.pid"))
     assert not (home / "run" / "scale.json").exists()
     wait_for(lambda: _members(admin, group) == 0, 60, "the group empty after keel down")
+
+
+@pytest.mark.integration
+def test_prometheus_reloads_its_targets_after_a_scale(tmp_path: Path) -> None:
+    """`keel scale` ends with `reload_prometheus`: the running Prometheus of the stack rewrites
+    its config from the replicas now listed and scrapes them (SIGHUP), no restart."""
+    from keel.local.monitoring import PrometheusService, reload_prometheus
+
+    settings = KeelSettings(
+        home=tmp_path, prometheus_port=free_port(), streams_web_port=free_base_port()
+    )
+    prometheus = PrometheusService(settings, die_with_parent=True)
+    api = f"http://127.0.0.1:{settings.prometheus_port}/api/v1"
+
+    def jobs() -> set[str]:
+        found = json.loads(http_get(f"{api}/targets")[1])["data"]["activeTargets"]
+        return {t["labels"]["job"] for t in found}
+
+    try:
+        prometheus.start(print)
+        wait_for(lambda: "keel-streams-1" in jobs(), 30, "the stack's targets")
+        assert "keel-streams-2" not in jobs()
+        _record_count(settings, _by_name(settings)["streams"], 2)
+        reload_prometheus(settings, print)
+        wait_for(lambda: "keel-streams-2" in jobs(), 30, "the new replica a target")
+    finally:
+        prometheus.stop(print)
