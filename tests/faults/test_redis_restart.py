@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import redis
 
-from keel.local.ports import free_port
+from keel.local.ports import free_base_port
 from keel.local.services import RedisService
 from keel.settings import KeelSettings
 from tests.faults.cluster import FaultRow, repetitions
@@ -45,7 +45,9 @@ OUTAGE_USERS = 10  # per round, seen only while Redis is down
 def private_redis(tmp_path: Path) -> Iterator[tuple[RedisService, str]]:
     """A Redis of this test's own, as the local stack runs it (it is killed; the session's
     one is shared)."""
-    url = f"redis://127.0.0.1:{free_port()}/0"
+    # Below the ephemeral range: a client redialling the dead port in a loop could be given
+    # that very port as its source and connect to itself (tests 29710f5), Redis "answering".
+    url = f"redis://127.0.0.1:{free_base_port()}/0"
     service = RedisService(
         KeelSettings(home=tmp_path / "redis-home", redis_url=url), die_with_parent=True
     )
