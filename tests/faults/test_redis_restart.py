@@ -106,7 +106,9 @@ def test_redis_restarted_under_load(
         wait_for(lambda: all(cached(steady).values()), 60, "the cache filled for steady users")
         for n in range(1, rounds + 1):
             service.process.kill()  # SIGKILL, as a crash
-            assert not service.healthy(), "Redis still answers: the fault did not happen"
+            # The fault's premise. A process killed in the middle of a disk write leaves only
+            # once the write is done: on a loaded machine that outlasted kill()'s 10 s.
+            wait_for(lambda: not service.healthy(), 60, f"Redis gone (round {n})", interval=0.5)
             errors = _sink_errors(worker.text("/metrics"))
             users = [f"outage-{run}-{n}-{i}" for i in range(OUTAGE_USERS)]
             fault_env.send([_event(u) for u in users for _ in range(3)])
