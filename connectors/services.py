@@ -2,10 +2,12 @@
 Kafka: the outbox relay (its table created at start, so a service can try the outbox at
 once), the PostgreSQL sink (every event queryable in `keel_events`) and the archive sink
 (hourly files under KEEL_HOME/archive). The webhook sink needs subscribers' URLs: it joins
-when its subscriptions file exists (KEEL_WEBHOOKS_SUBSCRIPTIONS or KEEL_HOME/webhooks.toml)."""
+when its subscriptions file exists (KEEL_WEBHOOKS_SUBSCRIPTIONS or KEEL_HOME/webhooks.toml).
+Each sink is a consumer group `keel scale` runs replicas of (`pgsink-2` on its port + 100, ...)."""
 
 from __future__ import annotations
 
+from keel.local.scaling import Scalable, replica_name, replica_port
 from keel.local.services import ProcessService, Service, python_module
 from keel.settings import KeelSettings
 
@@ -22,16 +24,37 @@ def _connector(settings: KeelSettings, name: str, port: int, *command: str) -> P
 
 
 def services(settings: KeelSettings) -> list[Service]:
+    stack: list[Service] = [
+        _connector(settings, "outbox-relay", settings.outbox_http_port, "outbox", "run", "--init")
+    ]
+    return stack + [sink.replica(1) for sink in scaling(settings)]
+
+
+def scaling(settings: KeelSettings) -> list[Scalable]:
+    """The sinks' consumer groups; replica 1 is the sink `keel up` runs."""
     from connectors.webhooks_cli import subscriptions_path
 
-    stack: list[Service] = [
-        _connector(settings, "outbox-relay", settings.outbox_http_port, "outbox", "run", "--init"),
-        _connector(settings, "pgsink", settings.pgsink_http_port, "pgsink", "run", "--init"),
-        _connector(settings, "archive-sink", settings.archive_http_port, "archive", "run"),
-    ]
+    def sink(name: str, alias: str, port: int, group: str, topics: str, *command: str) -> Scalable:
+        def replica(index: int) -> ProcessService:
+            return _connector(
+                settings, replica_name(name, index), replica_port(port, index), *command
+            )
+
+        read = tuple(t.strip() for t in topics.split(",") if t.strip())
+        return Scalable(name, group, read, replica, aliases=(alias,))
+
+    sinks = [
+        sink("pgsink", "pgsink", settings.pgsink_http_port, settings.pgsink_group,
+             settings.pgsink_topics, "pgsink", "run", "--init"),
+        sink("archive-sink", "archive", settings.archive_http_port, settings.archive_group,
+             settings.archive_topics, "archive", "run"),
+    ]  # fmt: skip
     subscriptions = subscriptions_path(settings)
     if subscriptions.exists():
         # The file that made it join, by name; a bad one fails its start, naming the field.
         command = ("webhooks", "run", "--subscriptions", str(subscriptions))
-        stack.append(_connector(settings, "webhook-sink", settings.webhooks_http_port, *command))
-    return stack
+        sinks.append(
+            sink("webhook-sink", "webhooks", settings.webhooks_http_port, settings.webhooks_group,
+                 settings.webhooks_topics, *command)
+        )  # fmt: skip
+    return sinks

@@ -1,26 +1,36 @@
-"""Stream workers in the local stack (`keel up`): KEEL_STREAMS_WORKERS processes, one
-consumer group, query API ports from KEEL_STREAMS_WEB_PORT upwards."""
+"""Stream workers in the local stack (`keel up`, `keel scale streams N`): one consumer group
+(the app id), KEEL_STREAMS_WORKERS processes unless scaled, query API ports from
+KEEL_STREAMS_WEB_PORT upwards."""
 
 from __future__ import annotations
 
-from keel.local.services import ProcessService, Service, python_module
+from keel.local.scaling import Scalable
+from keel.local.services import ProcessService, python_module
 from keel.settings import KeelSettings
 
 
-def services(settings: KeelSettings) -> list[Service]:
-    workers: list[Service] = []
-    for index in range(settings.streams_workers):
-        port = settings.streams_web_port + index
-        workers.append(
-            ProcessService(
-                f"streams-{index + 1}",
-                python_module("streams", "worker", "--port", str(port)),
-                settings,
-                port=port,
-                ops_url=f"http://127.0.0.1:{port}",
-                env={"KEEL_STREAMS_WEB_PORT": str(port)},
-                order=70,
-                start_timeout=120.0,
-            )
+def worker(settings: KeelSettings, index: int) -> ProcessService:
+    """Stream worker `index` (from 1), on KEEL_STREAMS_WEB_PORT + index - 1."""
+    port = settings.streams_web_port + index - 1
+    return ProcessService(
+        f"streams-{index}",
+        python_module("streams", "worker", "--port", str(port)),
+        settings,
+        port=port,
+        ops_url=f"http://127.0.0.1:{port}",
+        env={"KEEL_STREAMS_WEB_PORT": str(port)},
+        order=70,
+        start_timeout=120.0,
+    )
+
+
+def scaling(settings: KeelSettings) -> list[Scalable]:
+    return [
+        Scalable(
+            "streams",
+            settings.streams_app_id,
+            (settings.streams_source_topic,),
+            lambda index: worker(settings, index),
+            default=settings.streams_workers,
         )
-    return workers
+    ]

@@ -1,4 +1,4 @@
-"""`keel up`, `keel status`, `keel down`: the whole local stack."""
+"""`keel up`, `keel status`, `keel down`, `keel scale`: the whole local stack."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import asdict
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -14,18 +15,24 @@ from types import FrameType
 
 import typer
 
+from keel.local.monitoring import reload_prometheus
+from keel.local.scaling import forget_counts
+from keel.local.scaling import scale as scale_group
+from keel.local.services import Service
 from keel.local.stack import stack_services, start_all, statuses, stop_all, stop_stack
 from keel.settings import get_settings
+
+READY_WAIT_S = 60.0  # `keel scale` waits this long for its replicas' /readyz
 
 
 def _progress(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def _print_status(as_json: bool = False) -> bool:
+def _print_status(as_json: bool = False, services: list[Service] | None = None) -> bool:
     """A line per service (or one JSON document): a Keel process is healthy when its
     /healthz answers and its /readyz says ok; one that is not ready names its failing checks."""
-    found = statuses(stack_services(get_settings()))
+    found = statuses(stack_services(get_settings()) if services is None else services)
     if as_json:
         typer.echo(json.dumps([asdict(st) | {"ready": st.ready} for st in found], indent=2))
         return all(st.ready for st in found)
@@ -75,7 +82,8 @@ def up(
         if demo_run is not None and (failure := demo_failure(*demo_run)):
             _progress(failure)
             demo_run = None
-        for st in statuses(services):
+        # As the stack is now: `keel scale` may have added or stopped replicas meanwhile.
+        for st in statuses(stack_services(get_settings())):
             if not st.running and st.name not in reported:
                 _progress(
                     f"warning: {st.name} stopped unexpectedly; see its log under {get_settings().home / 'logs'}"
@@ -85,7 +93,11 @@ def up(
         demo_run[0].terminate()
         demo_run[0].wait(10)
     _progress("stopping ...")
-    stop_all(started, _progress)
+    # What this command started, and the replicas `keel scale` added while it ran.
+    listed = {s.name for s in services}
+    scaled = [s for s in stack_services(get_settings()) if s.name not in listed]
+    stop_all(started + scaled, _progress)
+    forget_counts(get_settings())
 
 
 def _start_demo(rate: float, logs: Path) -> tuple[subprocess.Popen[bytes], Path] | None:
@@ -132,7 +144,38 @@ def status(
         raise typer.Exit(1)
 
 
+def scale(
+    service: str = typer.Argument(
+        ...,
+        help="A consumer group of the stack: streams, jobs-email (or email), jobs-report, "
+        "jobs-report-ready, pgsink, archive-sink, webhook-sink.",
+    ),
+    replicas: int = typer.Argument(..., help="Processes to run, at most its topic's partitions."),
+) -> None:
+    """Run N processes of a stream worker, job type or sink in its consumer group, each on its
+    own port; start the missing ones, stop those above N. Refused, with nothing started, past
+    the partitions of the topic it reads. `keel status` lists the replicas, `keel down` stops
+    them."""
+    settings = get_settings()
+    result = scale_group(
+        settings, service, replicas, _progress, after=lambda: reload_prometheus(settings, _progress)
+    )
+    read = ", ".join(f"{t} ({n} partitions)" for t, n in result.partitions.items())
+    _progress(
+        f"{result.scalable.name}: {result.count} in group {result.scalable.group}, reading {read}; "
+        f"waiting up to {READY_WAIT_S:.0f}s for the group to settle"
+    )
+    # Ready by /readyz: in the group, partitions assigned (tables recovered, for streams).
+    deadline = time.monotonic() + READY_WAIT_S
+    while not all(st.ready for st in statuses(list(result.running))):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    _print_status(services=list(result.running))
+
+
 def register_stack_commands(app: typer.Typer) -> None:
     app.command("up")(up)
     app.command("down")(down)
     app.command("status")(status)
+    app.command("scale")(scale)

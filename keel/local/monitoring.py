@@ -7,6 +7,8 @@ Registered as the core's own `keel.services` entry, like a component's."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -82,15 +84,35 @@ class PrometheusService(ProcessService):
             die_with_parent=die_with_parent,
         )
 
-    def prepare(self, progress: Progress) -> None:
+    def write_config(self) -> Path:
         from keel.local.stack import stack_services  # the stack lists this module's services
 
-        binary = ensure_command("prometheus", "prometheus", progress)
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "prometheus.yml"
         rules = sorted(str(p) for p in RULES_DIR.glob("*.yml"))
         targets = self.targets or keel_targets(stack_services(self.settings))
         config.write_text(json.dumps(prometheus_config(targets, rules), indent=2))  # YAML's subset
+        return config
+
+    def reload(self, progress: Progress) -> bool:
+        """If it runs: rewrite its config from the stack's services as they are now (replicas
+        `keel scale` added or stopped) and make it read it again (SIGHUP). True if reloaded."""
+        pid = self.process.pid()
+        if pid is None:
+            return False
+        self.write_config()
+        os.kill(pid, signal.SIGHUP)
+        progress(f"prometheus reloaded its targets ({self.url}/targets)")
+        return True
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def prepare(self, progress: Progress) -> None:
+
+        binary = ensure_command("prometheus", "prometheus", progress)
+        config = self.write_config()
         self.argv = [
             binary,
             f"--config.file={config}",
@@ -98,6 +120,13 @@ class PrometheusService(ProcessService):
             f"--web.listen-address=127.0.0.1:{self.port}",
             "--storage.tsdb.retention.time=7d",
         ]
+
+
+def reload_prometheus(settings: KeelSettings, progress: Progress) -> None:
+    """After `keel scale`: the stack's Prometheus, if it runs, scrapes the replicas as they
+    are now."""
+    if settings.prometheus_port:
+        PrometheusService(settings).reload(progress)
 
 
 def services(settings: KeelSettings) -> list[Service]:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 
 from keel.local.process import recorded_in, stop_together
+from keel.local.scaling import declared, forget_counts, replicas
 from keel.local.services import (
     KafkaService,
     PostgresService,
@@ -21,7 +22,10 @@ ServiceFactory = Callable[[KeelSettings], list[Service]]
 
 
 def stack_services(settings: KeelSettings) -> list[Service]:
-    """The core services plus those that components register under `keel.services`."""
+    """The core services, those that components register under `keel.services`, and the
+    replicas of their consumer groups (`keel.scaling`: as many as `keel scale` set, else each
+    group's default). A replica that is another service of the stack (the jobs worker is the
+    first of every job type) is listed once."""
     services: list[Service] = [
         KafkaService(settings),
         RedisService(settings),
@@ -30,6 +34,11 @@ def stack_services(settings: KeelSettings) -> list[Service]:
     for entry in entry_points(group="keel.services"):
         factory: ServiceFactory = entry.load()
         services.extend(factory(settings))
+    names = {s.name for s in services}
+    for replica in replicas(settings, declared(settings)):
+        if replica.name not in names:
+            services.append(replica)
+            names.add(replica.name)
     return sorted(services, key=lambda s: s.order)
 
 
@@ -54,8 +63,9 @@ def stop_all(services: list[Service], progress: Progress) -> None:
 def stop_stack(settings: KeelSettings, progress: Progress) -> None:
     """`keel down`: first whatever the stack started that today's settings do not name (its
     pid files: `streams-2` of a stack started with KEEL_STREAMS_WORKERS=2, stopped from a
-    shell without it), then every service of the settings in reverse order. The leftovers are
-    components (the core services have fixed names), so they go before the brokers they use."""
+    shell without it, or a replica `keel scale` started), then every service of the settings in
+    reverse order. The leftovers are components (the core services have fixed names), so they
+    go before the brokers they use. The scaled counts are forgotten with the stack."""
     services = stack_services(settings)
     named = {s.process.name for s in services if isinstance(s, ProcessService)}
     leftovers = [
@@ -64,6 +74,7 @@ def stop_stack(settings: KeelSettings, progress: Progress) -> None:
     for process in stop_together(leftovers):
         progress(f"stopped {process.name} (not in the current settings)")
     stop_all(services, progress)
+    forget_counts(settings)
 
 
 def statuses(services: list[Service]) -> list[ServiceStatus]:

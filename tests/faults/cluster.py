@@ -6,6 +6,11 @@ part); each test owns its topics, created here with replication 3 and min.insync
 2 stated explicitly, never left to the brokers' defaults. Failure detection is shortened
 (a dead or frozen broker is fenced after 6 s, a lagging follower leaves the ISR after 8 s) so a
 fault round takes seconds; what happens once detected is Kafka's and Keel's own.
+
+Each broker also has a client listener reached through a proxy (`EXTERNAL`, advertised at
+the proxy's port): a client bootstrapped at `proxied_bootstrap` talks to the brokers only
+through Toxiproxy (tests/faults/toxiproxy.py), which a network-fault test starts; brokers
+talk to each other, and the test reads the truth, over the direct listener.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from keel.errors import LocalStackError
 from keel.kafka import TopicSpec, delete_topics, ensure_topics, wait_for_topics
-from keel.local.broker import LocalKafka
+from keel.local.broker import HOST, BrokerNode, LocalKafka
 from keel.local.ports import free_base_port, free_port
 from keel.settings import KeelSettings, get_settings
 from producers.services import services
@@ -51,6 +56,26 @@ class PartitionState:
     isr: tuple[int, ...]
 
 
+class ProxiedKafka(LocalKafka):
+    """A LocalKafka whose nodes also listen on `EXTERNAL` (node -> (port it binds, port of the
+    proxy in front of it, which it advertises)), for clients to reach through a proxy."""
+
+    def __init__(self, *args: Any, external: dict[int, tuple[int, int]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.external = external
+
+    def _write_config(self, node: BrokerNode) -> None:
+        super()._write_config(node)
+        listen, proxied = self.external[node.node_id]
+        props = dict(
+            line.split("=", 1) for line in node.config_file.read_text().splitlines() if line
+        )
+        props["listeners"] += f",EXTERNAL://{HOST}:{listen}"
+        props["advertised.listeners"] += f",EXTERNAL://{HOST}:{proxied}"
+        props["listener.security.protocol.map"] += ",EXTERNAL:PLAINTEXT"
+        node.config_file.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+
+
 @dataclass
 class FaultCluster:
     """Three brokers and a registry; `kill`/`pause` break a node, `heal` mends them all."""
@@ -68,6 +93,18 @@ class FaultCluster:
     @property
     def bootstrap(self) -> str:
         return self.kafka.bootstrap()
+
+    @property
+    def external(self) -> dict[int, tuple[int, int]]:
+        """node -> (its EXTERNAL listener's port, the port of the proxy it advertises)."""
+        assert isinstance(self.kafka, ProxiedKafka)
+        return self.kafka.external
+
+    @property
+    def proxied_bootstrap(self) -> str:
+        """Bootstrap servers through the proxies: every connection of such a client passes
+        through them (the brokers advertise the proxies' ports on that listener)."""
+        return ",".join(f"{HOST}:{proxied}" for _listen, proxied in self.external.values())
 
     # -- topics ---------------------------------------------------------------------------
     def create_topic(self, name: str, partitions: int = 3) -> str:
@@ -222,10 +259,12 @@ def _start_cluster(root: Path, attempts: int = 2) -> LocalKafka:
     other ports, once, with its log's tail in the error if that fails too."""
     settings = get_settings()
     for attempt in range(1, attempts + 1):
-        kafka = LocalKafka(
+        # Below the ephemeral range, as the brokers' own (keel.local.ports): a pair per node.
+        pairs = {n: (base := free_base_port(), base + 1) for n in (1, 2, 3)}
+        kafka = ProxiedKafka(
             root / f"try-{attempt}", libs_home=settings.home, version=settings.kafka_version,
             brokers=3, base_port=free_base_port(3), heap="384m", die_with_parent=True,
-            overrides=FAST_DETECTION,
+            overrides=FAST_DETECTION, external=pairs,
         )  # fmt: skip
         try:
             kafka.up(progress=lambda _m: None)
@@ -284,10 +323,18 @@ class IngestFront:
 def ingest_front(healed: FaultCluster, tmp_path: Path) -> Iterator[IngestFront]:
     """The local stack's ingestion (`keel up`: two replicas behind nginx) on the fault
     cluster, writing to an `events` topic of this test's own (RF 3, min ISR 2)."""
+    yield from start_ingest_front(healed, tmp_path, healed.bootstrap)
+
+
+def start_ingest_front(
+    healed: FaultCluster, tmp_path: Path, bootstrap: str
+) -> Iterator[IngestFront]:
+    """`ingest_front`, its replicas bootstrapped at `bootstrap` (the proxies, for a network
+    fault between ingestion and the brokers)."""
     prefix = f"faults-{uuid.uuid4().hex[:8]}-"
     topic = healed.create_topic(prefix + "events")
     settings = KeelSettings(
-        home=tmp_path / "home", bootstrap_servers=healed.bootstrap,
+        home=tmp_path / "home", bootstrap_servers=bootstrap,
         schema_registry_url=healed.registry_url, ingest_topic_prefix=prefix,
         ingest_replica_ports=f"{free_port()},{free_port()}", ingest_lb_port=free_port(),
     )  # fmt: skip

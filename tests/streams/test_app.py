@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from faust.serializers import codecs
 
+from keel.local.stack import stack_services
 from keel.settings import KeelSettings
 from streams.app import StreamsApp, encode_key
 from streams.codec import AvroCodec
 from streams.discovery import discover
-from streams.services import services
+from streams.services import scaling
 
 
 @pytest.fixture
@@ -78,10 +79,11 @@ def test_table_keys_are_written_as_fausts_json_serializer_does() -> None:
         assert encode_key(key) == codecs.dumps("json", key)
 
 
-def test_local_stack_runs_the_configured_workers() -> None:
-    found = [e for e in entry_points(group="keel.services") if e.name == "streams"]
-    assert found and found[0].load() is services
-    workers = services(KeelSettings(streams_workers=2, streams_web_port=9300))
+def test_local_stack_runs_the_configured_workers(tmp_path: Path) -> None:
+    found = [e for e in entry_points(group="keel.scaling") if e.name == "streams"]
+    assert found and found[0].load() is scaling
+    settings = KeelSettings(home=tmp_path, streams_workers=2, streams_web_port=9300)
+    workers = [s for s in stack_services(settings) if s.name.startswith("streams-")]
     assert [w.name for w in workers] == ["streams-1", "streams-2"]
     assert [w.port for w in workers] == [9300, 9301]  # type: ignore[attr-defined]
     assert workers[0].argv[-4:] == ["streams", "worker", "--port", "9300"]  # type: ignore[attr-defined]
