@@ -16,6 +16,7 @@ Responsibilities:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import itertools
@@ -33,6 +34,8 @@ from typing import Any, cast
 import faust
 import orjson
 from aiokafka.partitioner import murmur2
+from confluent_kafka import Message
+from faust.exceptions import ConsumerNotStarted
 from faust.streams import _current_event
 from faust.types import TP, EventT
 from faust.utils import json as faust_json
@@ -60,6 +63,8 @@ from streams.engine import (
     user_table,
 )
 from streams.errors import BadQuery
+from streams.local_state import claim, mark_clean
+from streams.log_reader import LogReader
 from streams.metrics import StreamMetrics
 from streams.offsets import AppliedOffsets
 from streams.processor import KeyedView, Processor, Sink, Stateful
@@ -188,6 +193,7 @@ class StreamsApp:
             / settings.streams_app_id
             / f"{host}-{port}"
         )
+        claim(self.datadir)  # before anything opens it: state survives only a clean stop
         self.app = faust.App(
             settings.streams_app_id, **faust_settings(settings, partitions, self.datadir)
         )
@@ -244,6 +250,7 @@ class StreamsApp:
         # What this worker applied of each partition since the last rebalance: no ack counts
         # toward a commit, and nothing is applied, past a record it did not apply.
         self.applied = AppliedOffsets()
+        self.log_reader = LogReader(settings, settings.streams_app_id)  # reads runs Faust lost
         self._acks_guarded = False
         self._chain_flush()
         self._close_on_stop()
@@ -277,8 +284,11 @@ class StreamsApp:
             finally:
                 # Within the worker's own deadline (streams.shutdown), which ends it anyway.
                 dropped = self.kafka.close(self.settings.streams_shutdown_timeout_s / 2)
+                self.log_reader.close()
                 if dropped:
                     log.error("stopped with %d state record(s) not written", dropped)
+                else:
+                    mark_clean(self.datadir)
 
         producer.on_stop = on_stop
 
@@ -286,13 +296,22 @@ class StreamsApp:
         """Faust acks records the agent never applied (see streams.offsets) and commits the
         acked offsets; an ack of the source or a re-keyed topic now counts toward a commit
         only for a record this worker applied. The others are released (a rebalance waits
-        for every record handed out to be acked) but never committed."""
+        for every record handed out to be acked) but never committed. The runs its fetcher
+        skips count as done only once this worker read and applied them (`_applied`)."""
         if self._acks_guarded:
             return
         consumer = cast(Any, self.app.consumer)
         faust_ack = consumer.ack
+        faust_add_gap = consumer._add_gap
         topics = {self.source.get_topic_name(), *self.rekey_topic_names()}
         applied = self.applied
+
+        async def add_gap(tp: TP, offset_from: int, offset_to: int) -> None:
+            if tp.topic not in topics:
+                await faust_add_gap(tp, offset_from, offset_to)
+
+        consumer._add_gap = add_gap
+        self._mark_done = faust_add_gap
 
         def ack(message: Any) -> bool:
             if message.topic in topics and not applied.is_applied(message.tp, message.offset):
@@ -405,9 +424,8 @@ class StreamsApp:
         self, events: Sequence[EventT], done: list[tuple[EventT, BatchResult]], started: float
     ) -> None:
         applying: list[tuple[TP, int]] = []
-        seeks: dict[TP, int] = {}
-        for partition_events in self._applicable(events, applying, seeks):
-            last = partition_events[-1]
+        runs: list[tuple[TP, int, int]] = []
+        for last, partition_events, filled in await self._applicable(events, applying, runs):
             raws: list[Raw] = []
             append = raws.append
             # Hot: positional arguments, each attribute read once. The headers are passed as
@@ -426,61 +444,112 @@ class StreamsApp:
                         m.headers,
                     )
                 )
+            if filled:  # runs Faust's fetcher skipped, read from the log: in offset order
+                raws += [_raw(record) for record in filled]
+                raws.sort(key=_offset)
             self.reader.partition = last.message.partition
             with partition_context(last):
                 done.append((last, self.engine.process(raws, self.reader)))
             self.metrics.events.labels(last.message.topic).inc(len(raws))
         self.metrics.stage_seconds.labels("engine").inc(time.perf_counter() - started)
         await self._commit(done)
-        await self._applied(applying, seeks)
+        await self._applied(applying, runs)
 
-    def _applicable(
+    async def _applicable(
         self,
         events: Sequence[EventT],
         applying: list[tuple[TP, int]],
-        seeks: dict[TP, int],
-    ) -> Iterator[list[EventT]]:
-        """Each partition's events this worker may apply (see streams.offsets): none past a
-        record it has not applied. Fills `applying` (partition, last offset) and `seeks`
-        (partition, offset to fetch again)."""
-        committed = cast(Any, self.app.consumer)._committed_offset
+        runs: list[tuple[TP, int, int]],
+    ) -> list[tuple[EventT, list[EventT], list[Message]]]:
+        """Each partition's events this worker may apply (see streams.offsets), with the
+        runs before or among them that Faust's fetcher skipped, read from the log: for each
+        partition (its last event, its events, the records read). Records of a partition
+        this worker does not own any more (handed out before a rebalance) are left out.
+        Fills `applying` (partition, last offset) and `runs` (partition, start, end)."""
+        consumer = cast(Any, self.app.consumer)
+        committed = consumer._committed_offset
+        owned = self._owned(consumer)
+        out: list[tuple[EventT, list[EventT], list[Message]]] = []
         for partition_events in _by_partition(events):
             tp = partition_events[0].message.tp
-            offsets = [e.message.offset for e in partition_events]
-            plan = self.applied.plan(tp, offsets, committed.get(tp))
-            if plan.seek is not None:
-                seeks[tp] = plan.seek
-            if plan.hi > plan.lo:
-                applying.append((tp, offsets[plan.hi - 1]))
-                yield partition_events[plan.lo : plan.hi]
+            if owned is not None and tp not in owned:
+                continue
+            start = self.applied.next(tp)
+            if start is None:
+                start = committed.get(tp)
+            if start is None:  # nothing committed known here: ask the group's coordinator
+                start = await asyncio.to_thread(self.log_reader.start, tp.topic, tp.partition)
+            plan = self.applied.plan(tp, [e.message.offset for e in partition_events], start)
+            if not plan.keep:
+                continue
+            kept = (
+                partition_events
+                if len(plan.keep) == len(partition_events)
+                else [partition_events[i] for i in plan.keep]
+            )
+            filled: list[Message] = []
+            for run_start, run_end in plan.missing:
+                log.warning(
+                    "partition %s: records %d..%d were not delivered; reading them from the log",
+                    tp,
+                    run_start,
+                    run_end - 1,
+                )
+                filled += await asyncio.to_thread(
+                    self.log_reader.read, tp.topic, tp.partition, run_start, run_end
+                )
+                runs.append((tp, run_start, run_end))
+                self.metrics.runs_read.inc()
+            applying.append((tp, plan.last))
+            out.append((kept[-1], kept, filled))
+        return out
 
-    async def _applied(self, applying: Sequence[tuple[TP, int]], seeks: Mapping[TP, int]) -> None:
+    @staticmethod
+    def _owned(consumer: Any) -> Any:
+        """The partitions assigned to this worker (None in Faust's test context, which runs
+        agents without a consumer, see streams.testing)."""
+        try:
+            return consumer.assignment()
+        except ConsumerNotStarted:
+            return None
+
+    async def _applied(
+        self, applying: Sequence[tuple[TP, int]], runs: Sequence[tuple[TP, int, int]]
+    ) -> None:
         """The batch's state writes are queued (Faust flushes them before it commits): its
-        records count as applied; holes are fetched again."""
+        records count as applied, and the runs read from the log count as done for Faust's
+        commit (as its own skipped offsets do)."""
         for tp, last in applying:
             self.applied.applied(tp, last)
-        for tp, offset in seeks.items():
-            await cast(Any, self.app.consumer).seek(tp, offset)
+        for tp, run_start, run_end in runs:
+            await self._mark_done(tp, run_start, run_end - 1)
 
     async def handle_fold(self, name: str, events: Sequence[EventT]) -> None:
         started = time.perf_counter()
         self._check_generation()
         done: list[tuple[EventT, BatchResult]] = []
         applying: list[tuple[TP, int]] = []
-        seeks: dict[TP, int] = {}
+        runs: list[tuple[TP, int, int]] = []
         try:
-            for partition_events in self._applicable(events, applying, seeks):
-                last = partition_events[-1]
-                messages = [
-                    (_text(e.key), e.value)
+            for last, partition_events, filled in await self._applicable(events, applying, runs):
+                keyed = [
+                    (e.message.offset, _text(e.key), e.value)
                     for e in partition_events
                     if isinstance(e.value, Mapping)
                 ]
+                if filled:
+                    keyed += [
+                        (cast(int, r.offset()), _text(r.key()), value)
+                        for r in filled
+                        if isinstance(value := _json_value(r), Mapping)
+                    ]
+                    keyed.sort(key=_first)
+                messages = [(key, value) for _offset_, key, value in keyed]
                 self.reader.partition = last.message.partition
                 with partition_context(last):
                     done.append((last, self.engine.fold(name, messages, self.reader)))
             await self._commit(done)
-            await self._applied(applying, seeks)
+            await self._applied(applying, runs)
             self.handled[name] += len(events)
         except BaseException:
             self.reader.clear()
@@ -900,6 +969,34 @@ def _by_partition(events: Sequence[EventT]) -> list[list[EventT]]:
     for e in events:
         groups[e.message.partition].append(e)
     return list(groups.values())
+
+
+def _raw(record: Message) -> Raw:
+    """A record read from the log (streams.log_reader), as the engine takes it."""
+    _kind, timestamp = record.timestamp()
+    return Raw(
+        record.value(),
+        cast(int, record.partition()),
+        cast(int, record.offset()),
+        timestamp,
+        record.key(),
+        cast(str, record.topic()),
+        tuple(cast(Any, record.headers()) or ()),
+    )
+
+
+def _offset(raw: Raw) -> int:
+    return raw.offset
+
+
+def _first(item: tuple[int, str, Any]) -> int:
+    return item[0]
+
+
+def _json_value(record: Message) -> Any:
+    """A re-keyed delta read from the log, decoded as Faust decodes it (json)."""
+    value = record.value()
+    return None if value is None else orjson.loads(value)
 
 
 def _text(key: Any) -> str:

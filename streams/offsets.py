@@ -1,5 +1,5 @@
-"""The source offsets a worker has applied: no record is applied, and no offset committed,
-past a record of the same partition that was not applied.
+"""The source offsets a worker has applied: every record of a partition is applied in
+offset order, none skipped, and no offset is committed past a record not applied.
 
 Why Keel keeps this itself: the engine's watermarks make a replay harmless by skipping
 every event at or below the offset a user's state was last written at. The price is that a
@@ -10,50 +10,47 @@ and commits past them. Found by tests/faults:
 - it acks records the agent never applied: records it skips as "not for this generation"
   or "flow suspended" during a rebalance, and every event `take_events` buffered, even
   when the agent raised on them; the acks then count toward the committed offset;
-- its commit starts from the acked offsets alone when it has no committed offset for the
-  partition (forgotten at every revoke), and tolerates one missing offset right after the
-  committed one (`_new_offset`: `min(acked) - committed > 1`);
-- it can hand the agent a partition's records with a record missing, or one twice, across
-  a rebalance (its fetcher drops records below its read offset, which a seek sets).
+- it tolerates one missing offset right after the committed one (`_new_offset`:
+  `min(acked) - committed > 1`);
+- its fetcher drops records below its read offset, which a seek or an in-flight fetch sets,
+  so a partition's records can reach the agent with a run missing, or one twice;
+- and when its fetcher sees such a jump it records the missing run as a "gap" that its
+  next commit counts as done (`_add_gap`, for compacted topics and transaction markers):
+  one ack of any later record then commits past the whole run, applied or not.
 
 So the runtime asks `plan` before it applies a partition's part of a batch: records it
-applied already are left out, and at a hole it applies what comes before, then seeks the
-partition back to the hole; `applied` is recorded once the state writes are queued (Faust
-flushes them before it commits), and Faust's ack only counts an applied record (see
-`StreamsApp._guard_acks`). The committed offset therefore never passes an effect.
+applied already are left out, and every run missing before or among the rest is named, to
+be read from the log itself and applied in its place (streams.log_reader) before anything
+after it. `applied` is recorded once the state writes are queued (Faust flushes them
+before it commits); Faust's ack only counts an applied record, and its fetcher's gaps are
+ignored for Keel's topics (see `StreamsApp._guard_acks`). The committed offset therefore
+never passes an effect.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
-
-log = logging.getLogger(__name__)
-
-# A hole met this many times at the same place after seeking back is taken for offsets the
-# log does not hold (transaction markers, compaction), not for records that went missing.
-REAL_GAP_AFTER = 3
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Apply `offsets[lo:hi]`; then, when `seek` is set, seek the partition back to it."""
+    """Apply the records at positions `keep` of the batch, and before them the runs of
+    offsets `missing` (each `[start, end)`) read from the log; `last` is the offset after
+    which the partition then stands (-1: nothing to apply)."""
 
-    lo: int
-    hi: int
-    seek: int | None = None
+    keep: Sequence[int]
+    missing: Sequence[tuple[int, int]] = field(default_factory=tuple)
+    last: int = -1
 
 
 class AppliedOffsets:
     def __init__(self) -> None:
         self._next: dict[Hashable, int] = {}  # partition -> offset after the last applied
-        self._holes: dict[Hashable, tuple[int, int, int]] = {}  # -> (expected, got, times)
 
     def clear(self) -> None:
         """After a rebalance: every partition restarts from its committed offset."""
         self._next.clear()
-        self._holes.clear()
 
     def next(self, partition: Hashable) -> int | None:
         return self._next.get(partition)
@@ -61,42 +58,24 @@ class AppliedOffsets:
     def is_applied(self, partition: Hashable, offset: int) -> bool:
         return offset < self._next.get(partition, -1)
 
-    def plan(self, partition: Hashable, offsets: Sequence[int], committed: int | None) -> Plan:
-        """What to apply of one partition's records (in offset order): `committed` is where
-        the consumer started the partition (None: no commit, the log's start)."""
-        expected = self._next.get(partition, committed)
-        lo = 0
-        if expected is not None:
-            while lo < len(offsets) and offsets[lo] < expected:
-                lo += 1  # applied already: delivered twice, or replayed after a seek
-            hole = lo < len(offsets) and offsets[lo] > expected
-            if hole and not self._known_gap(partition, expected, offsets[lo]):
-                return Plan(lo, lo, expected)
-        hi = lo + 1 if lo < len(offsets) else lo
-        while hi < len(offsets) and offsets[hi] == offsets[hi - 1] + 1:
-            hi += 1
-        if hi < len(offsets):  # a hole inside the batch: apply up to it, fetch it again
-            if self._known_gap(partition, offsets[hi - 1] + 1, offsets[hi]):
-                return Plan(lo, len(offsets))  # pragma: no cover - not in Keel's topics
-            return Plan(lo, hi, offsets[hi - 1] + 1)
-        return Plan(lo, hi)
-
-    def _known_gap(self, partition: Hashable, expected: int, got: int) -> bool:
-        seen = self._holes.get(partition)
-        times = seen[2] + 1 if seen is not None and seen[:2] == (expected, got) else 1
-        self._holes[partition] = (expected, got, times)
-        if times < REAL_GAP_AFTER:
-            log.warning(
-                "partition %s: record %d missing before %d; not applying past it, fetching "
-                "it again",
-                partition,
-                expected,
-                got,
-            )
-            return False
-        log.warning("partition %s: offsets %d..%d are not in the log", partition, expected, got - 1)
-        return True
+    def plan(self, partition: Hashable, offsets: Sequence[int], start: int) -> Plan:
+        """What to apply of one partition's records (as delivered, in offset order).
+        `start` is where the partition starts when this worker applied nothing of it since
+        its assignment: the group's committed offset, or the log's first offset."""
+        expected = self._next.get(partition, start)
+        n = len(offsets)
+        if n and offsets[0] == expected and offsets[-1] - expected == n - 1:
+            return Plan(range(n), (), offsets[-1])  # the usual batch: the next run, whole
+        keep: list[int] = []
+        missing: list[tuple[int, int]] = []
+        for i, offset in enumerate(offsets):
+            if offset < expected:
+                continue  # applied already: delivered twice, or replayed after a rebalance
+            if offset > expected:
+                missing.append((expected, offset))
+            keep.append(i)
+            expected = offset + 1
+        return Plan(keep, missing, expected - 1 if keep else -1)
 
     def applied(self, partition: Hashable, last: int) -> None:
         self._next[partition] = last + 1
-        self._holes.pop(partition, None)

@@ -130,3 +130,9 @@ def test_killed_workers_lose_no_event(
             f"over {list(over.items())[:4]}; first wrong changelog records: "
             + "\n".join(first_divergence(fault_env, [*short, *over][:6], "page.viewed"))
         ) from None
+    # The row of the results table (bench/RESULTS.md), shown by `pytest -rP`.
+    print(
+        f"{fault_iterations} kills of {workers} workers on {fault_env.replication} replicas: "
+        f"{sum(expected.values())} distinct events ({sender.resent} resent), 0 of {USERS} users "
+        f"short, 0 over, {len(restarts)} stalled restarted"
+    )
