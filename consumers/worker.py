@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import Message, Producer
 from confluent_kafka.admin import AdminClient
 
 from consumers.decoding import JobDecoder
@@ -56,6 +56,7 @@ from keel.runtime import (
     StreamRunner,
     Tracked,
     decode_with_retry,
+    hand_off,
 )
 from keel.settings import KeelSettings, get_settings
 
@@ -171,10 +172,10 @@ class JobRunner(StreamingSink):
 
     # --- the sink, on the loop's thread ------------------------------------------------
 
-    def start(self) -> None:
+    def open(self) -> None:
         self.lanes.start()
 
-    def stop(self) -> None:
+    def close(self) -> None:
         self.lanes.stop()
 
     def submit(self, records: list[Tracked]) -> None:
@@ -212,9 +213,12 @@ class JobRunner(StreamingSink):
             return set()
         return {tp for tp in assigned if tp[0] == self.topics.retry}
 
-    def drop(self, partitions: set[Key]) -> None:
+    def revoking(self, partitions: set[Key]) -> None:
+        """Retries waiting for their due time are handed back at once."""
         for _msg, entry in self.delayed.drop_groups(partitions):
             entry.cancelled = True
+
+    gone = revoking  # lost: the same, and their new owner runs them
 
     # --- lanes -------------------------------------------------------------------------
 
@@ -397,27 +401,13 @@ class JobRunner(StreamingSink):
         entry: Entry,
         on_done: Callable[[], None],
     ) -> None:
-        """Produce the job's original bytes to the retry or dead-letter topic; the job is
-        finished (committable) only once the broker acknowledged it."""
+        """The job is finished (committable) only once the broker acknowledged it."""
 
-        def delivered(err: KafkaError | None, _msg: Message) -> None:
-            if err is None:
-                entry.finish()
-                on_done()
-            elif not entry.cancelled:
-                log.error(
-                    "job %s: producing to %s failed (%s); trying again", self.name, topic, err
-                )
-                self._hand_off(topic, msg, headers, entry, on_done)
+        def acked() -> None:
+            entry.finish()
+            on_done()
 
-        while True:
-            try:
-                self.producer.produce(
-                    topic, value=msg.value(), key=msg.key(), headers=headers, on_delivery=delivered
-                )
-                return
-            except BufferError:
-                time.sleep(0.01)
+        hand_off(self.producer, topic, msg, headers, acked=acked, abandoned=lambda: entry.cancelled)
 
     # --- status ------------------------------------------------------------------------
 

@@ -32,6 +32,11 @@ class Entry:
         # Handed back (partition revoked, or a held retry dropped): must not be started.
         self.cancelled = False
 
+    def expect(self, effects: int) -> None:
+        """How many effects the record waits for, said once it was read (0: finished)."""
+        self.left = effects
+        self.done = effects <= 0
+
     def finish(self) -> None:
         self.left -= 1
         if self.left <= 0:
@@ -60,12 +65,8 @@ class OffsetTracker:
         return sum(len(q) for q in self._pending.values())
 
     def _advance(self) -> None:
-        for tp, queue in self._pending.items():
-            last = None
-            while queue and queue[0].done:
-                last = queue.popleft().offset
-            if last is not None:
-                self._next[tp] = last + 1
+        for tp in self._pending:
+            self.pending(tp)
 
     def committable(self) -> dict[Key, int]:
         """Next offsets to commit (offset of the next record to read) that moved since the
@@ -80,6 +81,18 @@ class OffsetTracker:
         """A commit failed: offer these partitions' offsets again."""
         for tp in partitions:
             self._committed.pop(tp, None)
+
+    def pending(self, tp: Key) -> int:
+        """Records of one partition read and not released yet (its read-ahead)."""
+        queue = self._pending.get(tp)
+        if not queue:
+            return 0
+        last = None
+        while queue and queue[0].done:
+            last = queue.popleft().offset
+        if last is not None:
+            self._next[tp] = last + 1
+        return len(queue)
 
     def pending_partitions(self) -> set[Key]:
         self._advance()

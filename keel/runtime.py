@@ -39,7 +39,7 @@ from typing import Any, Generic, TypeVar
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from keel.backoff import Backoff
-from keel.deadletters import Failure, Origin, letter_headers
+from keel.deadletters import Failure, HeaderList, Origin, letter_headers
 from keel.errors import KeelError
 from keel.kafka import has_record, make_consumer, make_producer
 from keel.metrics import ConsumerMetrics
@@ -644,13 +644,17 @@ class StreamingSink(ABC):
         """Partitions to pause besides the in-flight limit (too many records held)."""
         return set()
 
-    def drop(self, partitions: set[Key]) -> None:  # noqa: B027
-        """Partitions leave: cancel what is held for them (their new owner reads it)."""
+    def revoking(self, partitions: set[Key]) -> None:  # noqa: B027
+        """Partitions are about to leave in good order: hand back what is held for them
+        (the runner then waits for the effects under way)."""
 
-    def start(self) -> None:  # noqa: B027
-        """Before the consumer is made (start lanes...)."""
+    def gone(self, partitions: set[Key]) -> None:  # noqa: B027
+        """Partitions left (revoked or lost): stop their work; another member owns them."""
 
-    def stop(self) -> None:  # noqa: B027
+    def open(self) -> None:  # noqa: B027
+        """Before the consumer is made (start lanes, open a producer...)."""
+
+    def close(self) -> None:  # noqa: B027
         """After the consumer left: stop lanes, release what the sink holds."""
 
 
@@ -690,7 +694,7 @@ class StreamRunner(ConsumerLoop):
         return self._stop
 
     def _start(self) -> None:
-        self.sink.start()
+        self.sink.open()
 
     def _turn(self) -> None:
         assert self._consumer is not None
@@ -769,7 +773,7 @@ class StreamRunner(ConsumerLoop):
     def _settle(self, tps: set[Key], timeout: float) -> None:
         """Let the effects of these partitions finish (up to `timeout`), commit what
         finished and hand back the rest: what the sink holds is handed back at once."""
-        self.sink.drop(tps)
+        self.sink.revoking(tps)
         deadline = time.monotonic() + timeout
         while not self.tracker.settled(tps) and time.monotonic() < deadline:
             self.sink.tick(0.02)
@@ -780,14 +784,16 @@ class StreamRunner(ConsumerLoop):
     # -- the runner's hooks -------------------------------------------------------------
     def _stopping(self) -> None:
         self._closing = True
-        self._settle(set(self._assigned), self.config.settle_timeout_s)
+        everything = set(self._assigned)
+        self._settle(everything, self.config.settle_timeout_s)
+        self.tracker.forget(everything)  # handed back: leaving the group waits no more
 
     def _finish(self) -> None:
         self._closing = True
         try:
-            self.close()  # leaving the group settles what is left (the revocation)
+            self.close()  # leaves the group (a last revocation)
         finally:
-            self.sink.stop()
+            self.sink.close()
 
     def _assigned_now(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = {(tp.topic, tp.partition) for tp in partitions}
@@ -802,8 +808,8 @@ class StreamRunner(ConsumerLoop):
 
     def _released(self, partitions: list[TopicPartition], lost: bool) -> None:
         tps = {(tp.topic, tp.partition) for tp in partitions}
-        self.sink.drop(tps)
         self.tracker.forget(tps)
+        self.sink.gone(tps)
         self.paused -= tps
 
 
@@ -866,6 +872,39 @@ class Lanes:
                 for _msg, entry in records:
                     if not entry.done:
                         entry.cancelled = True
+
+
+def hand_off(
+    producer: Producer,
+    topic: str,
+    message: Message,
+    headers: HeaderList,
+    *,
+    acked: Callable[[], None],
+    abandoned: Callable[[], bool] = lambda: False,
+) -> None:
+    """Produce a record's original key and bytes to a retry or dead-letter topic until the
+    broker acknowledged it, then call `acked` (on the thread that polls `producer`): the
+    record is finished only then, or committing past it would lose it. A delivery that
+    failed (librdkafka gave up after its own retries) is produced again unless `abandoned()`
+    (its partition left: the new owner hands it off); a full queue is waited out."""
+
+    def delivered(err: KafkaError | None, _msg: object) -> None:
+        if err is None:
+            acked()
+        elif not abandoned():
+            log.error("producing to %s failed (%s); trying again", topic, err)
+            hand_off(producer, topic, message, headers, acked=acked, abandoned=abandoned)
+
+    while True:
+        try:
+            producer.produce(
+                topic, value=message.value(), key=message.key(), headers=headers,
+                on_delivery=delivered,
+            )  # fmt: skip
+            return
+        except BufferError:
+            time.sleep(0.01)
 
 
 class LettersFailed(KeelError):
