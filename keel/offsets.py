@@ -94,10 +94,6 @@ class OffsetTracker:
             self._next[tp] = last + 1
         return len(queue)
 
-    def pending_partitions(self) -> set[Key]:
-        self._advance()
-        return {tp for tp, q in self._pending.items() if q}
-
     def settled(self, partitions: set[Key]) -> bool:
         """Every record read from these partitions is finished or handed back."""
         return all(

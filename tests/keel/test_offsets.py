@@ -48,7 +48,7 @@ def test_forget_cancels_what_was_not_started() -> None:
     tracker.forget({TP})
     assert entry.cancelled
     assert tracker.committable() == {}
-    assert tracker.pending_partitions() == set()
+    assert tracker.in_flight() == 0
 
 
 @given(st.permutations(list(range(30))))
