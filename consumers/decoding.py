@@ -14,7 +14,8 @@ class JobDecoder(Protocol):
         ...
 
     def decode(self, data: bytes) -> dict[str, Any]:
-        """The record; raises UndecodableJob."""
+        """The record; raises UndecodableJob (`retriable` when the registry is down: the
+        worker waits that out with `keel.runtime.decode_with_retry`)."""
         ...
 
 
@@ -38,7 +39,7 @@ class AvroJobDecoder:
             try:
                 schema = self.registry.get_schema(schema_id)
             except Exception as exc:
-                raise UndecodableJob(f"unknown schema id {schema_id}: {exc}") from exc
+                raise _undecodable(f"unknown schema id {schema_id}", exc) from exc
             self._names[schema_id] = _full_name(schema)
         return self._names[schema_id]
 
@@ -47,7 +48,12 @@ class AvroJobDecoder:
             record: dict[str, Any] = self.serde.decode(data)
             return record
         except Exception as exc:
-            raise UndecodableJob(f"cannot decode job: {exc}") from exc
+            raise _undecodable("cannot decode job", exc) from exc
+
+
+def _undecodable(what: str, exc: Exception) -> UndecodableJob:
+    """Permanent, unless the cause is an outage (a registry that does not answer)."""
+    return UndecodableJob(f"{what}: {exc}", retriable=bool(getattr(exc, "retriable", False)))
 
 
 def _full_name(schema: Any) -> str | None:

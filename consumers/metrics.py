@@ -21,6 +21,8 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from keel.metrics import ConsumerMetricsGroup
+
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -111,6 +113,8 @@ class JobMetrics:
         self.delayed = Gauge(
             "keel_jobs_delayed", "Retries read before due, waiting.", ["job_type"], registry=r
         )
+        # keel_consumer_*{component="jobs.<type>"}: what every consumer loop of Keel reports.
+        self.consumers = ConsumerMetricsGroup(r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

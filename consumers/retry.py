@@ -1,13 +1,18 @@
 """Retry scheduling as pure functions: the ladder of delays with jitter, the decision for a
-failed job (retry when, or dead letters why), and the headers that carry a job's history
-through the retry and dead-letter topics. Tested on plain values, without a broker."""
+failed job (retry when, or dead letters why), the headers that carry a job's history
+through the retry and dead-letter topics, and the queue where a retry read before it is
+due waits (`DelayQueue`, not blocking other jobs). Tested on plain values, without a broker."""
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import random
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import Any
 
 from consumers.errors import JobConfigError
 
@@ -142,7 +147,48 @@ def retry_headers(
 
 
 def dead_letter_headers(
-    job_type: str, attempt: int, reason: str, origin: Origin, error: BaseException, *, now_ms: int
+    job_type: str,
+    attempt: int,
+    reason: str,
+    origin: Origin,
+    error: BaseException | Failure,
+    *,
+    now_ms: int,
 ) -> HeaderList:
     extra = [(H_JOB_TYPE, job_type), (H_ATTEMPT, str(attempt)), (H_FAILED_AT, str(now_ms))]
-    return letter_headers(reason, Failure.of(error), origin, extra)
+    failure = error if isinstance(error, Failure) else Failure.of(error)
+    return letter_headers(reason, failure, origin, extra)
+
+
+class DelayQueue:
+    """Items ordered by due time (epoch ms); ties keep insertion order."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, Hashable, Any]] = []
+        self._seq = itertools.count()
+
+    def push(self, due_ms: int, item: Any, group: Hashable = None) -> None:
+        heapq.heappush(self._heap, (due_ms, next(self._seq), group, item))
+
+    def pop_due(self, now_ms: int) -> list[Any]:
+        out = []
+        while self._heap and self._heap[0][0] <= now_ms:
+            out.append(heapq.heappop(self._heap)[3])
+        return out
+
+    def next_due(self) -> int | None:
+        return self._heap[0][0] if self._heap else None
+
+    def drop_groups(self, groups: AbstractSet[Hashable] | None = None) -> list[Any]:
+        """Remove and return the items of some groups (e.g. revoked partitions), or all."""
+        if groups is None:
+            dropped = [item[3] for item in self._heap]
+            self._heap.clear()
+            return dropped
+        dropped = [item[3] for item in self._heap if item[2] in groups]
+        self._heap = [item for item in self._heap if item[2] not in groups]
+        heapq.heapify(self._heap)
+        return dropped
+
+    def __len__(self) -> int:
+        return len(self._heap)

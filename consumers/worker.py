@@ -1,14 +1,13 @@
-"""The job worker: one consumer group per job type, a bounded number of jobs in flight, jobs
-of one key in order, offsets committed only after the side effect (or the hand-off to the
-retry or dead-letter topic) is done.
+"""The job worker: one consumer group per job type on the core's consumer runtime
+(`keel.runtime.StreamRunner`: jobs of one key in order on per-key lanes, a bounded number in
+flight, offsets committed only past jobs whose side effect, or hand-off to the retry or
+dead-letter topic, is done).
 
-Threads of one `JobRunner`:
-- the poll thread owns the confluent-kafka consumer: it reads batches, holds retries that
-  are not due yet, routes each job to a runner thread by key, serves producer deliveries
-  and commits the contiguous prefix of finished jobs per partition;
-- `concurrency` runner threads, each with a FIFO queue, check the idempotency store (one
-  round trip per batch), run the handler, record the done key, or hand a failed job to the
-  retry ladder / dead letters.
+What is the jobs' own (`JobRunner`, a `keel.runtime.StreamingSink`): retries read before
+they are due wait in a `DelayQueue` (not blocking other jobs; the retry partitions pause
+when too many wait); each lane checks the idempotency store (one round trip per batch),
+runs the handler, records the done key, or hands a failed job to the retry ladder / dead
+letters (acked before the job counts as finished).
 
 A `Worker` runs the runners of several job types in one process, with the health server,
 and stops them on SIGTERM: in-flight jobs get `jobs_shutdown_timeout_s` to finish, then
@@ -19,15 +18,13 @@ groups.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
-from confluent_kafka import TopicPartition as KafkaTopicPartition
+from confluent_kafka import Message, Producer
 from confluent_kafka.admin import AdminClient
 
 from consumers.decoding import JobDecoder
@@ -37,6 +34,7 @@ from consumers.job import Job, JobHandler
 from consumers.metrics import JobMetrics
 from consumers.retry import (
     REASON_UNDECODABLE,
+    DelayQueue,
     HeaderList,
     Origin,
     RetryPolicy,
@@ -46,19 +44,27 @@ from consumers.retry import (
     header_map,
     retry_headers,
 )
-from consumers.tracking import DelayQueue, Entry, OffsetTracker, TopicPartition, slot_for
-from keel.errors import KafkaEdgeError
-from keel.health import Check, Checks, HealthServer, check, metrics_text
-from keel.kafka import TopicSpec, ensure_topics, make_admin, make_consumer, make_producer
+from keel.backoff import Backoff
+from keel.deadletters import Failure
+from keel.health import Check, Checks, HealthServer, beating, check, metrics_text
+from keel.kafka import TopicSpec, ensure_topics, make_admin, make_producer
+from keel.offsets import Entry, Key
+from keel.runtime import (
+    Lanes,
+    RunnerConfig,
+    StreamingSink,
+    StreamRunner,
+    Tracked,
+    decode_with_retry,
+    hand_off,
+)
 from keel.settings import KeelSettings, get_settings
 
 log = logging.getLogger(__name__)
 
 STALL_SECONDS = 60.0  # a poll loop silent for this long is reported unhealthy
-PAUSE_AFTER_S = 1.0  # in-flight limit reached for this long: pause the partitions
 _MARK_DONE_TRIES = 3
-
-Item = tuple[Message, Entry]
+_NOT_OURS = object()  # another record type on a shared topic
 
 
 @dataclass(frozen=True)
@@ -91,8 +97,9 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class JobRunner:
-    """One job type's consumer group member (see the module docstring)."""
+class JobRunner(StreamingSink):
+    """One job type's consumer group member (see the module docstring); `run(stop)` on a
+    thread of its own."""
 
     def __init__(
         self,
@@ -108,6 +115,7 @@ class JobRunner:
     ) -> None:
         self.handler = handler
         self.name = handler.name
+        self.component = f"jobs.{handler.name}"
         self.topics = handler.topics
         self.decoder = decoder
         self.producer = producer
@@ -115,23 +123,26 @@ class JobRunner:
         self.config = config
         self.settings = settings or get_settings()
         self.group_id = group_id or f"keel.jobs.{handler.name}"
-        self.tracker = OffsetTracker()
         self.delayed = DelayQueue()
-        self.assigned: set[TopicPartition] = set()
-        self.joined = threading.Event()
-        self.last_loop = time.monotonic()
         self.error: BaseException | None = None
-        self._paused: set[TopicPartition] = set()
-        self._queues: list[queue.SimpleQueue[list[Item] | None]] = [
-            queue.SimpleQueue() for _ in range(config.concurrency)
-        ]
-        self._threads: list[threading.Thread] = []
-        self._consumer: Consumer | None = None
-        self._last_commit = time.monotonic()
-        self._stopping = False
-        self._full_since: float | None = None
-        self._error_logged: dict[tuple[int, str], float] = {}
-        self._progress = threading.Event()  # a runner finished a batch
+        self.loop = StreamRunner(
+            self,
+            self.settings,
+            RunnerConfig(
+                group=self.group_id,
+                topics=[self.topics.source, self.topics.retry],
+                batch_size=config.batch_size,
+                max_in_flight=config.max_in_flight,
+                commit_interval_s=config.commit_interval_s,
+                settle_timeout_s=config.shutdown_timeout_s,
+            ),
+            metrics.consumers.add(self.component),
+            **config.consumer_overrides,
+        )
+        self.tracker = self.loop.tracker
+        self.lanes = Lanes(
+            f"job-{self.name}", config.concurrency, self._process, self.loop.progress
+        )
         # Metric children bound once: label lookups are not free on the hot path.
         self._m_done = metrics.done.labels(self.name)
         self._m_dup = metrics.duplicates.labels(self.name)
@@ -143,25 +154,8 @@ class JobRunner:
         self._m_delayed = metrics.delayed.labels(self.name)
         self._metrics = metrics
 
-    # --- poll thread -------------------------------------------------------------------
-
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set, then settle in-flight jobs, commit and leave."""
-        overrides = {"on_commit": self._on_commit, **self.config.consumer_overrides}
-        consumer = make_consumer(self.group_id, self.settings, **overrides)
-        self._consumer = consumer
-        consumer.subscribe(
-            [self.topics.source, self.topics.retry],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
-        )
-        for index, q in enumerate(self._queues):
-            thread = threading.Thread(
-                target=self._runner_loop, args=(q,), name=f"job-{self.name}-{index}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
         log.info(
             "job worker %s: group %s, topics %s + %s, concurrency %s",
             self.name,
@@ -171,249 +165,94 @@ class JobRunner:
             self.config.concurrency,
         )
         try:
-            while not stop.is_set():
-                self._step(consumer)
-            self._stopping = True
-            self._settle(set(self.assigned), self.config.shutdown_timeout_s, consumer)
+            self.loop.run(stop)
         except BaseException as exc:
             self.error = exc
             raise
-        finally:
-            self._stopping = True
-            try:
-                consumer.close()
-            finally:
-                for q in self._queues:
-                    q.put(None)
-                for thread in self._threads:
-                    thread.join(timeout=1.0)
-            log.info("job worker %s stopped", self.name)
 
-    def _step(self, consumer: Consumer) -> None:
-        self.last_loop = time.monotonic()
-        now_ms = _now_ms()
-        in_flight = self.tracker.in_flight()
-        active = in_flight - len(self.delayed)
-        room = self.config.max_in_flight - active
-        if room <= 0 and self._wait_for_room():
-            return
-        self._apply_backpressure(consumer, room)
-        timeout = 0.1
-        next_due = self.delayed.next_due()
-        if next_due is not None:
-            timeout = min(timeout, max(0.0, (next_due - now_ms) / 1000))
-        messages = consumer.consume(
-            num_messages=max(1, min(self.config.batch_size, room)), timeout=timeout
-        )
-        if messages:
-            self._dispatch(messages, _now_ms())
-        if self.delayed:
-            due = self.delayed.pop_due(_now_ms())
-            if due:
-                self._route(due)
-        self.producer.poll(0)
-        self._m_in_flight.set(in_flight)
-        self._m_delayed.set(len(self.delayed))
-        if time.monotonic() - self._last_commit >= self.config.commit_interval_s:
-            self._commit(consumer, asynchronous=True)
+    # --- the sink, on the loop's thread ------------------------------------------------
 
-    def _wait_for_room(self) -> bool:
-        """Full: wait for a runner to finish a batch instead of pausing at once. Pausing
-        drops librdkafka's prefetched messages and resuming costs a fetch round trip, so
-        partitions are paused only when the stall lasts (then `consume` keeps serving
-        rebalances). True when this step should end here."""
-        now = time.monotonic()
-        if self._full_since is None:
-            self._full_since = now
-        if now - self._full_since >= PAUSE_AFTER_S:
-            return False
-        self._progress.wait(0.05)
-        self._progress.clear()
-        self.producer.poll(0)
-        return True
+    def open(self) -> None:
+        self.lanes.start()
 
-    def _apply_backpressure(self, consumer: Consumer, room: int) -> None:
-        """Pause everything while too many jobs are in flight, and the retry partitions while
-        too many retries wait for their due time; resume when there is room again."""
-        want: set[TopicPartition] = set()
-        if room > 0:
-            self._full_since = None
-        if room <= 0:
-            want = set(self.assigned)
-        elif len(self.delayed) >= self.config.max_delayed:
-            want = {tp for tp in self.assigned if tp[0] == self.topics.retry}
-        if want == self._paused:
-            return
-        to_pause, to_resume = want - self._paused, self._paused - want
-        if to_pause:
-            consumer.pause([KafkaTopicPartition(t, p) for t, p in to_pause])
-        if to_resume:
-            consumer.resume([KafkaTopicPartition(t, p) for t, p in to_resume])
-        self._paused = want
+    def close(self) -> None:
+        self.lanes.stop()
 
-    def _dispatch(self, messages: Sequence[Message], now_ms: int) -> None:
-        ready: list[Item] = []
-        retry_topic = self.topics.retry
-        track = self.tracker.track
-        for msg in messages:
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                if err.fatal():
-                    raise KafkaEdgeError.from_kafka_error(err, f"job worker {self.name}")
-                self._log_consumer_error(err)
-                continue
-            topic = msg.topic()
-            tp = (topic, msg.partition())
-            entry = track(tp, msg.offset())  # type: ignore[arg-type]  # set on real messages
-            if topic == retry_topic:
+    def submit(self, records: list[Tracked]) -> None:
+        """Jobs to their lanes; a retry read before it is due waits in `delayed`."""
+        now_ms, retry_topic, ready = _now_ms(), self.topics.retry, []
+        for msg, entry in records:
+            if msg.topic() == retry_topic:
                 due = due_at_of(header_map(msg.headers()))
                 if due > now_ms:
-                    self.delayed.push(due, (msg, entry), group=tp)
+                    self.delayed.push(due, (msg, entry), group=(retry_topic, msg.partition()))
                     continue
             ready.append((msg, entry))
         if ready:
-            self._route(ready)
+            self.lanes.route(ready)
 
-    def _log_consumer_error(self, err: KafkaError) -> None:
-        """Transient consumer errors (a topic not created yet, a broker restarting) repeat
-        every poll: log each kind once a minute."""
-        now = time.monotonic()
-        key = (err.code(), err.str())
-        if now - self._error_logged.get(key, -1e9) >= 60:
-            self._error_logged[key] = now
-            log.warning("job worker %s: consumer error %s", self.name, err)
+    def tick(self, wait: float = 0.0) -> None:
+        if self.delayed:
+            due = self.delayed.pop_due(_now_ms())
+            if due:
+                self.lanes.route(due)
+        self.producer.poll(wait)  # retry and dead-letter deliveries finish their jobs
+        self._m_in_flight.set(self.loop.counts.in_flight)
+        self._m_delayed.set(len(self.delayed))
 
-    def _route(self, items: list[Item]) -> None:
-        """One list per runner thread per batch (a queue operation per batch, not per job)."""
-        slots = len(self._queues)
-        if slots == 1:
-            self._queues[0].put(items)
-            return
-        per_slot: list[list[Item]] = [[] for _ in range(slots)]
-        for item in items:
-            msg = item[0]
-            per_slot[slot_for(msg.key(), slots, msg.offset() or 0)].append(item)
-        for q, batch in zip(self._queues, per_slot, strict=True):
-            if batch:
-                q.put(batch)
+    def held(self) -> int:
+        return len(self.delayed)
 
-    def _commit(
-        self, consumer: Consumer, *, asynchronous: bool, only: set[TopicPartition] | None = None
-    ) -> None:
-        self._last_commit = time.monotonic()
-        offsets = {
-            tp: off
-            for tp, off in self.tracker.committable().items()
-            if tp in self.assigned and (only is None or tp in only)
-        }
-        if not offsets:
-            return
-        commit = [KafkaTopicPartition(t, p, off) for (t, p), off in offsets.items()]
-        try:
-            if asynchronous:
-                consumer.commit(offsets=commit, asynchronous=True)
-            else:
-                consumer.commit(offsets=commit, asynchronous=False)
-        except KafkaException as exc:
-            log.warning("job worker %s: commit failed: %s", self.name, exc)
-            return
-        self.tracker.mark_committed(offsets)
+    def next_due(self) -> float | None:
+        due = self.delayed.next_due()
+        return None if due is None else (due - _now_ms()) / 1000
 
-    def _settle(self, tps: set[TopicPartition], timeout: float, consumer: Consumer) -> None:
-        """Let the jobs of these partitions finish (up to `timeout`), commit what finished and
-        hand back the rest: retries waiting for their due time are handed back at once."""
-        for _msg, entry in self.delayed.drop_groups(tps):
+    def pausing(self, assigned: set[Key]) -> set[Key]:
+        """The retry partitions, while too many retries wait for their due time."""
+        if len(self.delayed) < self.config.max_delayed:
+            return set()
+        return {tp for tp in assigned if tp[0] == self.topics.retry}
+
+    def revoking(self, partitions: set[Key]) -> None:
+        """Retries waiting for their due time are handed back at once."""
+        for _msg, entry in self.delayed.drop_groups(partitions):
             entry.cancelled = True
-        deadline = time.monotonic() + timeout
-        while not self.tracker.settled(tps) and time.monotonic() < deadline:
-            self.producer.poll(0.02)  # retry/DLQ deliveries finish their jobs
-        if not self.tracker.settled(tps):
-            log.warning(
-                "job worker %s: handing back unfinished jobs after %.1fs", self.name, timeout
-            )
-        self._commit(consumer, asynchronous=False, only=tps)
-        self.tracker.forget(tps)
 
-    def _on_commit(self, err: KafkaError | None, partitions: list[KafkaTopicPartition]) -> None:
-        """An asynchronous commit that failed is tried again at the next interval."""
-        if err is None:
-            failed = {(p.topic, p.partition) for p in partitions if p.error is not None}
-        else:
-            failed = {(p.topic, p.partition) for p in partitions}
-            log.warning("job worker %s: commit failed: %s", self.name, err)
-        if failed:
-            self.tracker.unmark_committed(failed)
+    gone = revoking  # lost: the same, and their new owner runs them
 
-    def _on_assign(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
-        tps = {(p.topic, p.partition) for p in partitions}
-        self.tracker.forget(tps)
-        self.assigned |= tps
-        self._paused -= tps
-        self.joined.set()
-        log.info("job worker %s: assigned %s", self.name, sorted(tps))
+    # --- lanes -------------------------------------------------------------------------
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
-        tps = {(p.topic, p.partition) for p in partitions}
-        if tps:
-            timeout = (
-                self.config.shutdown_timeout_s
-                if self._stopping
-                else min(10.0, self.config.shutdown_timeout_s)
-            )
-            self._settle(tps, timeout, consumer)
-        self.assigned -= tps
-        self._paused -= tps
-        log.info("job worker %s: revoked %s", self.name, sorted(tps))
-
-    def _on_lost(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
-        tps = {(p.topic, p.partition) for p in partitions}
-        for _msg, entry in self.delayed.drop_groups(tps):
-            entry.cancelled = True
-        self.tracker.forget(tps)
-        self.assigned -= tps
-        self._paused -= tps
-        log.warning("job worker %s: lost %s", self.name, sorted(tps))
-
-    # --- runner threads ----------------------------------------------------------------
-
-    def _runner_loop(self, q: queue.SimpleQueue[list[Item] | None]) -> None:
-        while True:
-            items = q.get()
-            if items is None:
-                return
-            try:
-                self._process(items)
-                self._progress.set()
-            except Exception:  # a bug here must not stall a partition silently
-                log.exception("job worker %s: unexpected error; jobs handed back", self.name)
-                for _msg, entry in items:
-                    if not entry.done:
-                        entry.cancelled = True
-
-    def _process(self, items: list[Item]) -> None:
-        name = self.name
+    def _decode(self, data: bytes) -> Any:
         wanted = self.handler.record_name
-        decode = self.decoder.decode
+        if wanted is not None and self.decoder.record_name(data) != wanted:
+            return _NOT_OURS
+        return self.decoder.decode(data)
+
+    def _process(self, items: list[Tracked]) -> None:
+        name = self.name
+        backoff = Backoff(30.0, first=0.5)
+        stop = self.loop.stop_event
         jobs: list[tuple[Entry, Job, Message]] = []
         for msg, entry in items:
             if entry.cancelled:
                 continue
-            value = msg.value() or b""
             raw_headers = msg.headers()
             headers = header_map(raw_headers) if raw_headers else {}
             topic = msg.topic() or ""
-            try:
-                if wanted is not None and self.decoder.record_name(value) != wanted:
-                    entry.done = True  # another type on a shared topic: not ours
-                    self._m_skipped.inc()
-                    continue
-                record = decode(value)
-            except UndecodableJob as exc:
-                if wanted is not None and topic == self.topics.source:
+            record = decode_with_retry(
+                self._decode, msg.value() or b"", stop, (UndecodableJob,), backoff
+            )
+            if record is None:  # stopping while the registry is down: read again later
+                entry.cancelled = True
+                continue
+            if record is _NOT_OURS:
+                entry.finish()
+                self._m_skipped.inc()
+                continue
+            if isinstance(record, Failure):
+                if self.handler.record_name is not None and topic == self.topics.source:
                     # Poison on a shared topic belongs to its owner's dead letters.
-                    entry.done = True
+                    entry.finish()
                     self._m_skipped.inc()
                     continue
                 origin = Origin.of(
@@ -425,7 +264,7 @@ class JobRunner:
                     attempt=attempts_of(headers) + 1,
                     reason=REASON_UNDECODABLE,
                     origin=origin,
-                    exc=exc,
+                    error=record,
                 )
                 continue
             job = Job(
@@ -440,10 +279,12 @@ class JobRunner:
                 headers,
             )
             jobs.append((entry, job, msg))
-        if not jobs:
-            return
+        if jobs:
+            self._run_jobs(jobs)
+
+    def _run_jobs(self, jobs: list[tuple[Entry, Job, Message]]) -> None:
+        name, store = self.name, self.store
         done: set[str] = set()
-        store = self.store
         if store is not None:
             try:
                 done = store.done_keys(name, {job.idempotency_key for _, job, _ in jobs})
@@ -460,7 +301,7 @@ class JobRunner:
             if store is not None:
                 key = job.idempotency_key
                 if key in done:
-                    entry.done = True
+                    entry.finish()
                     self._m_dup.inc()
                     log.info("job %s %s already done: skipped", name, key, extra={"event_id": key})
                     continue
@@ -472,12 +313,13 @@ class JobRunner:
             if store is not None:
                 self._record_done(store, key, outcome)
                 done.add(key)
-            entry.done = True
+            entry.finish()
             finished += 1
             created = job.created_at
             if created is not None:
                 latencies.append(max(0.0, time.time() - created.timestamp()))
         if finished:
+            self.loop.counts.processed += finished
             self._m_done.inc(finished)
             self._metrics.latency.observe_many(name, latencies)
 
@@ -510,6 +352,7 @@ class JobRunner:
                 extra={"event_id": job.idempotency_key},
             )
             headers = retry_headers(self.name, decision, job.origin, exc, now_ms)
+            self.loop.counts.failures += 1
             self._hand_off(self.topics.retry, msg, headers, entry, self._m_retried.inc)
         else:
             self._dead_letter(
@@ -518,7 +361,7 @@ class JobRunner:
                 attempt=job.attempt,
                 reason=decision.reason,
                 origin=job.origin,
-                exc=exc,
+                error=exc,
             )
 
     def _dead_letter(
@@ -529,7 +372,7 @@ class JobRunner:
         attempt: int,
         reason: str,
         origin: Origin,
-        exc: BaseException,
+        error: BaseException | Failure,
     ) -> None:
         log.error(
             "job %s at %s/%s/%s dead-lettered (%s after %s attempts): %s",
@@ -539,11 +382,16 @@ class JobRunner:
             origin.offset,
             reason,
             attempt,
-            exc,
+            error.message if isinstance(error, Failure) else error,
         )
-        headers = dead_letter_headers(self.name, attempt, reason, origin, exc, now_ms=_now_ms())
+        headers = dead_letter_headers(self.name, attempt, reason, origin, error, now_ms=_now_ms())
         counter = self._metrics.dead_lettered.labels(self.name, reason)
-        self._hand_off(self.topics.dlq, msg, headers, entry, counter.inc)
+
+        def dead_lettered() -> None:
+            counter.inc()
+            self.loop.counts.dead_lettered[reason] += 1
+
+        self._hand_off(self.topics.dlq, msg, headers, entry, dead_lettered)
 
     def _hand_off(
         self,
@@ -553,35 +401,24 @@ class JobRunner:
         entry: Entry,
         on_done: Callable[[], None],
     ) -> None:
-        """Produce the job's original bytes to the retry or dead-letter topic; the job is
-        finished (committable) only once the broker acknowledged it."""
+        """The job is finished (committable) only once the broker acknowledged it."""
 
-        def delivered(err: KafkaError | None, _msg: Message) -> None:
-            if err is None:
-                entry.done = True
-                on_done()
-            elif not entry.cancelled:
-                log.error(
-                    "job %s: producing to %s failed (%s); trying again", self.name, topic, err
-                )
-                self._hand_off(topic, msg, headers, entry, on_done)
+        def acked() -> None:
+            entry.finish()
+            on_done()
 
-        while True:
-            try:
-                self.producer.produce(
-                    topic, value=msg.value(), key=msg.key(), headers=headers, on_delivery=delivered
-                )
-                return
-            except BufferError:
-                time.sleep(0.01)
+        hand_off(self.producer, topic, msg, headers, acked=acked, abandoned=lambda: entry.cancelled)
 
     # --- status ------------------------------------------------------------------------
+
+    @property
+    def joined(self) -> bool:
+        return self.loop.ready
 
     def healthy(self) -> Check:
         if self.error is not None:
             return check(False, error=str(self.error))
-        silent = time.monotonic() - self.last_loop
-        return check(silent <= STALL_SECONDS, last_beat_s=round(silent, 1))
+        return beating(self.loop.heartbeat, STALL_SECONDS)
 
 
 class Worker:
@@ -710,7 +547,7 @@ class Worker:
         """Alive, every runner in its group, and the idempotency store answers."""
         checks = dict(self.healthy())
         for r in self.runners:
-            checks[f"group.{r.name}"] = check(r.joined.is_set(), group=r.group_id)
+            checks[f"group.{r.name}"] = check(r.joined, group=r.group_id)
         store = next((r.store for r in self.runners if r.store is not None), None)
         if store is not None:
             try:

@@ -12,7 +12,7 @@ beside these.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -54,39 +54,68 @@ class ConsumerMetrics(Collector):
         }
 
     def collect(self) -> Iterator[Metric]:
-        c = [self.component]
+        return families([self])
 
-        def counter(name: str, doc: str, value: int) -> CounterMetricFamily:
-            family = CounterMetricFamily(PREFIX + name, doc, labels=["component"])
-            family.add_metric(c, value)
-            return family
 
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            family = GaugeMetricFamily(PREFIX + name, doc, labels=["component"])
-            family.add_metric(c, value)
-            return family
+class ConsumerMetricsGroup(Collector):
+    """The figures of several consumers of one process (a job worker's job types), one
+    family per name with a sample per component: a registry must not hold two families
+    of one name."""
 
-        def by_reason(name: str, doc: str, values: Counter[str]) -> CounterMetricFamily:
-            family = CounterMetricFamily(PREFIX + name, doc, labels=["component", "reason"])
-            for reason, value in sorted(values.items()):
-                family.add_metric([*c, reason], value)
-            return family
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.members: list[ConsumerMetrics] = []
+        registry.register(self)
 
-        yield counter("consumed", "Records read.", self.consumed)
-        yield counter(
-            "processed", "Records whose effect is done (written, filed, delivered, run).",
-            self.processed,
-        )  # fmt: skip
-        yield by_reason("skipped", "Records read and deliberately not applied.", self.skipped)
-        yield by_reason(
-            "dead_lettered", "Records written to a dead-letter topic.", self.dead_lettered
-        )
-        yield counter("failures", "Attempts that failed and are retried.", self.failures)
-        yield counter("commits", "Offset commits that succeeded.", self.commits)
-        yield counter("rebalances", "Partition assignments and revocations.", self.rebalances)
-        yield gauge("in_flight", "Records read and not committed yet.", self.in_flight)
-        yield gauge("assigned_partitions", "Partitions assigned.", self.assigned)
-        yield gauge("paused", "1 while fetching is paused for backpressure.", int(self.paused))
+    def add(self, component: str) -> ConsumerMetrics:
+        metrics = ConsumerMetrics(component)
+        self.members.append(metrics)
+        return metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return families(self.members)
+
+
+def families(members: Sequence[ConsumerMetrics]) -> Iterator[Metric]:
+    """The `keel_consumer_*` families of these consumers, a sample per component."""
+
+    def family(
+        kind: type[CounterMetricFamily | GaugeMetricFamily],
+        name: str,
+        doc: str,
+        value: Callable[[ConsumerMetrics], float],
+    ) -> Metric:
+        f = kind(PREFIX + name, doc, labels=["component"])
+        for m in members:
+            f.add_metric([m.component], value(m))
+        return f
+
+    def by_reason(name: str, doc: str, values: Callable[[ConsumerMetrics], Counter[str]]) -> Metric:
+        f = CounterMetricFamily(PREFIX + name, doc, labels=["component", "reason"])
+        for m in members:
+            for reason, value in sorted(values(m).items()):
+                f.add_metric([m.component, reason], value)
+        return f
+
+    counter, gauge = CounterMetricFamily, GaugeMetricFamily
+    yield family(counter, "consumed", "Records read.", lambda m: m.consumed)
+    yield family(
+        counter, "processed", "Records whose effect is done (written, filed, delivered, run).",
+        lambda m: m.processed,
+    )  # fmt: skip
+    yield by_reason("skipped", "Records read and deliberately not applied.", lambda m: m.skipped)
+    yield by_reason(
+        "dead_lettered", "Records written to a dead-letter topic.", lambda m: m.dead_lettered
+    )
+    yield family(counter, "failures", "Attempts that failed and are retried.", lambda m: m.failures)
+    yield family(counter, "commits", "Offset commits that succeeded.", lambda m: m.commits)
+    yield family(
+        counter, "rebalances", "Partition assignments and revocations.", lambda m: m.rebalances
+    )
+    yield family(gauge, "in_flight", "Records read and not committed yet.", lambda m: m.in_flight)
+    yield family(gauge, "assigned_partitions", "Partitions assigned.", lambda m: m.assigned)
+    yield family(
+        gauge, "paused", "1 while fetching is paused for backpressure.", lambda m: int(m.paused)
+    )
 
 
 def total(metric: Any) -> float:

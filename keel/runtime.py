@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -38,17 +39,17 @@ from typing import Any, Generic, TypeVar
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from keel.backoff import Backoff
-from keel.deadletters import Failure, Origin, letter_headers
+from keel.deadletters import Failure, HeaderList, Origin, letter_headers
 from keel.errors import KeelError
 from keel.kafka import has_record, make_consumer, make_producer
 from keel.metrics import ConsumerMetrics
+from keel.offsets import Entry, Key, OffsetTracker, slot_for
 from keel.settings import KeelSettings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 REASON_UNDECODABLE = "undecodable"
-Key = tuple[str, int]
 
 
 class SinkBackpressure(KeelError):
@@ -145,6 +146,11 @@ class RunnerConfig:
     backoff_max_s: float = 30.0
     session_timeout_ms: int = 45_000
     progress_interval_s: float = 30.0
+    # A streaming sink's: records read and not finished at most, how often the finished
+    # prefix is committed, and how long a revocation or a stop waits for effects under way.
+    max_in_flight: int = 1000
+    commit_interval_s: float = 0.5
+    settle_timeout_s: float = 20.0
 
 
 def decode_with_retry(
@@ -219,15 +225,19 @@ class ConsumerLoop:
             self.log_progress()
             log.info("%s stopped", self.component)
 
-    def commit(self, offsets: list[TopicPartition]) -> bool:
-        """Commit `offsets` of partitions still assigned, synchronously; False when the
-        broker refused (a rebalance under way: the new owner reads those records again)."""
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool = False) -> bool:
+        """Commit `offsets` of partitions still assigned (synchronously unless asked); False
+        when the broker refused (a rebalance under way: the new owner reads those records
+        again). An asynchronous commit's failure reaches the consumer's `on_commit`."""
         assert self._consumer is not None
         offsets = [tp for tp in offsets if (tp.topic, tp.partition) in self._assigned]
         if not offsets:
             return True
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            if asynchronous:  # two calls: the stubs type each literal apart
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
         except Exception as exc:
             log.warning("offset commit failed: %s", exc)
             return False
@@ -601,6 +611,300 @@ class BatchRunner(ConsumerLoop, Generic[T]):
         for key in gone:
             self._next.pop(key, None)
         self._batch.forget(gone)
+
+
+Tracked = tuple[Message, Entry]
+PAUSE_AFTER_S = 1.0  # the in-flight limit reached for this long: pause the partitions
+
+
+class StreamingSink(ABC):
+    """A sink whose effects finish record by record and out of order (jobs on runner
+    threads, per key): it takes the tracked records and calls `entry.finish()` once a
+    record's effect is done (or handed to a retry or dead-letter topic and acked). The
+    runner commits each partition only past its finished prefix."""
+
+    component: str
+
+    @abstractmethod
+    def submit(self, records: list[Tracked]) -> None: ...
+
+    def tick(self, wait: float = 0.0) -> None:  # noqa: B027  (optional hook)
+        """Once a turn, and while the runner waits for effects: serve deliveries, release
+        what came due (up to `wait` seconds)."""
+
+    def held(self) -> int:
+        """Records read and held on purpose (retries not due): not counted as in flight."""
+        return 0
+
+    def next_due(self) -> float | None:
+        """Seconds until a held record is due (the loop polls no longer than that)."""
+        return None
+
+    def pausing(self, assigned: set[Key]) -> set[Key]:
+        """Partitions to pause besides the in-flight limit (too many records held)."""
+        return set()
+
+    def revoking(self, partitions: set[Key]) -> None:  # noqa: B027
+        """Partitions are about to leave in good order: hand back what is held for them
+        (the runner then waits for the effects under way)."""
+
+    def gone(self, partitions: set[Key]) -> None:  # noqa: B027
+        """Partitions left (revoked or lost): stop their work; another member owns them."""
+
+    def open(self) -> None:  # noqa: B027
+        """Before the consumer is made (start lanes, open a producer...)."""
+
+    def close(self) -> None:  # noqa: B027
+        """After the consumer left: stop lanes, release what the sink holds."""
+
+
+class StreamRunner(ConsumerLoop):
+    """Runs a `StreamingSink`: tracks every record read (`keel.offsets.OffsetTracker`),
+    commits the finished prefix every `commit_interval_s` (asynchronously; a failed commit
+    is offered again), bounds what is in flight (`max_in_flight`: after `PAUSE_AFTER_S` full,
+    every partition is paused; pausing drops librdkafka's prefetched batches, so a short
+    stall only waits), and on a revocation or a stop lets the effects under way finish for
+    up to `settle_timeout_s`, commits what finished and hands back the rest."""
+
+    def __init__(
+        self,
+        sink: StreamingSink,
+        settings: KeelSettings,
+        config: RunnerConfig,
+        metrics: ConsumerMetrics,
+        **consumer_overrides: Any,
+    ) -> None:
+        super().__init__(
+            sink.component,
+            settings,
+            config,
+            metrics,
+            **{"on_commit": self._on_commit, **consumer_overrides},
+        )
+        self.sink = sink
+        self.tracker = OffsetTracker()
+        self.paused: set[Key] = set()
+        self.progress = threading.Event()  # set by the sink when effects finished
+        self._closing = False
+        self._last_commit = time.monotonic()
+        self._full_since: float | None = None
+
+    @property
+    def stop_event(self) -> threading.Event:
+        return self._stop
+
+    def _start(self) -> None:
+        self.sink.open()
+
+    def _turn(self) -> None:
+        assert self._consumer is not None
+        c = self.config
+        in_flight = self.tracker.in_flight()
+        room = c.max_in_flight - (in_flight - self.sink.held())
+        if room <= 0 and self._wait_for_room():
+            return
+        self._backpressure(room)
+        timeout, due = 0.1, self.sink.next_due()
+        if due is not None:
+            timeout = min(timeout, max(0.0, due))
+        track, records = self.tracker.track, []
+        for msg in self._consumer.consume(max(1, min(c.batch_size, room)), timeout):
+            if has_record(msg):
+                records.append((msg, track(_key(msg), msg.offset() or 0)))
+        if records:
+            self.counts.consumed += len(records)
+            self.sink.submit(records)
+        self.sink.tick()
+        self.counts.in_flight = in_flight
+        if time.monotonic() - self._last_commit >= c.commit_interval_s:
+            self._commit_finished(asynchronous=True)
+
+    def _wait_for_room(self) -> bool:
+        """Full: wait for effects to finish rather than pause at once (see the class
+        docstring). True when this turn should end here."""
+        now = time.monotonic()
+        if self._full_since is None:
+            self._full_since = now
+        if now - self._full_since >= PAUSE_AFTER_S:
+            return False
+        self.progress.wait(0.05)
+        self.progress.clear()
+        self.sink.tick()
+        return True
+
+    def _backpressure(self, room: int) -> None:
+        """Pause everything while too much is in flight, and what the sink asks; resume
+        when there is room again."""
+        assert self._consumer is not None
+        if room > 0:
+            self._full_since = None
+            want = self.sink.pausing(self._assigned)
+        else:
+            want = set(self._assigned)
+        if want == self.paused:
+            return
+        to_pause, to_resume = want - self.paused, self.paused - want
+        if to_pause:
+            self._consumer.pause([TopicPartition(t, p) for t, p in to_pause])
+        if to_resume:
+            self._consumer.resume([TopicPartition(t, p) for t, p in to_resume])
+        self.paused = want
+        self.counts.paused = bool(want)
+
+    def _commit_finished(self, *, asynchronous: bool, only: set[Key] | None = None) -> None:
+        self._last_commit = time.monotonic()
+        offsets = {
+            tp: at for tp, at in self.tracker.committable().items() if only is None or tp in only
+        }
+        commit = [TopicPartition(t, p, at) for (t, p), at in offsets.items()]
+        if offsets and self.commit(commit, asynchronous=asynchronous):
+            self.tracker.mark_committed(offsets)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """An asynchronous commit that failed is offered again at the next interval."""
+        if err is None:
+            failed = {(p.topic, p.partition) for p in partitions if p.error is not None}
+        else:
+            failed = {(p.topic, p.partition) for p in partitions}
+            log.warning("%s: commit failed: %s", self.component, err)
+        if failed:
+            self.tracker.unmark_committed(failed)
+
+    def _settle(self, tps: set[Key], timeout: float) -> None:
+        """Let the effects of these partitions finish (up to `timeout`), commit what
+        finished and hand back the rest: what the sink holds is handed back at once."""
+        self.sink.revoking(tps)
+        deadline = time.monotonic() + timeout
+        while not self.tracker.settled(tps) and time.monotonic() < deadline:
+            self.sink.tick(0.02)
+        if not self.tracker.settled(tps):
+            log.warning("%s: handing back unfinished records after %.1fs", self.component, timeout)
+        self._commit_finished(asynchronous=False, only=tps)
+
+    # -- the runner's hooks -------------------------------------------------------------
+    def _stopping(self) -> None:
+        self._closing = True
+        everything = set(self._assigned)
+        self._settle(everything, self.config.settle_timeout_s)
+        self.tracker.forget(everything)  # handed back: leaving the group waits no more
+
+    def _finish(self) -> None:
+        self._closing = True
+        try:
+            self.close()  # leaves the group (a last revocation)
+        finally:
+            self.sink.close()
+
+    def _assigned_now(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = {(tp.topic, tp.partition) for tp in partitions}
+        self.tracker.forget(tps)
+        self.paused -= tps
+
+    def _revoking(self, partitions: list[TopicPartition]) -> None:
+        tps = {(tp.topic, tp.partition) for tp in partitions}
+        if tps:
+            timeout = self.config.settle_timeout_s
+            self._settle(tps, timeout if self._closing else min(10.0, timeout))
+
+    def _released(self, partitions: list[TopicPartition], lost: bool) -> None:
+        tps = {(tp.topic, tp.partition) for tp in partitions}
+        self.tracker.forget(tps)
+        self.sink.gone(tps)
+        self.paused -= tps
+
+
+class Lanes:
+    """Per-key lanes on threads: the records of one key go to one lane (a FIFO queue and
+    its thread, `keel.offsets.slot_for`), so they are handled in order while other keys
+    run beside them. `work` gets a lane's share of a batch (one queue operation per batch,
+    not per record); a bug in it hands those records back rather than stall a partition."""
+
+    def __init__(
+        self,
+        name: str,
+        count: int,
+        work: Callable[[list[Tracked]], None],
+        progress: threading.Event,
+    ) -> None:
+        self.name = name
+        self.work = work
+        self.progress = progress
+        self._queues: list[queue.SimpleQueue[list[Tracked] | None]] = [
+            queue.SimpleQueue() for _ in range(max(1, count))
+        ]
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for index, q in enumerate(self._queues):
+            thread = threading.Thread(
+                target=self._run, args=(q,), name=f"{self.name}-{index}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def route(self, records: list[Tracked]) -> None:
+        slots = len(self._queues)
+        if slots == 1:
+            self._queues[0].put(records)
+            return
+        per_slot: list[list[Tracked]] = [[] for _ in range(slots)]
+        for record in records:
+            msg = record[0]
+            per_slot[slot_for(msg.key(), slots, msg.offset() or 0)].append(record)
+        for q, share in zip(self._queues, per_slot, strict=True):
+            if share:
+                q.put(share)
+
+    def stop(self) -> None:
+        for q in self._queues:
+            q.put(None)
+        for thread in self._threads:
+            thread.join(timeout=1.0)
+        self._threads = []
+
+    def _run(self, q: queue.SimpleQueue[list[Tracked] | None]) -> None:
+        while (records := q.get()) is not None:
+            try:
+                self.work(records)
+                self.progress.set()
+            except Exception:  # a bug here must not stall a partition silently
+                log.exception("%s: unexpected error; records handed back", self.name)
+                for _msg, entry in records:
+                    if not entry.done:
+                        entry.cancelled = True
+
+
+def hand_off(
+    producer: Producer,
+    topic: str,
+    message: Message,
+    headers: HeaderList,
+    *,
+    acked: Callable[[], None],
+    abandoned: Callable[[], bool] = lambda: False,
+) -> None:
+    """Produce a record's original key and bytes to a retry or dead-letter topic until the
+    broker acknowledged it, then call `acked` (on the thread that polls `producer`): the
+    record is finished only then, or committing past it would lose it. A delivery that
+    failed (librdkafka gave up after its own retries) is produced again unless `abandoned()`
+    (its partition left: the new owner hands it off); a full queue is waited out."""
+
+    def delivered(err: KafkaError | None, _msg: object) -> None:
+        if err is None:
+            acked()
+        elif not abandoned():
+            log.error("producing to %s failed (%s); trying again", topic, err)
+            hand_off(producer, topic, message, headers, acked=acked, abandoned=abandoned)
+
+    while True:
+        try:
+            producer.produce(
+                topic, value=message.value(), key=message.key(), headers=headers,
+                on_delivery=delivered,
+            )  # fmt: skip
+            return
+        except BufferError:
+            time.sleep(0.01)
 
 
 class LettersFailed(KeelError):

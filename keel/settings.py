@@ -223,7 +223,7 @@ class KeelSettings(BaseSettings):
         8096, ge=0, description="Relay /healthz, /readyz, /metrics port (0: none)."
     )
 
-    # Webhook sink (connectors/webhooks.py)
+    # Webhook sink (connectors/webhooks/)
     webhooks_subscriptions: Path | None = Field(
         None, description="Subscriptions file (JSON or TOML); default KEEL_HOME/webhooks.toml."
     )
@@ -258,7 +258,7 @@ class KeelSettings(BaseSettings):
         30.0, gt=0, description="How often `keel webhooks run` logs its progress."
     )
 
-    # PostgreSQL sink (connectors/pgsink.py)
+    # PostgreSQL sink (connectors/pgsink/)
     pgsink_dsn: SecretStr | None = Field(
         None, description="PostgreSQL the sink writes to; default KEEL_POSTGRES_DSN."
     )
@@ -296,7 +296,7 @@ class KeelSettings(BaseSettings):
         8098, ge=0, description="Sink /healthz, /readyz, /metrics port (0: none)."
     )
 
-    # Archive sink (connectors/archive.py)
+    # Archive sink (connectors/archive/)
     archive_root: Path | None = Field(
         None, description="Where archive files are written; default KEEL_HOME/archive."
     )

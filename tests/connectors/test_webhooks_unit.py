@@ -14,7 +14,6 @@ from aiohttp import ClientConnectionError, InvalidURL, ServerTimeoutError
 from connectors.webhooks import (
     REASON_EXHAUSTED,
     REASON_EXPIRED,
-    PartitionTrack,
     RetryPolicy,
     SignatureError,
     SubscriptionError,
@@ -30,6 +29,7 @@ from connectors.webhooks import (
     signature_header,
     verify,
 )
+from keel.offsets import Entry, OffsetTracker
 
 SECRET = "whsec_test_0123456789"
 BODY = b'{"event_id":"e1","type":"user.signed_up"}'
@@ -309,16 +309,24 @@ def test_delivery_id_is_stable_per_subscriber_and_record() -> None:
 
 
 def test_the_commit_point_moves_only_past_events_every_subscriber_finished() -> None:
-    track = PartitionTrack("events", 0)
-    track.add(10, 2)
-    track.add(11, 0)  # wanted by nobody
-    track.add(12, 1)
-    assert track.commit_at is None
-    track.finish(12)  # a later event finished first: still waiting for 10
-    assert track.commit_at is None and track.pending == 3
-    track.finish(10)
-    assert track.commit_at is None  # one subscriber left on 10
-    track.finish(10)
-    assert track.commit_at == 13 and track.pending == 0
-    track.add(13, 0)
-    assert track.commit_at == 14
+    # The runtime's offset tracker, as the sink uses it: an entry per event, expecting as
+    # many effects as subscribers want it.
+    tracker, tp = OffsetTracker(), ("events", 0)
+
+    def add(offset: int, waiting: int) -> Entry:
+        entry = tracker.track(tp, offset)
+        entry.expect(waiting)
+        return entry
+
+    e10 = add(10, 2)
+    add(11, 0)  # wanted by nobody
+    e12 = add(12, 1)
+    assert tracker.committable() == {}
+    e12.finish()  # a later event finished first: still waiting for 10
+    assert tracker.committable() == {} and tracker.pending(tp) == 3
+    e10.finish()
+    assert tracker.committable() == {}  # one subscriber left on 10
+    e10.finish()
+    assert tracker.committable() == {tp: 13} and tracker.pending(tp) == 0
+    add(13, 0)
+    assert tracker.committable() == {tp: 14}

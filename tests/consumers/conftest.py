@@ -176,7 +176,7 @@ class RunningWorker:
     def __enter__(self) -> Worker:
         self.start()
         wait_for(
-            lambda: self.worker.runners and all(r.joined.is_set() for r in self.worker.runners),
+            lambda: self.worker.runners and all(r.joined for r in self.worker.runners),
             what="the worker to join its groups",
         )
         return self.worker

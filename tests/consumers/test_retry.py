@@ -21,6 +21,7 @@ from consumers.retry import (
     H_REASON,
     REASON_EXHAUSTED,
     REASON_PERMANENT,
+    DelayQueue,
     Origin,
     RetryPolicy,
     attempts_of,
@@ -123,3 +124,18 @@ def test_header_helpers_tolerate_garbage() -> None:
     assert header_map(None) == {}
     assert header_map([("a", None)]) == {"a": ""}
     assert header_map({"a": b"1"}) == {"a": "1"}
+
+
+def test_delay_queue_orders_by_due_time_and_drops_groups() -> None:
+    q = DelayQueue()
+    q.push(300, "c", group="p1")
+    q.push(100, "a", group="p0")
+    q.push(100, "b", group="p1")
+    assert q.next_due() == 100
+    assert q.pop_due(50) == []
+    assert q.pop_due(100) == ["a", "b"]
+    q.push(200, "d", group="p0")
+    assert q.drop_groups({"p1"}) == ["c"]
+    assert len(q) == 1
+    assert q.drop_groups() == ["d"]
+    assert q.next_due() is None

@@ -31,8 +31,8 @@ from consumers.retry import (
     RetryPolicy,
     header_map,
 )
-from consumers.tracking import slot_for
 from consumers.worker import Worker, WorkerConfig
+from keel.offsets import slot_for
 from keel.settings import KeelSettings
 from tests.consumers.conftest import JsonDecoder, RunningWorker, drained, produce_json, read_all
 from tests.polling import wait_for
@@ -260,7 +260,7 @@ def test_in_flight_jobs_are_bounded_and_health_endpoints_answer(
     )
     with RunningWorker(worker):
         runner = worker.runners[0]
-        wait_for(lambda: runner._paused, what="backpressure to pause the partitions")
+        wait_for(lambda: runner.loop.paused, what="backpressure to pause the partitions")
         assert runner.tracker.in_flight() <= 5
         assert handler.max_running <= 2
         base = f"http://127.0.0.1:{worker.health.port}"  # type: ignore[union-attr]

@@ -1,11 +1,11 @@
-"""Commit watermarks, key routing and the delay queue, on plain values."""
+"""The one offset tracker (commit watermarks) and key routing to lanes, on plain values."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumers.tracking import DelayQueue, OffsetTracker, slot_for
+from keel.offsets import OffsetTracker, slot_for
 
 TP = ("jobs.email", 0)
 
@@ -48,7 +48,7 @@ def test_forget_cancels_what_was_not_started() -> None:
     tracker.forget({TP})
     assert entry.cancelled
     assert tracker.committable() == {}
-    assert tracker.pending_partitions() == set()
+    assert tracker.in_flight() == 0
 
 
 @given(st.permutations(list(range(30))))
@@ -66,24 +66,19 @@ def test_committed_offset_never_passes_an_unfinished_job(order: list[int]) -> No
     assert tracker.committable() == {} or tracker.committable() == {TP: 30}
 
 
+def test_a_record_with_several_effects_finishes_with_the_last() -> None:
+    tracker = OffsetTracker()
+    event = tracker.track(TP, 3, left=2)  # two subscribers want it
+    event.finish()
+    assert tracker.committable() == {}
+    event.finish()
+    assert tracker.committable() == {TP: 4}
+    assert tracker.track(TP, 4, left=0).done  # nobody wants it: finished as read
+
+
 def test_slot_is_stable_per_key_and_spreads_keys() -> None:
     assert slot_for(b"user-1", 4) == slot_for(b"user-1", 4)
     assert slot_for(b"anything", 1) == 0
     assert slot_for(None, 4, fallback=6) == 2
     used = {slot_for(f"user-{i}".encode(), 4) for i in range(100)}
     assert used == {0, 1, 2, 3}
-
-
-def test_delay_queue_orders_by_due_time_and_drops_groups() -> None:
-    q = DelayQueue()
-    q.push(300, "c", group="p1")
-    q.push(100, "a", group="p0")
-    q.push(100, "b", group="p1")
-    assert q.next_due() == 100
-    assert q.pop_due(50) == []
-    assert q.pop_due(100) == ["a", "b"]
-    q.push(200, "d", group="p0")
-    assert q.drop_groups({"p1"}) == ["c"]
-    assert len(q) == 1
-    assert q.drop_groups() == ["d"]
-    assert q.next_due() is None
