@@ -10,7 +10,9 @@ from keel.local.services import ProcessService, Service, python_module
 from keel.settings import KeelSettings
 
 
-def _connector(settings: KeelSettings, name: str, port: int, *command: str) -> ProcessService:
+def _connector(
+    settings: KeelSettings, name: str, port: int, principal: str, *command: str
+) -> ProcessService:
     return ProcessService(
         name,
         python_module("connectors", *command, "--http-port", str(port)),
@@ -18,6 +20,7 @@ def _connector(settings: KeelSettings, name: str, port: int, *command: str) -> P
         port=port,
         ops_url=f"http://127.0.0.1:{port}",
         order=70,
+        principal=principal,  # its Kafka principal of acls.toml (secured stack)
     )
 
 
@@ -25,13 +28,29 @@ def services(settings: KeelSettings) -> list[Service]:
     from connectors.webhooks_cli import subscriptions_path
 
     stack: list[Service] = [
-        _connector(settings, "outbox-relay", settings.outbox_http_port, "outbox", "run", "--init"),
-        _connector(settings, "pgsink", settings.pgsink_http_port, "pgsink", "run", "--init"),
-        _connector(settings, "archive-sink", settings.archive_http_port, "archive", "run"),
+        _connector(
+            settings,
+            "outbox-relay",
+            settings.outbox_http_port,
+            "keel-outbox",
+            "outbox",
+            "run",
+            "--init",
+        ),
+        _connector(
+            settings, "pgsink", settings.pgsink_http_port, "keel-pgsink", "pgsink", "run", "--init"
+        ),
+        _connector(
+            settings, "archive-sink", settings.archive_http_port, "keel-archive", "archive", "run"
+        ),
     ]
     subscriptions = subscriptions_path(settings)
     if subscriptions.exists():
         # The file that made it join, by name; a bad one fails its start, naming the field.
         command = ("webhooks", "run", "--subscriptions", str(subscriptions))
-        stack.append(_connector(settings, "webhook-sink", settings.webhooks_http_port, *command))
+        stack.append(
+            _connector(
+                settings, "webhook-sink", settings.webhooks_http_port, "keel-webhooks", *command
+            )
+        )
     return stack

@@ -30,5 +30,6 @@ def services(settings: KeelSettings) -> list[Service]:
             port=settings.jobs_http_port,
             ops_url=f"http://127.0.0.1:{settings.jobs_http_port}",
             order=70,
+            principal="keel-jobs",
         ),
     ]

@@ -191,7 +191,8 @@ def security_cause(error: KafkaError, settings: KeelSettings) -> str | None:
             f"the brokers refused KEEL_SECURITY_PROTOCOL={settings.security_protocol}: "
             "they expect another protocol (e.g. SASL_SSL)"
         )
-    if code in _AUTHZ_CODES:
+    if code in _AUTHZ_CODES or "authorization failed" in text.lower():
+        # e.g. a fatal error of an idempotent producer that may write nothing
         return f"principal {settings.sasl_username!r} is not authorized: {text}"
     return None
 
@@ -290,7 +291,7 @@ def naming_brokers(settings: KeelSettings) -> Iterator[None]:
         yield
     except KafkaEdgeError as exc:
         message = str(exc)
-        if exc.code in _AUTHZ_CODES:
+        if exc.code in _AUTHZ_CODES and not message.startswith("principal "):
             message = f"principal {settings.sasl_username!r} is not authorized: {message}"
         elif (cause := last_security_cause(settings)) is not None:
             message = cause
@@ -378,6 +379,11 @@ def ensure_topics(
                 future.result(timeout=timeout)
             created.append(name)
         except KafkaEdgeError as exc:
+            if exc.code in _AUTHZ_CODES:  # one line naming who was refused what
+                raise KafkaEdgeError(
+                    f"principal {settings.sasl_username!r} is not authorized: {exc}",
+                    code=exc.code, retriable=exc.retriable,
+                ) from None  # fmt: skip
             if exc.code != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     return created

@@ -31,6 +31,7 @@ class Ingest:
     limiter: RateLimiter
     openapi: dict[str, Any]
     warmed: bool = False
+    registry_problem: str | None = None
     _ready: tuple[float, dict[str, bool]] = field(default=(0.0, {}))
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -92,8 +93,11 @@ class Ingest:
     def _registry_reachable(self) -> bool:
         try:
             self.pipeline.serde.registry.subjects()
-        except SchemaError:
+        except SchemaError as exc:
+            # /readyz names a refusal (wrong credentials): waiting will not mend it
+            self.registry_problem = str(exc) if getattr(exc, "status", 0) in (401, 403) else None
             return False
+        self.registry_problem = None
         return True
 
 

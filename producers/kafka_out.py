@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, Producer
 
-from keel.kafka import PRODUCER_DEFAULTS
+from keel.kafka import PRODUCER_DEFAULTS, security_cause
 from keel.settings import KeelSettings, get_settings
 from producers.errors import Backpressure, DeliveryFailed
 
@@ -102,6 +102,10 @@ class EventProducer:
         self._broker_down = threading.Event()
         self._last_probe = 0.0
         self._handback: _Handback | None = None
+        # Why the brokers refuse this producer, when the reason is security (one line naming
+        # the principal; never the password): shown by /readyz. A fatal one stays.
+        self.security_problem: str | None = None
+        self._fatal_problem = False
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -158,9 +162,18 @@ class EventProducer:
             self.producer.list_topics(timeout=timeout)
         except Exception:
             return False
-        return True
+        if not self._fatal_problem:
+            self.security_problem = None  # authenticated and trusted again
+        return self.security_problem is None
 
     def _on_error(self, err: KafkaError) -> None:
+        cause = security_cause(err, self.settings)
+        if cause is not None:
+            if cause != self.security_problem:
+                log.error("kafka: %s", cause)
+            self.security_problem = cause
+            self._fatal_problem = self._fatal_problem or err.fatal()
+            return
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             if not self._broker_down.is_set():
                 log.warning("all brokers down: answering 503 until one is back")

@@ -23,7 +23,7 @@ class IngestReplica(ProcessService):
         argv = python_module("producers", "ingest", "--port", str(port), "--workers", "1")
         super().__init__(
             f"ingest-{index}", argv, settings, port=port,
-            ops_url=f"http://127.0.0.1:{port}", order=60,
+            ops_url=f"http://127.0.0.1:{port}", order=60, principal="keel-ingest",
             env={
                 "KEEL_INGEST_TRUST_FORWARDED": "true",
                 "KEEL_HOME": str(settings.home),

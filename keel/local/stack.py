@@ -20,10 +20,11 @@ Progress = Callable[[str], None]
 ServiceFactory = Callable[[KeelSettings], list[Service]]
 
 
-def stack_services(settings: KeelSettings) -> list[Service]:
-    """The core services plus those that components register under `keel.services`."""
+def stack_services(settings: KeelSettings, *, secure: bool = False) -> list[Service]:
+    """The core services plus those that components register under `keel.services`;
+    `secure`: the brokers secured, each component as its own principal."""
     services: list[Service] = [
-        KafkaService(settings),
+        KafkaService(settings, secure=secure),
         RedisService(settings),
         PostgresService(settings),
     ]
