@@ -176,6 +176,10 @@ class KeelSettings(BaseSettings):
         "8091,8092", description="Ports of the ingest replicas the local stack runs."
     )
     ingest_lb_port: int = Field(8080, description="Port of nginx in front of the replicas.")
+    ingest_lb_tls_port: int = Field(
+        8443, ge=0, description="HTTPS port of nginx on the secured local stack, its certificate "
+        "from the local CA (0: none).",
+    )  # fmt: skip
     ingest_url: str = Field("http://127.0.0.1:8080", description="Events API `keel demo` calls.")
     ingest_keys_file: Path | None = Field(
         None, description="Hashed API keys (JSON); default KEEL_HOME/api-keys.json."

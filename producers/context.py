@@ -16,6 +16,7 @@ from producers.auth import KeyStore
 from producers.kafka_out import EventProducer
 from producers.limits import RateLimiter
 from producers.pipeline import Pipeline
+from schemas.catalog import DEFAULT_TOPIC
 from schemas.errors import SchemaError
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,11 @@ class Ingest:
         if time.monotonic() - stamp < READY_CACHE_S:
             return checks
         loop = asyncio.get_running_loop()
+        # The user-action topic, which every replica must be allowed to write (job event
+        # types of the catalog go elsewhere, and a principal may rightly not write them).
+        topics = [self.pipeline.topic_prefix + DEFAULT_TOPIC]
         broker = not self.producer.broker_down and await loop.run_in_executor(
-            None, self.producer.broker_reachable, 2.0
+            None, self.producer.broker_reachable, 2.0, topics
         )
         registry = await loop.run_in_executor(None, self._registry_reachable)
         checks = {"broker": broker, "registry": registry, "schemas": self.warmed}

@@ -19,7 +19,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, Producer
@@ -157,13 +157,23 @@ class EventProducer:
     def queued(self) -> int:
         return len(self._producer) if self._producer is not None else 0
 
-    def broker_reachable(self, timeout: float = 2.0) -> bool:
+    def broker_reachable(self, timeout: float = 2.0, topics: Iterable[str] = ()) -> bool:
+        """The brokers answer, and this producer's principal may see `topics` (the ones it
+        writes): a missing ACL is a security problem naming the principal and the topic."""
         try:
             self.producer.list_topics(timeout=timeout)
+            if not self._fatal_problem:
+                self.security_problem = None  # authenticated and trusted again
+            for topic in topics:
+                found = self.producer.list_topics(topic, timeout=timeout).topics.get(topic)
+                error = found.error if found is not None else None
+                if error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                    self.security_problem = (
+                        f"principal {self.settings.sasl_username!r} is not authorized to write "
+                        f"topic {topic}: {error.str()}"
+                    )
         except Exception:
             return False
-        if not self._fatal_problem:
-            self.security_problem = None  # authenticated and trusted again
         return self.security_problem is None
 
     def _on_error(self, err: KafkaError) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import ssl
 import subprocess
 import urllib.error
 import urllib.request
@@ -39,13 +40,15 @@ def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read() or b"null")
 
 
-def _post(url: str, body: Any, headers: dict[str, str]) -> tuple[int, Any]:
+def _post(
+    url: str, body: Any, headers: dict[str, str], context: ssl.SSLContext | None = None
+) -> tuple[int, Any]:
     data = json.dumps(body).encode()
     request = urllib.request.Request(
         url, data=data, method="POST", headers={"Content-Type": "application/json", **headers}
     )
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"null")
@@ -112,6 +115,15 @@ def test_the_whole_stack_runs_secured_end_to_end(tmp_path: Path) -> None:
         assert _get(f"{views}/user_activity/{user}")[0] == 401
         refused = _get(f"{views}/user_activity/{user}", {"Authorization": f"Bearer {dev_key}"})
         assert refused[0] == 403 and "no scope 'views'" in refused[1]["error"], refused
+
+        # nginx terminates TLS with the local CA's certificate
+        https = f"https://localhost:{port['ingest_tls']}/v1/events"
+        trusted = ssl.create_default_context(cafile=str(security / "ca.pem"))
+        status_code, body = _post(
+            https, {"type": "page.viewed", "user_id": user, "url": "https://shop.example/",
+                    "path": "/"}, {"Authorization": f"Bearer {dev_key}"}, context=trusted,
+        )  # fmt: skip
+        assert status_code == 202, body
 
         # outbox -> Kafka -> PostgreSQL sink rows
         dsn = env["KEEL_POSTGRES_DSN"]

@@ -365,10 +365,10 @@ def test_components_run_as_their_own_principals_and_leak_no_password(
 
     def ingest_as(principal: str, name: str, **over: str) -> KeelProcess:
         port = free_port()
+        over = {"KEEL_SCHEMA_REGISTRY_USER_INFO": f"keel-ingest:{writer_pw}", **over}
         env = env_as(
             cluster, principal, KEEL_SCHEMA_REGISTRY_URL=registry_url,
-            KEEL_INGEST_KEYS_FILE=str(keys),
-            KEEL_SCHEMA_REGISTRY_USER_INFO=f"keel-ingest:{writer_pw}", **over,
+            KEEL_INGEST_KEYS_FILE=str(keys), **over,
         )  # fmt: skip
         return KeelProcess.start(
             [sys.executable, "-m", "keel.cli", "ingest", "--port", str(port), "--workers", "1"],
@@ -381,6 +381,21 @@ def test_components_run_as_their_own_principals_and_leak_no_password(
         KEEL_SCHEMA_REGISTRY_USER_INFO="keel-ingest:nope",
     )  # fmt: skip
     unauthorized = ingest_as(nobody, "no-acls")
+
+    archive_group = unique("sec-archive")
+
+    def archive_as(principal: str, name: str, **over: str) -> KeelProcess:
+        port = free_port()
+        env = env_as(
+            cluster, principal, KEEL_SCHEMA_REGISTRY_URL=registry_url,
+            KEEL_ARCHIVE_ROOT=str(tmp_path / name), KEEL_ARCHIVE_GROUP=archive_group, **over,
+        )  # fmt: skip
+        return KeelProcess.start(
+            [sys.executable, "-m", "keel.cli", "archive", "run", "--http-port", str(port)],
+            env, tmp_path / f"{name}.log", port=port, name=name,
+        )  # fmt: skip
+
+    sink = archive_as(nobody, "sink-no-acls")
     try:
         wait_for(ingest.ready, 120, "ingest /readyz")
         status, _, body = post(ingest.url, order(), key)
@@ -392,15 +407,29 @@ def test_components_run_as_their_own_principals_and_leak_no_password(
             found = json.loads(text)["checks"].get(check, {}) if status == 503 else {}
             return found if "error" in found else None
 
-        refused = wait_for(lambda: unready(wrong, "broker"), 60, "the wrong password named")
+        def named(process: KeelProcess, check: str, what: str) -> dict[str, Any]:
+            try:
+                found: dict[str, Any] = wait_for(lambda: unready(process, check), 60, what)
+            except AssertionError as exc:  # what the process said, for the failure
+                raise AssertionError(f"{exc}; /readyz {process.get('/readyz')}\n"
+                                     f"{process.tail(12)}") from None  # fmt: skip
+            return found
+
+        refused = named(wrong, "broker", "the wrong password named")
         assert refused["error"].startswith(
             "authentication failed for principal 'keel-ingest' (SCRAM-SHA-512)"
         ), refused
-        named = wait_for(lambda: unready(wrong, "registry"), 30, "the registry refusal named")
-        assert "Unauthorized: wrong user or password for 'keel-ingest'" in named["error"]
-        assert "KEEL_SCHEMA_REGISTRY_USER_INFO" in named["error"]
-        denied = wait_for(lambda: unready(unauthorized, "broker"), 60, "the missing ACL named")
+        registry_refused = named(wrong, "registry", "the registry refusal named")
+        assert "Unauthorized: wrong user or password for 'keel-ingest'" in registry_refused["error"]
+        assert "KEEL_SCHEMA_REGISTRY_USER_INFO" in registry_refused["error"]
+        denied = named(unauthorized, "broker", "the missing ACL named")
         assert denied["error"].startswith(f"principal '{nobody}' is not authorized"), denied
+        assert "topic events" in denied["error"], denied
+        # a sink whose principal may not join its group (nor read its topic): /readyz names
+        # the principal and the first resource refused
+        not_read = named(sink, "kafka", "the sink's missing ACL named")
+        assert not_read["error"].startswith(f"principal '{nobody}' is not authorized"), not_read
+        assert f"(group {archive_group})" in not_read["error"], not_read
 
         # The registry: nobody without credentials, readers read, only writers register.
         schema = {"type": "record", "name": "Sec", "fields": []}
@@ -418,12 +447,12 @@ def test_components_run_as_their_own_principals_and_leak_no_password(
 
         outputs = [
             *probes, registry.log.read_text(), registry.text("/metrics"),
-            *(p.log.read_text() for p in (ingest, wrong, unauthorized)),
-            *(p.text(path) for p in (ingest, wrong, unauthorized)
-              for path in ("/metrics", "/readyz")),
+            *(p.log.read_text() for p in (ingest, wrong, unauthorized, sink)),
+            *(p.get(path)[1] for p in (ingest, wrong, unauthorized, sink)
+              for path in ("/metrics", "/readyz")),  # a 503 of /readyz included
         ]  # fmt: skip
     finally:
-        for process in (ingest, wrong, unauthorized, registry):
+        for process in (ingest, wrong, unauthorized, sink, registry):
             process.stop()
     secrets = [cluster.security.password(p) for p in ("keel-registry", "keel-ingest", ADMIN)]
     secrets += [writer_pw, reader_pw, cluster.security.password(nobody), "not-the-password"]

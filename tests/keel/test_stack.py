@@ -28,7 +28,7 @@ def stack_env(home: Path) -> tuple[dict[str, str], dict[str, int]]:
     (free port pairs, 100 apart: one per listening service), and those ports by name."""
     names = ["broker", "redis", "postgres", "registry", "streams", "jobs", "smtp", "ingest_lb",
              "ingest_a", "ingest_b", "outbox", "pgsink", "archive", "webhooks", "lag_exporter",
-             "prometheus"]  # fmt: skip
+             "prometheus", "ingest_tls"]  # fmt: skip
     base = free_base_port(len(names))
     port = {name: base + 100 * i for i, name in enumerate(names)}
     env = {
@@ -45,6 +45,7 @@ def stack_env(home: Path) -> tuple[dict[str, str], dict[str, int]]:
         "KEEL_JOBS_HTTP_PORT": str(port["jobs"]),
         "KEEL_SMTP_PORT": str(port["smtp"]),
         "KEEL_INGEST_LB_PORT": str(port["ingest_lb"]),
+        "KEEL_INGEST_LB_TLS_PORT": str(port["ingest_tls"]),
         "KEEL_INGEST_URL": f"http://127.0.0.1:{port['ingest_lb']}",
         "KEEL_INGEST_PORT": str(port["ingest_a"]),
         "KEEL_INGEST_REPLICA_PORTS": f"{port['ingest_a']},{port['ingest_b']}",
