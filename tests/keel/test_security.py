@@ -271,6 +271,20 @@ def test_failures_are_one_line_naming_the_cause_never_the_password(
         assert password not in result.stdout + result.stderr
         assert cluster.security.password(nobody) not in result.stdout + result.stderr
 
+    # A stream worker (a service, logging as it goes) ends on the same one line.
+    wrong = "not-" + cluster.security.password("keel-streams")[:6]
+    worker = run_keel(
+        "streams", "worker", "--port", str(free_port()), timeout=120,
+        env=env_as(cluster, "keel-streams", KEEL_SASL_PASSWORD=wrong,
+                   KEEL_HOME=str(tmp_path / "home"), KEEL_REPLICATION_FACTOR="1"),
+    )  # fmt: skip
+    assert worker.returncode == 1, worker.stderr[-2000:]
+    assert worker.stderr.strip().splitlines()[-1].startswith("keel: error: Kafka at 127.0.0.1:"), (
+        worker.stderr[-2000:]
+    )
+    assert "authentication failed for principal 'keel-streams'" in worker.stderr.splitlines()[-1]
+    assert wrong not in worker.stdout + worker.stderr
+
 
 def test_a_rotated_password_takes_effect_at_once(cluster: LocalKafka) -> None:
     who = new_principal(cluster, "rotated")
