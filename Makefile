@@ -24,9 +24,11 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
-# The fault suite's long form: 20 kill rounds per test (the default run takes 2).
+# The fault suite's long form: 20 kill rounds per test (the default run takes 2); and the
+# other long-form tests (the whole local stack secured, `keel up --secure`).
 faults: $(STAMP)
 	$(BIN)/pytest tests/faults -m faults --all-faults --fault-iterations 20 --timeout 3600 -v
+	$(BIN)/pytest tests/keel/test_secure_stack.py --all-faults -v
 
 # The Kubernetes manifests of an overlay (dev or prod), rendered by kustomize (fetched through
 # the Go module proxy on first use):  make k8s OVERLAY=prod | kubectl apply -f -

@@ -12,7 +12,9 @@ from keel.local.services import ProcessService, Service, python_module
 from keel.settings import KeelSettings
 
 
-def _connector(settings: KeelSettings, name: str, port: int, *command: str) -> ProcessService:
+def _connector(
+    settings: KeelSettings, name: str, port: int, principal: str, *command: str
+) -> ProcessService:
     return ProcessService(
         name,
         python_module("connectors", *command, "--http-port", str(port)),
@@ -20,12 +22,21 @@ def _connector(settings: KeelSettings, name: str, port: int, *command: str) -> P
         port=port,
         ops_url=f"http://127.0.0.1:{port}",
         order=70,
+        principal=principal,  # its Kafka principal of acls.toml (secured stack)
     )
 
 
 def services(settings: KeelSettings) -> list[Service]:
     stack: list[Service] = [
-        _connector(settings, "outbox-relay", settings.outbox_http_port, "outbox", "run", "--init")
+        _connector(
+            settings,
+            "outbox-relay",
+            settings.outbox_http_port,
+            "keel-outbox",
+            "outbox",
+            "run",
+            "--init",
+        )
     ]
     return stack + [sink.replica(1) for sink in scaling(settings)]
 
@@ -34,10 +45,12 @@ def scaling(settings: KeelSettings) -> list[Scalable]:
     """The sinks' consumer groups; replica 1 is the sink `keel up` runs."""
     from connectors.webhooks_cli import subscriptions_path
 
-    def sink(name: str, alias: str, port: int, group: str, topics: str, *command: str) -> Scalable:
+    def sink(  # noqa: PLR0917 - one row of the table below
+        name: str, alias: str, port: int, group: str, topics: str, principal: str, *command: str
+    ) -> Scalable:
         def replica(index: int) -> ProcessService:
             return _connector(
-                settings, replica_name(name, index), replica_port(port, index), *command
+                settings, replica_name(name, index), replica_port(port, index), principal, *command
             )
 
         read = tuple(t.strip() for t in topics.split(",") if t.strip())
@@ -45,9 +58,9 @@ def scaling(settings: KeelSettings) -> list[Scalable]:
 
     sinks = [
         sink("pgsink", "pgsink", settings.pgsink_http_port, settings.pgsink_group,
-             settings.pgsink_topics, "pgsink", "run", "--init"),
+             settings.pgsink_topics, "keel-pgsink", "pgsink", "run", "--init"),
         sink("archive-sink", "archive", settings.archive_http_port, settings.archive_group,
-             settings.archive_topics, "archive", "run"),
+             settings.archive_topics, "keel-archive", "archive", "run"),
     ]  # fmt: skip
     subscriptions = subscriptions_path(settings)
     if subscriptions.exists():
@@ -55,6 +68,6 @@ def scaling(settings: KeelSettings) -> list[Scalable]:
         command = ("webhooks", "run", "--subscriptions", str(subscriptions))
         sinks.append(
             sink("webhook-sink", "webhooks", settings.webhooks_http_port, settings.webhooks_group,
-                 settings.webhooks_topics, *command)
+                 settings.webhooks_topics, "keel-webhooks", *command)
         )  # fmt: skip
     return sinks

@@ -176,7 +176,12 @@ class ReportJob(JobHandler):
         topics = topics or JobTopics.for_job(cls.name, prefix=settings.jobs_topic_prefix)
         return cls(
             ReportStore(Path(root)),
-            ViewsClient(settings.jobs_views_url),
+            ViewsClient(
+                settings.jobs_views_url,
+                api_key=settings.views_api_key.get_secret_value()
+                if settings.views_api_key
+                else None,
+            ),
             Emitter(settings),
             topics=topics,
             **kwargs,

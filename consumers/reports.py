@@ -133,16 +133,19 @@ class ReportStore:
 
 
 class ViewsClient:
-    """`GET <base>/v1/views/<view>/<key>` on the streams query API."""
+    """`GET <base>/v1/views/<view>/<key>` on the streams query API, with `api_key` (scope
+    views, KEEL_VIEWS_API_KEY) when given."""
 
-    def __init__(self, base_url: str, timeout: float = 10.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 10.0, api_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def get(self, view: str, key: str) -> dict[str, Any] | None:
         url = f"{self.base_url}/v1/views/{urllib.parse.quote(view)}/{urllib.parse.quote(key, safe='')}"
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout) as response:
+            request = urllib.request.Request(url, headers=self.headers)
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 body = json.loads(response.read())
         except urllib.error.HTTPError as exc:
             if exc.code == 404:

@@ -37,6 +37,7 @@ def _worker(settings: KeelSettings, name: str, port: int, *types: str) -> Proces
         port=port,
         ops_url=f"http://127.0.0.1:{port}",
         order=70,
+        principal="keel-jobs",
     )
 
 

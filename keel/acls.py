@@ -117,6 +117,12 @@ class PrincipalDecl(BaseModel):
     cluster: list[str] = Field(
         default_factory=list, description="Cluster operations (DESCRIBE, ALTER, ...)."
     )
+    registry: Literal["reader", "writer"] | None = Field(
+        None, description="Its role at the schema registry (the local secured stack's users)."
+    )
+    views: bool = Field(
+        False, description="It reads the views API (the local secured stack gives it a key)."
+    )
 
     @field_validator("name")
     @classmethod

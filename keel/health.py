@@ -89,6 +89,18 @@ def _run(probe: Probe) -> Checks:
         return failed_probe(exc)
 
 
+def naming_security(checks: Checks) -> Checks:
+    """A failing probe of a process whose Kafka clients were refused for a security reason
+    (wrong password, untrusted CA, missing ACL; keel.kafka records it) says so in a `kafka`
+    check: one line naming the principal, never the password."""
+    if all(c.ok for c in checks.values()):
+        return checks
+    from keel.kafka import recent_security_cause  # only processes with Kafka clients record
+
+    cause = recent_security_cause()
+    return checks if cause is None else {**checks, "kafka": check(False, error=cause)}
+
+
 class HealthServer:
     """`/healthz`, `/readyz` and `/metrics` on a thread beside a process's own loop.
 
@@ -112,8 +124,11 @@ class HealthServer:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     self._send(200, metrics(), CONTENT_TYPE_LATEST)
-                elif path in ("/healthz", "/readyz"):
-                    status, body = answer(_run(healthz if path == "/healthz" else readyz))
+                elif path == "/healthz":
+                    status, body = answer(_run(healthz))
+                    self._send(status, json.dumps(body).encode(), "application/json")
+                elif path == "/readyz":
+                    status, body = answer(naming_security(_run(readyz)))
                     self._send(status, json.dumps(body).encode(), "application/json")
                 else:
                     missing = json.dumps({"error": f"no such path {path}"}).encode()
@@ -177,14 +192,14 @@ def routes(
     from aiohttp import web
 
     def probe(
-        run: Callable[[web.Application], Awaitable[Checks]],
+        run: Callable[[web.Application], Awaitable[Checks]], ready: bool = False
     ) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
             try:
                 checks = await run(request.app)
             except Exception as exc:
                 checks = failed_probe(exc)
-            status, body = answer(checks)
+            status, body = answer(naming_security(checks) if ready else checks)
             return web.json_response(body, status=status)
 
         return handler
@@ -195,7 +210,7 @@ def routes(
 
     return [
         web.get("/healthz", probe(healthz)),
-        web.get("/readyz", probe(readyz)),
+        web.get("/readyz", probe(readyz, ready=True)),
         web.get("/metrics", metrics_handler),
     ]
 

@@ -161,6 +161,7 @@ def faust_credentials(settings: KeelSettings) -> Any:
 
 # -- why a connection failed ------------------------------------------------------------------
 _causes: dict[tuple[object, ...], str] = {}  # a client's identity -> its last security cause
+_cause_seen: dict[tuple[object, ...], float] = {}  # ... and when (monotonic seconds)
 _causes_lock = threading.Lock()
 _AUTHZ_CODES = {
     KafkaError.TOPIC_AUTHORIZATION_FAILED: "topic",
@@ -191,7 +192,8 @@ def security_cause(error: KafkaError, settings: KeelSettings) -> str | None:
             f"the brokers refused KEEL_SECURITY_PROTOCOL={settings.security_protocol}: "
             "they expect another protocol (e.g. SASL_SSL)"
         )
-    if code in _AUTHZ_CODES:
+    if code in _AUTHZ_CODES or "authorization failed" in text.lower():
+        # e.g. a fatal error of an idempotent producer that may write nothing
         return f"principal {settings.sasl_username!r} is not authorized: {text}"
     return None
 
@@ -204,7 +206,9 @@ def _ssl_reason(text: str) -> str:
     return text
 
 
-def record_errors(settings: KeelSettings, overrides: dict[str, Any] | None = None) -> Any:
+def record_errors(
+    settings: KeelSettings, overrides: dict[str, Any] | None = None, group: str | None = None
+) -> Any:
     """An `error_cb` for librdkafka that remembers the last security cause per cluster, so
     that a command's timeout says why (`naming_brokers`). With an error callback librdkafka
     no longer logs its errors itself, so this one logs them (one line, the cause first when it
@@ -214,9 +218,12 @@ def record_errors(settings: KeelSettings, overrides: dict[str, Any] | None = Non
 
     def on_error(error: KafkaError) -> None:
         cause = security_cause(error, settings)
+        if cause is not None and group and error.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
+            cause = f"{cause} (group {group})"  # librdkafka's text does not name it
         if cause is not None:
             with _causes_lock:
                 _causes[identity] = cause
+                _cause_seen[identity] = time.monotonic()
         if not silent:
             _log.warning("kafka error: %s", cause or error.str())
 
@@ -233,6 +240,17 @@ def last_security_cause(settings: KeelSettings) -> str | None:
         admin.poll(0)
     with _causes_lock:
         return _causes.get(_identity(settings))
+
+
+def recent_security_cause(max_age: float = 60.0) -> str | None:
+    """The newest security cause any client of this process met within `max_age` seconds
+    (librdkafka repeats a lasting one at each reconnection): what /readyz names."""
+    for admin in list(_admins):
+        admin.poll(0)
+    now = time.monotonic()
+    with _causes_lock:
+        fresh = [(seen, _causes[i]) for i, seen in _cause_seen.items() if now - seen < max_age]
+    return max(fresh)[1] if fresh else None
 
 
 def _identity(settings: KeelSettings) -> tuple[object, ...]:
@@ -253,7 +271,8 @@ def make_consumer(
 ) -> Consumer:
     settings = settings or get_settings()
     config = {
-        **CONSUMER_DEFAULTS, "group.id": group_id, "error_cb": record_errors(settings, overrides),
+        **CONSUMER_DEFAULTS, "group.id": group_id,
+        "error_cb": record_errors(settings, overrides, group_id),
         **overrides,
     }  # fmt: skip
     return Consumer(settings.kafka_config(**config))
@@ -290,7 +309,7 @@ def naming_brokers(settings: KeelSettings) -> Iterator[None]:
         yield
     except KafkaEdgeError as exc:
         message = str(exc)
-        if exc.code in _AUTHZ_CODES:
+        if exc.code in _AUTHZ_CODES and not message.startswith("principal "):
             message = f"principal {settings.sasl_username!r} is not authorized: {message}"
         elif (cause := last_security_cause(settings)) is not None:
             message = cause
@@ -300,15 +319,32 @@ def naming_brokers(settings: KeelSettings) -> Iterator[None]:
         ) from None  # fmt: skip
 
 
-def has_record(msg: Message, context: str = "consuming") -> bool:
+def has_record(
+    msg: Message,
+    context: str = "consuming",
+    settings: KeelSettings | None = None,
+    group: str | None = None,
+) -> bool:
     """Whether a consumed message holds a record. A partition's end is skipped quietly,
     another error is logged and skipped, unless librdkafka calls it fatal: then it raises
-    KafkaEdgeError naming `context`."""
+    KafkaEdgeError naming `context`. With the client's `settings`, a security refusal (a
+    topic or group its principal may not read) is recorded for /readyz, naming the topic or
+    the `group`."""
     error = msg.error()
     if error is None:
         return True
     if error.code() != KafkaError._PARTITION_EOF:
-        _log.warning("consumer error: %s", error.str())
+        cause = security_cause(error, settings) if settings is not None else None
+        if cause is not None:
+            topic = msg.topic()
+            if group and error.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
+                cause = f"{cause} (group {group})"
+            elif topic and topic not in cause:
+                cause = f"{cause} (topic {topic})"
+            identity = _identity(settings)  # type: ignore[arg-type]
+            with _causes_lock:
+                _causes[identity], _cause_seen[identity] = cause, time.monotonic()
+        _log.warning("consumer error: %s", cause or error.str())
         if error.fatal():
             raise KafkaEdgeError.from_kafka_error(error, context)
     return False
@@ -366,6 +402,8 @@ def ensure_topics(
 
     An existing topic is left as it is (it may hold data); any other error is raised.
     """
+    # Only the caller's own settings say who the admin client is (for an error naming it).
+    principal = settings.sasl_username if settings is not None else None
     settings = settings or get_settings()
     specs = [spec.for_cluster(settings) for spec in specs]
     if not specs:
@@ -378,6 +416,11 @@ def ensure_topics(
                 future.result(timeout=timeout)
             created.append(name)
         except KafkaEdgeError as exc:
+            if exc.code in _AUTHZ_CODES and principal:  # one line naming who was refused what
+                raise KafkaEdgeError(
+                    f"principal {principal!r} is not authorized: {exc}",
+                    code=exc.code, retriable=exc.retriable,
+                ) from None  # fmt: skip
             if exc.code != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     return created
@@ -421,8 +464,11 @@ def topic_replication(admin: AdminClient, settings: KeelSettings, timeout: float
     try:
         return cluster_durability(admin, timeout).default_replication
     except KafkaEdgeError as exc:  # e.g. a managed cluster that denies DescribeConfigs
+        who = f"principal {settings.sasl_username!r} is not authorized: " * (
+            exc.code in _AUTHZ_CODES
+        )
         raise KafkaEdgeError(
-            f"{exc} (the cluster's default.replication.factor is needed; "
+            f"{who}{exc} (the cluster's default.replication.factor is needed; "
             "or set KEEL_REPLICATION_FACTOR)",
             code=exc.code,
             retriable=exc.retriable,

@@ -359,7 +359,7 @@ class CommitRunner(ConsumerLoop):
     def _turn(self) -> None:
         assert self._consumer is not None
         for msg in self._consumer.consume(self.config.batch_size, 0.2):
-            if has_record(msg):
+            if has_record(msg, settings=self.settings, group=self.config.group):
                 self.counts.consumed += 1
                 self.sink.take(msg)
         self.sink.tick()
@@ -465,7 +465,9 @@ class BatchRunner(ConsumerLoop, Generic[T]):
         if count <= 0:
             return
         for msg in self._consumer.consume(count, timeout):
-            if has_record(msg) and not self._take(msg):
+            if has_record(msg, settings=self.settings, group=self.config.group) and not self._take(
+                msg
+            ):
                 break  # stopping while the registry is down: the rest is read again later
 
     def _take(self, msg: Message) -> bool:

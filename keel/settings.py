@@ -63,6 +63,14 @@ class KeelSettings(BaseSettings):
         "_schemas", description="Compacted topic holding the registry's state."
     )
     registry_port: int = Field(8081, description="Port `keel registry` listens on.")
+    schema_registry_user_info: SecretStr | None = Field(
+        None, description="USER:PASSWORD Keel's clients send to the registry (HTTP basic auth, "
+        "Confluent's basic.auth.user.info).",
+    )  # fmt: skip
+    registry_users_file: Path | None = Field(
+        None, description="Users `keel registry` accepts (readers read, writers also register "
+        "and delete); unset: it answers anyone.",
+    )  # fmt: skip
 
     # Stores used by later components
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -147,6 +155,12 @@ class KeelSettings(BaseSettings):
     streams_session_timeout_s: float = Field(
         10.0, gt=0, description="How soon a dead worker's partitions move to the others."
     )
+    views_require_key: bool = Field(
+        False, description="The views API answers only requests with an API key of scope views."
+    )
+    views_api_key: SecretStr | None = Field(
+        None, description="API key (scope views) Keel's clients send to the views API."
+    )
     streams_stall_timeout_s: float = Field(
         120.0,
         ge=0,
@@ -162,6 +176,10 @@ class KeelSettings(BaseSettings):
         "8091,8092", description="Ports of the ingest replicas the local stack runs."
     )
     ingest_lb_port: int = Field(8080, description="Port of nginx in front of the replicas.")
+    ingest_lb_tls_port: int = Field(
+        8443, ge=0, description="HTTPS port of nginx on the secured local stack, its certificate "
+        "from the local CA (0: none).",
+    )  # fmt: skip
     ingest_url: str = Field("http://127.0.0.1:8080", description="Events API `keel demo` calls.")
     ingest_keys_file: Path | None = Field(
         None, description="Hashed API keys (JSON); default KEEL_HOME/api-keys.json."

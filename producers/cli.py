@@ -42,6 +42,12 @@ def create(
     rate: Annotated[
         float | None, typer.Option(help="Events/s for this key (default KEEL_INGEST_RATE_LIMIT).")
     ] = None,
+    scopes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scope", help="What it may do: events (send, the default), views (read views)."
+        ),
+    ] = None,
 ) -> None:
     """Create an API key and print it (it is stored hashed: this is the only time it shows)."""
     from producers.auth import create_key, keys_file
@@ -57,7 +63,10 @@ def create(
             err=True,
         )
         raise typer.Exit(1)
-    typer.echo(create_key(keys_file(get_settings()), source, wanted or None, rate))
+    wanted_scopes = [t for item in scopes or [] for t in item.split(",") if t]
+    typer.echo(
+        create_key(keys_file(get_settings()), source, wanted or None, rate, wanted_scopes or None)
+    )
 
 
 @keys_app.command("list")

@@ -16,6 +16,7 @@ from producers.auth import KeyStore
 from producers.kafka_out import EventProducer
 from producers.limits import RateLimiter
 from producers.pipeline import Pipeline
+from schemas.catalog import DEFAULT_TOPIC
 from schemas.errors import SchemaError
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class Ingest:
     limiter: RateLimiter
     openapi: dict[str, Any]
     warmed: bool = False
+    registry_problem: str | None = None
     _ready: tuple[float, dict[str, bool]] = field(default=(0.0, {}))
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -81,8 +83,11 @@ class Ingest:
         if time.monotonic() - stamp < READY_CACHE_S:
             return checks
         loop = asyncio.get_running_loop()
+        # The user-action topic, which every replica must be allowed to write (job event
+        # types of the catalog go elsewhere, and a principal may rightly not write them).
+        topics = [self.pipeline.topic_prefix + DEFAULT_TOPIC]
         broker = not self.producer.broker_down and await loop.run_in_executor(
-            None, self.producer.broker_reachable, 2.0
+            None, self.producer.broker_reachable, 2.0, topics
         )
         registry = await loop.run_in_executor(None, self._registry_reachable)
         checks = {"broker": broker, "registry": registry, "schemas": self.warmed}
@@ -92,8 +97,11 @@ class Ingest:
     def _registry_reachable(self) -> bool:
         try:
             self.pipeline.serde.registry.subjects()
-        except SchemaError:
+        except SchemaError as exc:
+            # /readyz names a refusal (wrong credentials): waiting will not mend it
+            self.registry_problem = str(exc) if getattr(exc, "status", 0) in (401, 403) else None
             return False
+        self.registry_problem = None
         return True
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from keel.apikeys import KeyRefused
 from keel.errors import KafkaEdgeError, KeelError
 
 
@@ -24,9 +25,6 @@ class DeliveryFailed(KafkaEdgeError, IngestError):
     """The broker refused an event for good (or it timed out); carries the librdkafka code."""
 
 
-class AuthError(IngestError):
-    """An API key problem: `status` is 401 (missing or unknown key) or 403 (type not allowed)."""
-
-    def __init__(self, message: str, *, status: int = 401) -> None:
-        super().__init__(message)
-        self.status = status
+# An API key problem: `status` is 401 (missing or unknown key) or 403 (not allowed); the
+# keys are the core's (keel.apikeys), shared with the views API.
+AuthError = KeyRefused

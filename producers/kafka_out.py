@@ -19,12 +19,12 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, Producer
 
-from keel.kafka import PRODUCER_DEFAULTS
+from keel.kafka import PRODUCER_DEFAULTS, security_cause
 from keel.settings import KeelSettings, get_settings
 from producers.errors import Backpressure, DeliveryFailed
 
@@ -102,6 +102,10 @@ class EventProducer:
         self._broker_down = threading.Event()
         self._last_probe = 0.0
         self._handback: _Handback | None = None
+        # Why the brokers refuse this producer, when the reason is security (one line naming
+        # the principal; never the password): shown by /readyz. A fatal one stays.
+        self.security_problem: str | None = None
+        self._fatal_problem = False
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -153,14 +157,33 @@ class EventProducer:
     def queued(self) -> int:
         return len(self._producer) if self._producer is not None else 0
 
-    def broker_reachable(self, timeout: float = 2.0) -> bool:
+    def broker_reachable(self, timeout: float = 2.0, topics: Iterable[str] = ()) -> bool:
+        """The brokers answer, and this producer's principal may see `topics` (the ones it
+        writes): a missing ACL is a security problem naming the principal and the topic."""
         try:
             self.producer.list_topics(timeout=timeout)
+            if not self._fatal_problem:
+                self.security_problem = None  # authenticated and trusted again
+            for topic in topics:
+                found = self.producer.list_topics(topic, timeout=timeout).topics.get(topic)
+                error = found.error if found is not None else None
+                if error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                    self.security_problem = (
+                        f"principal {self.settings.sasl_username!r} is not authorized to write "
+                        f"topic {topic}: {error.str()}"
+                    )
         except Exception:
             return False
-        return True
+        return self.security_problem is None
 
     def _on_error(self, err: KafkaError) -> None:
+        cause = security_cause(err, self.settings)
+        if cause is not None:
+            if cause != self.security_problem:
+                log.error("kafka: %s", cause)
+            self.security_problem = cause
+            self._fatal_problem = self._fatal_problem or err.fatal()
+            return
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             if not self._broker_down.is_set():
                 log.warning("all brokers down: answering 503 until one is back")

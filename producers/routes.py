@@ -330,8 +330,16 @@ async def healthz(_app: web.Application) -> Checks:
 
 
 async def readyz(app: web.Application) -> Checks:
-    """The broker and the registry answer, and the catalog's schemas are registered."""
-    return {name: check(ok) for name, ok in (await ingest_of(app).readiness()).items()}
+    """The broker and the registry answer, and the catalog's schemas are registered; a
+    broker that refuses this replica for a security reason is named (principal, topic)."""
+    ingest = ingest_of(app)
+    checks = {name: check(ok) for name, ok in (await ingest.readiness()).items()}
+    problem = ingest.producer.security_problem
+    if problem is not None and not checks["broker"].ok:
+        checks["broker"] = check(False, error=problem)
+    if ingest.registry_problem is not None and not checks["registry"].ok:
+        checks["registry"] = check(False, error=ingest.registry_problem)
+    return checks
 
 
 async def metrics(app: web.Application) -> bytes:

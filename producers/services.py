@@ -23,7 +23,7 @@ class IngestReplica(ProcessService):
         argv = python_module("producers", "ingest", "--port", str(port), "--workers", "1")
         super().__init__(
             f"ingest-{index}", argv, settings, port=port,
-            ops_url=f"http://127.0.0.1:{port}", order=60,
+            ops_url=f"http://127.0.0.1:{port}", order=60, principal="keel-ingest",
             env={
                 "KEEL_INGEST_TRUST_FORWARDED": "true",
                 "KEEL_HOME": str(settings.home),
@@ -43,13 +43,26 @@ class IngestReplica(ProcessService):
         return started
 
 
-def render_nginx_conf(settings: KeelSettings, prefix: Path) -> Path:
-    """nginx.conf for the replicas, from deploy/nginx/nginx.conf.template."""
+def render_nginx_conf(
+    settings: KeelSettings, prefix: Path, certificate: Path | None = None
+) -> Path:
+    """nginx.conf for the replicas, from deploy/nginx/nginx.conf.template; with `certificate`
+    (a PEM file holding the key and the chain) nginx also terminates TLS on
+    KEEL_INGEST_LB_TLS_PORT."""
     upstreams = "\n".join(f"        server 127.0.0.1:{p};" for p in replica_ports(settings))
+    tls = ""
+    if certificate is not None and settings.ingest_lb_tls_port:
+        tls = (
+            f"        listen 127.0.0.1:{settings.ingest_lb_tls_port} ssl;\n"
+            f"        ssl_certificate {certificate};\n"
+            f"        ssl_certificate_key {certificate};\n"
+            "        ssl_protocols TLSv1.2 TLSv1.3;"
+        )
     text = (
         NGINX_CONF.read_text()
         .replace("{{UPSTREAMS}}", upstreams)
         .replace("{{LISTEN}}", str(settings.ingest_lb_port))
+        .replace("{{TLS}}", tls)
         .replace("{{MAX_BODY}}", str(settings.ingest_max_body_bytes + 64 * 1024))
         .replace("{{PREFIX}}", str(prefix))
     )
@@ -70,9 +83,19 @@ class NginxService(ProcessService):
         self.settings = settings
 
     def prepare(self, progress: Progress) -> None:
+        from keel.local.secured import running_secured
+
         nginx = ensure_command("nginx", "nginx-light", progress)
         prefix = self.settings.home / "nginx"
-        conf = render_nginx_conf(self.settings, prefix)
+        # On the secured stack: HTTPS too, with the local CA's certificate for localhost.
+        secured = running_secured(self.settings)
+        certificate = secured[0].security.broker_keystore if secured else None
+        conf = render_nginx_conf(self.settings, prefix, certificate)
+        if certificate is not None and self.settings.ingest_lb_tls_port:
+            progress(
+                f"nginx terminates TLS on https://localhost:{self.settings.ingest_lb_tls_port} "
+                f"(CA {secured[0].security.ca_file})"  # type: ignore[index]
+            )
         self.argv = [nginx, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"]
 
 

@@ -3,10 +3,26 @@ entry point. It starts after the broker and before every service that encodes ev
 
 from __future__ import annotations
 
-from keel.local.services import ProcessService, Service, python_module
+from keel.local.services import ProcessService, Progress, Service, python_module
 from keel.settings import KeelSettings
 
 ORDER = 30  # after Kafka, Redis and PostgreSQL; before ingestion, streams and jobs
+
+
+class RegistryService(ProcessService):
+    def prepare(self, progress: Progress) -> None:
+        """On a secured stack, its users (each principal acls.toml gives a registry role)
+        written into the users file the registry reads (KEEL_REGISTRY_USERS_FILE)."""
+        from keel.local.secured import running_secured
+        from schemas.registry.auth import set_user
+
+        found = running_secured(self.settings)
+        if found is None:
+            return
+        stack = found[1]
+        for name, role, password in stack.registry_users():
+            set_user(stack.registry_users_file, name, role, password)  # type: ignore[arg-type]
+        progress(f"registry users (basic auth) in {stack.registry_users_file}")
 
 
 def stack_services(settings: KeelSettings) -> list[Service]:
@@ -19,8 +35,8 @@ def stack_services(settings: KeelSettings) -> list[Service]:
     }
     ops = f"http://127.0.0.1:{port}"
     return [
-        ProcessService(
+        RegistryService(
             "registry", argv, settings, port=port, health_url=f"{ops}/readyz", ops_url=ops,
-            env=env, order=ORDER,
+            env=env, order=ORDER, principal="keel-registry",
         )
     ]  # fmt: skip

@@ -46,6 +46,7 @@ from prometheus_client import generate_latest
 from rocksdict import WriteBatch
 
 from keel import health
+from keel.apikeys import KeyRefused, KeyStore, keys_file
 from keel.deadletters import H_PROCESSOR, Failure, Origin, letter_headers
 from keel.kafka import TopicSpec, faust_credentials
 from keel.settings import KeelSettings
@@ -165,6 +166,9 @@ class StreamsApp:
         datadir: Path | None = None,
     ) -> None:
         self.settings = settings
+        self.view_keys = (
+            KeyStore(keys_file(settings), scope="views") if settings.views_require_key else None
+        )
         self.partitions = partitions
         self.codec = codec
         self.processors = list(processors)
@@ -842,6 +846,12 @@ class StreamsApp:
 
     async def _answer(self, web_view: View, request: Request, view: str, key: str) -> Response:
         params = dict(request.query)
+        if self.view_keys is not None:  # KEEL_VIEWS_REQUIRE_KEY: an API key of scope views
+            try:
+                self.view_keys.refresh()  # one stat(): a revoked key is refused at once
+                self.view_keys.authenticate(request.headers.get("Authorization"))
+            except KeyRefused as exc:
+                return web_view.json({"error": str(exc)}, status=exc.status)
         try:
             if view not in self.views:
                 status, body = self.query(view, key, params)
@@ -861,7 +871,10 @@ class StreamsApp:
 
     async def _forward(self, web_view: View, request: Request, url: str) -> Response:
         target = url.rstrip("/") + str(request.rel_url)
-        async with self.app.http_client.get(target, headers={ROUTED_HEADER: "1"}) as response:
+        headers = {ROUTED_HEADER: "1"}
+        if auth := request.headers.get("Authorization"):  # the owner checks the key too
+            headers["Authorization"] = auth
+        async with self.app.http_client.get(target, headers=headers) as response:
             body = await response.read()
             try:
                 value = json.loads(body)

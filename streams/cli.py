@@ -10,7 +10,15 @@ import typer
 
 from keel.command_group import command_group
 from keel.errors import KeelError
-from keel.kafka import TopicSpec, ensure_topics, make_admin, topic_replication, wait_for_topics
+from keel.kafka import (
+    TopicSpec,
+    ensure_topics,
+    kafka_call,
+    make_admin,
+    naming_brokers,
+    topic_replication,
+    wait_for_topics,
+)
 from keel.logging import configure_logging
 from keel.settings import KeelSettings, get_settings
 from streams.errors import StreamsError
@@ -26,13 +34,17 @@ def source_partitions(settings: KeelSettings) -> int:
     """The source topic's partition count, creating the topic when it does not exist."""
     admin = make_admin(settings)
     name = settings.streams_source_topic
-    topics = admin.list_topics(timeout=15).topics
+    # The worker's first call to the brokers: a refusal (wrong password, untrusted CA,
+    # missing ACL) ends it here in one line naming the cause.
+    with naming_brokers(settings), kafka_call("reading the topics' metadata", 15):
+        topics = admin.list_topics(timeout=15).topics
     if name not in topics:
-        ensure_topics(
-            admin, [TopicSpec(name, settings.streams_source_partitions)], settings=settings
-        )
-        # The metadata that shows it: another broker asked now may not know it yet.
-        topics = wait_for_topics(admin, [name])
+        with naming_brokers(settings):
+            ensure_topics(
+                admin, [TopicSpec(name, settings.streams_source_partitions)], settings=settings
+            )
+            # The metadata that shows it: another broker asked now may not know it yet.
+            topics = wait_for_topics(admin, [name])
     meta = topics[name]
     if meta.error is not None or not meta.partitions:
         raise StreamsError(f"source topic {name!r} is not usable: {meta.error}")

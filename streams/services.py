@@ -21,6 +21,7 @@ def worker(settings: KeelSettings, index: int) -> ProcessService:
         env={"KEEL_STREAMS_WEB_PORT": str(port)},
         order=70,
         start_timeout=120.0,
+        principal="keel-streams",
     )
 
 

@@ -59,10 +59,16 @@ def up(
         "--demo",
         help="Also send demo traffic at this many events/s (`keel demo`) until Ctrl-C.",
     ),
+    secure: bool = typer.Option(
+        False,
+        "--secure",
+        help="Kafka with SASL_SSL and ACLs, each component as its own principal (acls.toml); "
+        "the registry and the views API ask for credentials.",
+    ),
 ) -> None:
     """Start every service of the local stack; without --detach, run until Ctrl-C, then stop
     what this command started."""
-    services = stack_services(get_settings())
+    services = stack_services(get_settings(), secure=secure)
     started = start_all(services, _progress)
     _print_status()
     if detach:

@@ -33,6 +33,7 @@ def lag_exporter(settings: KeelSettings, *, die_with_parent: bool = False) -> Pr
         ops_url=f"http://127.0.0.1:{port}",
         order=25,
         die_with_parent=die_with_parent,
+        principal="keel-ops",  # reads every group's offsets (acls.toml)
     )
 
 

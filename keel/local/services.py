@@ -93,19 +93,35 @@ def local_kafka(
 
 
 class KafkaService(Service):
+    """The local brokers; `secure` (`keel up --secure`) or a secured cluster already running
+    makes the whole stack secured (keel.local.secured)."""
+
     name = "kafka"
     order = 10
 
-    def __init__(self, settings: KeelSettings) -> None:
+    def __init__(self, settings: KeelSettings, *, secure: bool = False) -> None:
         self.settings = settings
+        self.secure = secure
         self.cluster = local_kafka(settings)
 
     def start(self, progress: Progress) -> bool:
+        from keel.local.secured import StackSecurity
+
         layout = self.cluster.recorded_layout()
-        if layout and self.cluster.running_nodes():  # keep the size `keel broker up` chose
-            self.cluster = local_kafka(self.settings, brokers=int(str(layout["brokers"])))
+        brokers, secure = 1, self.secure
+        if layout and self.cluster.running_nodes():  # keep what `keel broker up` chose
+            brokers, secure = int(str(layout["brokers"])), secure or bool(layout.get("secure"))
+        if secure:
+            stack = StackSecurity.of(self.settings, self.cluster)
+            self.cluster = local_kafka(
+                self.settings, brokers, secure=True, principals=tuple(stack.acls.names())
+            )
+        else:
+            self.cluster = local_kafka(self.settings, brokers)
         was_running = len(self.cluster.running_nodes()) == self.cluster.brokers
         self.cluster.up(progress)
+        if secure:
+            StackSecurity.of(self.settings, self.cluster).provision(self.cluster, progress)
         return not was_running
 
     def stop(self, progress: Progress) -> bool:
@@ -143,8 +159,12 @@ class ProcessService(Service):
         user: str | None = None,
         start_timeout: float = 60.0,
         die_with_parent: bool = False,
+        principal: str | None = None,
     ) -> None:
         self.name = name
+        # Its Kafka principal (acls.toml): on a secured local cluster it runs as that user.
+        self.principal = principal
+        self.settings = settings
         self.order = order
         self.argv = list(argv)
         self.port = port
@@ -167,7 +187,7 @@ class ProcessService(Service):
         progress(f"starting {self.name} on 127.0.0.1:{self.port} (log: {self.process.log_file})")
         self.process.start(
             self.argv,
-            env=self.env,
+            env={**self.env, **self.security_env()},
             user=self.user,
             die_with_parent=self.die_with_parent,
             death_signal=self.stop_signal,
@@ -197,6 +217,13 @@ class ProcessService(Service):
 
     def after_start(self, progress: Progress) -> None:
         """Hook run once the process is healthy (create roles, databases, ...)."""
+
+    def security_env(self) -> dict[str, str]:
+        """Its identity on a secured local cluster (none otherwise, or without a principal)."""
+        from keel.local.secured import running_secured
+
+        found = running_secured(self.settings) if self.principal else None
+        return found[1].client_env(str(self.principal)) if found else {}
 
     def prepare(self, progress: Progress) -> None:
         """Hook run before the first start (install, initialise data)."""

@@ -21,13 +21,14 @@ Progress = Callable[[str], None]
 ServiceFactory = Callable[[KeelSettings], list[Service]]
 
 
-def stack_services(settings: KeelSettings) -> list[Service]:
+def stack_services(settings: KeelSettings, *, secure: bool = False) -> list[Service]:
     """The core services, those that components register under `keel.services`, and the
     replicas of their consumer groups (`keel.scaling`: as many as `keel scale` set, else each
     group's default). A replica that is another service of the stack (the jobs worker is the
-    first of every job type) is listed once."""
+    first of every job type) is listed once. `secure`: the brokers secured, each component as
+    its own principal."""
     services: list[Service] = [
-        KafkaService(settings),
+        KafkaService(settings, secure=secure),
         RedisService(settings),
         PostgresService(settings),
     ]

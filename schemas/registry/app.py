@@ -18,6 +18,7 @@ from aiohttp import web
 
 from keel import health
 from schemas.errors import SchemaError
+from schemas.registry.auth import Denied, RegistryUsers
 from schemas.registry.client import canonical
 from schemas.registry.compat import DEFAULT_LEVEL, LEVELS, check, parse
 from schemas.registry.store import KafkaStore, StoreUnavailable, schema_key
@@ -32,6 +33,7 @@ ATTEMPTS = 10  # registrations that lose a race with another replica retry this 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 STORE: web.AppKey[KafkaStore] = web.AppKey("store", KafkaStore)
 RESPONSES: web.AppKey[Counter[int]] = web.AppKey("responses", Counter)
+USERS: web.AppKey[RegistryUsers | None] = web.AppKey("users")
 
 
 class ApiError(Exception):
@@ -54,8 +56,16 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
 
 
 async def _answer(request: web.Request, handler: Any) -> web.StreamResponse:
+    headers = {}
     try:
+        users = request.app[USERS]
+        if users is not None:
+            users.authorize(request.method, request.path, request.headers.get("Authorization"))
         return await handler(request)
+    except Denied as exc:
+        status, code, message = exc.status, exc.code, exc.message
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = 'Basic realm="keel-registry"'
     except ApiError as exc:
         status, code, message = exc.status, exc.code, exc.message
     except StoreUnavailable as exc:
@@ -72,8 +82,9 @@ async def _answer(request: web.Request, handler: Any) -> web.StreamResponse:
         status, code, message = 500, 50001, "Error in the backend data store (see the log)"
     body = json.dumps({"error_code": code, "message": message})
     return web.Response(
-        status=status, text=body, content_type="application/vnd.schemaregistry.v1+json"
-    )
+        status=status, text=body, content_type="application/vnd.schemaregistry.v1+json",
+        headers=headers,
+    )  # fmt: skip
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -591,9 +602,12 @@ def _compatibility_answer(
     return _ok(body)
 
 
-def create_app(store: KafkaStore) -> web.Application:
+def create_app(store: KafkaStore, users: RegistryUsers | None = None) -> web.Application:
+    """The REST API on `store`; with `users`, every request but the probes and /metrics
+    needs HTTP basic auth (schemas.registry.auth)."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_SCHEMA_BYTES * 4)
     app[STORE] = store
+    app[USERS] = users
     app[RESPONSES] = Counter()
     app.add_routes(routes)
     app.add_routes(health.routes(healthz=healthz, readyz=readyz, metrics=metrics))

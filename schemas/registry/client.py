@@ -23,11 +23,22 @@ def canonical(schema: dict[str, Any] | str) -> str:
 
 
 class RegistryClient:
-    def __init__(self, url: str | None = None, *, timeout: float = 10.0) -> None:
-        self.url = (url or get_settings().schema_registry_url).rstrip("/")
+    """`user_info` is "USER:PASSWORD" for HTTP basic auth (Confluent's basic.auth.user.info);
+    by default KEEL_SCHEMA_REGISTRY_USER_INFO."""
+
+    def __init__(
+        self, url: str | None = None, *, timeout: float = 10.0, user_info: str | None = None
+    ) -> None:
+        settings = get_settings()
+        self.url = (url or settings.schema_registry_url).rstrip("/")
         self.timeout = timeout
         self._http = requests.Session()
         self._http.headers["Accept"] = CONTENT_TYPE
+        if user_info is None and settings.schema_registry_user_info is not None:
+            user_info = settings.schema_registry_user_info.get_secret_value()
+        if user_info:
+            user, _, password = user_info.partition(":")
+            self._http.auth = (user, password)
         self._lock = threading.Lock()  # guards the caches
         # Held while fetching a miss, so threads missing the same id or subject at once ask the
         # registry once: the second re-checks the cache after the first filled it.
@@ -65,6 +76,11 @@ class RegistryClient:
                 )
             except ValueError:
                 message, code = response.text, response.status_code
+            if response.status_code in (401, 403):  # say which registry, and what to set
+                message = (
+                    f"schema registry at {self.url} refused the request: {message} "
+                    "(KEEL_SCHEMA_REGISTRY_USER_INFO)"
+                )
             raise RegistryError(message, status=response.status_code, error_code=code)
         return response.json()
 

@@ -85,3 +85,9 @@ def test_the_shipped_file_gives_each_component_its_own_principal() -> None:
     assert ingest == {Acl("keel-ingest", "topic", "events", False, "WRITE")}
     archive = {a for a in acls if a.principal == "keel-archive"}
     assert {a.operation for a in archive} == {"READ"}  # a sink that writes nothing
+    # Registry roles: what encodes registers (writer), a sink only reads; the report jobs alone
+    # read the views API (`keel up --secure` gives them a key).
+    roles = {p.name: p.registry for p in declared.principals}
+    assert {n for n, r in roles.items() if r == "writer"} >= {"keel-ingest", "keel-streams"}
+    assert {roles[n] for n in ("keel-pgsink", "keel-archive", "keel-webhooks")} == {"reader"}
+    assert [p.name for p in declared.principals if p.views] == ["keel-jobs"]

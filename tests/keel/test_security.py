@@ -6,6 +6,7 @@ name the cause and never the password, both client stacks connecting."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import uuid
@@ -37,6 +38,9 @@ from keel.local.ports import free_base_port, free_port
 from keel.local.security import ADMIN, LocalSecurity
 from keel.settings import KeelSettings, get_settings
 from producers.auth import create_key
+from schemas.errors import RegistryError
+from schemas.registry.auth import set_user
+from schemas.registry.client import RegistryClient
 from tests.harness import start_registry
 from tests.polling import wait_for
 from tests.processes import KeelProcess, run_keel
@@ -267,6 +271,20 @@ def test_failures_are_one_line_naming_the_cause_never_the_password(
         assert password not in result.stdout + result.stderr
         assert cluster.security.password(nobody) not in result.stdout + result.stderr
 
+    # A stream worker (a service, logging as it goes) ends on the same one line.
+    wrong = "not-" + cluster.security.password("keel-streams")[:6]
+    worker = run_keel(
+        "streams", "worker", "--port", str(free_port()), timeout=120,
+        env=env_as(cluster, "keel-streams", KEEL_SASL_PASSWORD=wrong,
+                   KEEL_HOME=str(tmp_path / "home"), KEEL_REPLICATION_FACTOR="1"),
+    )  # fmt: skip
+    assert worker.returncode == 1, worker.stderr[-2000:]
+    assert worker.stderr.strip().splitlines()[-1].startswith("keel: error: Kafka at 127.0.0.1:"), (
+        worker.stderr[-2000:]
+    )
+    assert "authentication failed for principal 'keel-streams'" in worker.stderr.splitlines()[-1]
+    assert wrong not in worker.stdout + worker.stderr
+
 
 def test_a_rotated_password_takes_effect_at_once(cluster: LocalKafka) -> None:
     who = new_principal(cluster, "rotated")
@@ -338,40 +356,120 @@ def test_components_run_as_their_own_principals_and_leak_no_password(
     cluster: LocalKafka, tmp_path: Path
 ) -> None:
     """The registry and the events API, each as its principal of the shipped acls.toml: an
-    event goes through; no password is in their logs, /metrics or /readyz."""
+    event goes through, the registry asking for basic auth (readers read, writers register).
+    A replica with a wrong password or without ACLs is not ready, its /readyz naming why in
+    one line. No password is in their logs, /metrics or /readyz."""
     run_keel("acls", "apply", "--yes", "-f", str(SHIPPED_ACLS), env=env_as(cluster, ADMIN),
              timeout=120, check=True)  # fmt: skip
     admin = make_admin(settings_as(cluster, ADMIN), logger=SILENT_LOG)
     ensure_topics(admin, [TopicSpec("events", 3)])  # the ingest principal may not create it
     wait_for_topics(admin, ["events"])
 
+    users = tmp_path / "registry-users.json"
+    writer_pw, reader_pw = uuid.uuid4().hex, uuid.uuid4().hex
+    set_user(users, "keel-ingest", "writer", writer_pw)
+    set_user(users, "reader", "reader", reader_pw)
     registry, registry_url = start_registry(
-        tmp_path / "registry", free_port(), "_schemas", **env_as(cluster, "keel-registry")
-    )
+        tmp_path / "registry", free_port(), "_schemas",
+        **env_as(cluster, "keel-registry", KEEL_REGISTRY_USERS_FILE=str(users)),
+    )  # fmt: skip
     keys = tmp_path / "keys.json"
     key = create_key(keys, "shop")
-    port = free_port()
-    ingest = KeelProcess.start(
-        [sys.executable, "-m", "keel.cli", "ingest", "--port", str(port), "--workers", "1"],
-        env_as(
-            cluster, "keel-ingest", KEEL_SCHEMA_REGISTRY_URL=registry_url,
-            KEEL_INGEST_KEYS_FILE=str(keys),
-        ),
-        tmp_path / "ingest.log", port=port, name="ingest",
+    nobody = new_principal(cluster, "nobody")  # authenticated, granted nothing
+
+    def ingest_as(principal: str, name: str, **over: str) -> KeelProcess:
+        port = free_port()
+        over = {"KEEL_SCHEMA_REGISTRY_USER_INFO": f"keel-ingest:{writer_pw}", **over}
+        env = env_as(
+            cluster, principal, KEEL_SCHEMA_REGISTRY_URL=registry_url,
+            KEEL_INGEST_KEYS_FILE=str(keys), **over,
+        )  # fmt: skip
+        return KeelProcess.start(
+            [sys.executable, "-m", "keel.cli", "ingest", "--port", str(port), "--workers", "1"],
+            env, tmp_path / f"{name}.log", port=port, name=name,
+        )  # fmt: skip
+
+    ingest = ingest_as("keel-ingest", "ingest")
+    wrong = ingest_as(
+        "keel-ingest", "wrong-password", KEEL_SASL_PASSWORD="not-the-password",
+        KEEL_SCHEMA_REGISTRY_USER_INFO="keel-ingest:nope",
     )  # fmt: skip
+    unauthorized = ingest_as(nobody, "no-acls")
+
+    archive_group = unique("sec-archive")
+
+    def archive_as(principal: str, name: str, **over: str) -> KeelProcess:
+        port = free_port()
+        env = env_as(
+            cluster, principal, KEEL_SCHEMA_REGISTRY_URL=registry_url,
+            KEEL_ARCHIVE_ROOT=str(tmp_path / name), KEEL_ARCHIVE_GROUP=archive_group, **over,
+        )  # fmt: skip
+        return KeelProcess.start(
+            [sys.executable, "-m", "keel.cli", "archive", "run", "--http-port", str(port)],
+            env, tmp_path / f"{name}.log", port=port, name=name,
+        )  # fmt: skip
+
+    sink = archive_as(nobody, "sink-no-acls")
     try:
         wait_for(ingest.ready, 120, "ingest /readyz")
         status, _, body = post(ingest.url, order(), key)
         assert status == 202, body
         assert body["topic"] == "events"
+
+        def unready(process: KeelProcess, check: str) -> dict[str, Any] | None:
+            status, text = process.get("/readyz")
+            found = json.loads(text)["checks"].get(check, {}) if status == 503 else {}
+            return found if "error" in found else None
+
+        def named(process: KeelProcess, check: str, what: str) -> dict[str, Any]:
+            try:
+                found: dict[str, Any] = wait_for(lambda: unready(process, check), 60, what)
+            except AssertionError as exc:  # what the process said, for the failure
+                raise AssertionError(f"{exc}; /readyz {process.get('/readyz')}\n"
+                                     f"{process.tail(12)}") from None  # fmt: skip
+            return found
+
+        refused = named(wrong, "broker", "the wrong password named")
+        assert refused["error"].startswith(
+            "authentication failed for principal 'keel-ingest' (SCRAM-SHA-512)"
+        ), refused
+        registry_refused = named(wrong, "registry", "the registry refusal named")
+        assert "Unauthorized: wrong user or password for 'keel-ingest'" in registry_refused["error"]
+        assert "KEEL_SCHEMA_REGISTRY_USER_INFO" in registry_refused["error"]
+        denied = named(unauthorized, "broker", "the missing ACL named")
+        assert denied["error"].startswith(f"principal '{nobody}' is not authorized"), denied
+        assert "topic events" in denied["error"], denied
+        # a sink whose principal may not join its group (nor read its topic): /readyz names
+        # the principal and the first resource refused
+        not_read = named(sink, "kafka", "the sink's missing ACL named")
+        assert not_read["error"].startswith(f"principal '{nobody}' is not authorized"), not_read
+        assert f"(group {archive_group})" in not_read["error"], not_read
+
+        # The registry: nobody without credentials, readers read, only writers register.
+        schema = {"type": "record", "name": "Sec", "fields": []}
+        with pytest.raises(RegistryError, match="KEEL_SCHEMA_REGISTRY_USER_INFO") as anonymous:
+            RegistryClient(registry_url, user_info="").subjects()
+        assert anonymous.value.status == 401
+        as_reader = RegistryClient(registry_url, user_info=f"reader:{reader_pw}")
+        assert as_reader.subjects()  # what ingest registered at its start
+        with pytest.raises(RegistryError, match="only writers may register") as forbidden:
+            as_reader.register(unique("sec-subject"), schema)
+        assert (forbidden.value.status, forbidden.value.error_code) == (403, 40301)
+        as_writer = RegistryClient(registry_url, user_info=f"keel-ingest:{writer_pw}")
+        assert as_writer.register(unique("sec-subject"), schema) > 0
+        probes = [registry.text("/readyz"), registry.text("/metrics")]  # open to probes
+
         outputs = [
-            registry.log.read_text(), ingest.log.read_text(), registry.text("/metrics"),
-            ingest.text("/metrics"), ingest.text("/readyz"),
+            *probes, registry.log.read_text(), registry.text("/metrics"),
+            *(p.log.read_text() for p in (ingest, wrong, unauthorized, sink)),
+            *(p.get(path)[1] for p in (ingest, wrong, unauthorized, sink)
+              for path in ("/metrics", "/readyz")),  # a 503 of /readyz included
         ]  # fmt: skip
     finally:
-        ingest.stop()
-        registry.stop()
+        for process in (ingest, wrong, unauthorized, sink, registry):
+            process.stop()
     secrets = [cluster.security.password(p) for p in ("keel-registry", "keel-ingest", ADMIN)]
+    secrets += [writer_pw, reader_pw, cluster.security.password(nobody), "not-the-password"]
     for output in outputs:
         for secret in secrets:
             assert secret not in output

@@ -23,16 +23,17 @@ KEEL = str(Path(sys.executable).parent / "keel")
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
-@pytest.mark.timeout(900)  # the whole stack, Prometheus included, on a shared 2-core machine
-def test_up_status_down(tmp_path: Path) -> None:
+def stack_env(home: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """The environment of a whole local stack in `home` with every port moved off its default
+    (free port pairs, 100 apart: one per listening service), and those ports by name."""
     names = ["broker", "redis", "postgres", "registry", "streams", "jobs", "smtp", "ingest_lb",
              "ingest_a", "ingest_b", "outbox", "pgsink", "archive", "webhooks", "lag_exporter",
-             "prometheus"]  # fmt: skip
-    base = free_base_port(len(names))  # free port pairs, 100 apart: one per listening service
+             "prometheus", "ingest_tls"]  # fmt: skip
+    base = free_base_port(len(names))
     port = {name: base + 100 * i for i, name in enumerate(names)}
     env = {
         **os.environ,
-        "KEEL_HOME": str(tmp_path / "home"),
+        "KEEL_HOME": str(home),
         "KEEL_BROKER_PORT": str(port["broker"]),
         "KEEL_BOOTSTRAP_SERVERS": f"127.0.0.1:{port['broker']}",
         "KEEL_REDIS_URL": f"redis://127.0.0.1:{port['redis']}/0",
@@ -44,6 +45,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         "KEEL_JOBS_HTTP_PORT": str(port["jobs"]),
         "KEEL_SMTP_PORT": str(port["smtp"]),
         "KEEL_INGEST_LB_PORT": str(port["ingest_lb"]),
+        "KEEL_INGEST_LB_TLS_PORT": str(port["ingest_tls"]),
         "KEEL_INGEST_URL": f"http://127.0.0.1:{port['ingest_lb']}",
         "KEEL_INGEST_PORT": str(port["ingest_a"]),
         "KEEL_INGEST_REPLICA_PORTS": f"{port['ingest_a']},{port['ingest_b']}",
@@ -54,6 +56,12 @@ def test_up_status_down(tmp_path: Path) -> None:
         "KEEL_LAG_EXPORTER_PORT": str(port["lag_exporter"]),
         "KEEL_PROMETHEUS_PORT": str(port["prometheus"]),
     }
+    return env, port
+
+
+@pytest.mark.timeout(900)  # the whole stack, Prometheus included, on a shared 2-core machine
+def test_up_status_down(tmp_path: Path) -> None:
+    env, port = stack_env(tmp_path / "home")
     # With a subscriber (nobody there; no event is sent), so the webhook sink runs and is
     # scraped too.
     (tmp_path / "home").mkdir()

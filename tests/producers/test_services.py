@@ -6,14 +6,24 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import socket
+import ssl
+import subprocess
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from keel.apikeys import create_key, keys_file
+from keel.local.security import LocalSecurity
 from keel.local.services import Service
 from keel.settings import KeelSettings
-from producers.services import services
+from producers.services import render_nginx_conf, services
+from tests.polling import wait_for
 from tests.producers.conftest import free_port, post
 from tests.producers.test_http_roundtrip import order
 
@@ -88,3 +98,49 @@ def test_nginx_passes_large_batches_and_names_a_broken_encoding(
         assert "gzip" in body["error"], body
     records = topic_reader(expect=800)
     assert len(records) == 800  # the two good batches, nothing of the broken one
+
+
+def test_nginx_terminates_tls_with_the_local_ca(
+    ingest_settings: KeelSettings, ingest_url: str, tmp_path: Path
+) -> None:
+    """With the local CA's certificate (the secured stack's), nginx answers HTTPS that a client
+    trusting that CA accepts and one trusting only the system's store refuses."""
+    security = LocalSecurity(tmp_path / "security")
+    security.ensure()
+    settings = ingest_settings.model_copy(
+        update={
+            "ingest_replica_ports": ingest_url.rsplit(":", 1)[1],
+            "ingest_lb_port": free_port(),
+            "ingest_lb_tls_port": free_port(),
+        }
+    )
+    conf = render_nginx_conf(settings, tmp_path / "nginx", security.broker_keystore)
+    nginx = subprocess.Popen(
+        ["nginx", "-p", str(tmp_path / "nginx"), "-c", str(conf), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    url = f"https://localhost:{settings.ingest_lb_tls_port}/v1/events"
+    key = create_key(keys_file(ingest_settings), "tls")
+    trusted = ssl.create_default_context(cafile=str(security.ca_file))
+
+    def send(context: ssl.SSLContext) -> int:
+        request = urllib.request.Request(
+            url, data=json.dumps(order()).encode(), method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
+            return int(response.status)
+
+    try:
+        wait_for(lambda: _tls_port_open(settings.ingest_lb_tls_port), 30, "nginx on TLS")
+        assert send(trusted) == 202
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            send(ssl.create_default_context())
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
+
+
+def _tls_port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
