@@ -51,11 +51,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """A test that touches the broker is an integration test; every other one is a unit test.
     The README's test command keeps the suite in budget with a short form of the fault suite:
     scenarios marked long_form run only under `make faults`."""
-    long_form = pytest.mark.skip(reason="a long-form fault scenario: `make faults` runs it")
+    long_form = pytest.mark.skip(reason="a long-form scenario: `make faults` runs it")
     for item in items:
+        # `make test` runs two pytest-xdist workers (--dist loadgroup): a file's tests stay on
+        # one worker (its module fixtures start once), and every test of the session's
+        # 3-broker fault cluster on the same one (so one such cluster starts, not two).
+        fixtures = getattr(item, "fixturenames", ())
+        group = "fault-cluster" if "fault_cluster" in fixtures else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
         if item.get_closest_marker("long_form") and not config.getoption("--all-faults"):
             item.add_marker(long_form)
-        fixtures = getattr(item, "fixturenames", ())
         if {"kafka_bootstrap", "redis_url", "postgres_dsn"} & set(fixtures):
             item.add_marker(pytest.mark.integration)
         elif not item.get_closest_marker("integration"):
