@@ -47,6 +47,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test` runs two workers) each worker takes its own share of the
+    base-port range, so two workers' clusters and stacks never pick overlapping ports."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if worker.startswith("gw") and count > 1:
+        from keel.local import ports
+
+        share = (ports.BASE_HIGH - ports.BASE_LOW) // count
+        ports.BASE_LOW += share * int(worker[2:])
+        ports.BASE_HIGH = ports.BASE_LOW + share
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A test that touches the broker is an integration test; every other one is a unit test.
     The README's test command keeps the suite in budget with a short form of the fault suite:

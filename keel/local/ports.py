@@ -23,9 +23,13 @@ def free_port() -> int:
 BASE_LOW, BASE_HIGH = 10000, 32700
 
 
-def free_base_port(brokers: int = 1, low: int = BASE_LOW, high: int = BASE_HIGH) -> int:
+def free_base_port(brokers: int = 1, low: int | None = None, high: int | None = None) -> int:
     """A base port at which every node of a `brokers`-node cluster finds its two ports free,
-    so that concurrent clusters (test runs, fault tests) on one host never collide."""
+    so that concurrent clusters (test runs, fault tests) on one host never collide. The range
+    is BASE_LOW..BASE_HIGH unless given (read at each call: parallel test workers take each
+    their own share, see tests/conftest.py)."""
+    low = BASE_LOW if low is None else low
+    high = BASE_HIGH if high is None else high
     for _ in range(200):
         base = random.randrange(low, high - 100 * brokers, 2)
         ports = [base + 100 * i + offset for i in range(brokers) for offset in (0, 1)]
