@@ -12,11 +12,12 @@ import hashlib
 import json
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from keel.kafka import TopicSpec, ensure_topics, make_admin, wait_for_topics
 from keel.settings import KeelSettings
@@ -116,7 +117,7 @@ class KafkaStore:
             "auto.offset.reset": "earliest", "isolation.level": "read_committed",
             "enable.partition.eof": True,
         }))  # fmt: skip
-        _low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, 0), timeout=10)
+        high = self._end_offset(consumer, timeout)
         consumer.assign([TopicPartition(self.topic, 0, 0)])
         self._thread = threading.Thread(
             target=self._consume, args=(consumer,), name="registry-store", daemon=True
@@ -124,6 +125,22 @@ class KafkaStore:
         self._thread.start()
         self.wait_applied(high - 1, timeout)
         log.info("registry state loaded from %s: %d schemas", self.topic, len(self.state.schemas))
+
+    def _end_offset(self, consumer: Consumer, timeout: float) -> int:
+        """The topic's end offset. On a cluster of several brokers the one the consumer asks
+        may not know a topic created a moment ago (wait_for_topics asked another): the fault
+        cluster's registry failed to start on 'Unknown partition'. Ask again until it knows."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return int(
+                    consumer.get_watermark_offsets(TopicPartition(self.topic, 0), timeout=10)[1]
+                )
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.code() != KafkaError._UNKNOWN_PARTITION or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     @property
     def applied_offset(self) -> int:
