@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from keel.local.broker import LocalKafka
@@ -34,7 +36,22 @@ def three_brokers(tmp_path: Path) -> Iterator[LocalKafka]:
 
 def replication(admin: AdminClient, topics: list[str]) -> dict[str, tuple[int, int]]:
     """(replicas, effective min.insync.replicas) of each topic, read from the brokers; a
-    topic whose partitions differ in replicas shows the fewest."""
+    topic whose partitions differ in replicas shows the fewest. A broker that does not know a
+    topic created a moment ago (another one answered wait_for_topics) is asked again."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return _replication(admin, topics)
+        except KafkaException as exc:
+            if (
+                exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART
+                or time.monotonic() > deadline
+            ):
+                raise
+            time.sleep(0.2)
+
+
+def _replication(admin: AdminClient, topics: list[str]) -> dict[str, tuple[int, int]]:
     metadata = admin.list_topics(timeout=10).topics
     resources = [ConfigResource(ResourceType.TOPIC, t) for t in topics]
     out = {}
