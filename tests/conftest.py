@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -193,6 +194,16 @@ def new_topic(admin: AdminClient) -> Iterator[Callable[..., str]]:
 
     yield create
     delete_topics(admin, created)
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A loopback port this test holds bound and never listens on: a connection to it is
+    refused, no other process (a parallel test worker's broker) can take it meanwhile, and no
+    client can get it as its own source port and talk to itself (TCP self-connect)."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield int(held.getsockname()[1])
 
 
 @pytest.fixture

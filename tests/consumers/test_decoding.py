@@ -11,7 +11,6 @@ from consumers.decoding import avro_decoder
 from consumers.errors import UndecodableJob
 from keel.backoff import Backoff
 from keel.deadletters import Failure
-from keel.local.ports import free_base_port
 from keel.runtime import decode_with_retry
 from keel.settings import KeelSettings
 from schemas.wire import frame
@@ -19,8 +18,8 @@ from schemas.wire import frame
 JOB = frame(987_654, b"\x00")  # Keel's wire format; no registry knows schema 987654
 
 
-def test_a_registry_that_does_not_answer_is_an_outage_not_a_bad_job() -> None:
-    nowhere = f"http://127.0.0.1:{free_base_port()}"  # nothing listens there
+def test_a_registry_that_does_not_answer_is_an_outage_not_a_bad_job(refused_port: int) -> None:
+    nowhere = f"http://127.0.0.1:{refused_port}"  # nothing listens there
     decoder = avro_decoder(KeelSettings(schema_registry_url=nowhere))
     with pytest.raises(UndecodableJob) as raised:
         decoder.record_name(JOB)

@@ -148,15 +148,9 @@ def test_replayed_for_needs_a_replay_that_names_a_processor() -> None:
 
 
 @pytest.mark.parametrize("command", ["list", "replay"])
-def test_unreachable_brokers_are_one_line_naming_them(command: str) -> None:
-    import socket
-
-    # A port this test holds bound but never listens on: connections are refused, no other
-    # process can take it meanwhile, and no client can talk to itself through it.
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        nowhere = f"127.0.0.1:{held.getsockname()[1]}"
-        result = _keel(nowhere, command, "events.dlq")
+def test_unreachable_brokers_are_one_line_naming_them(command: str, refused_port: int) -> None:
+    nowhere = f"127.0.0.1:{refused_port}"  # nothing listens there
+    result = _keel(nowhere, command, "events.dlq")
     assert result.returncode == 1
     assert result.stderr.startswith(
         f"keel: error: Kafka at {nowhere}: reading dead-letter topic events.dlq: "

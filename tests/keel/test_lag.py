@@ -126,16 +126,9 @@ def test_an_unknown_group_is_one_line_and_exit_1(kafka_bootstrap: str, group_id:
     )
 
 
-def test_unreachable_brokers_are_one_line_naming_them_and_exit_1() -> None:
-    import socket
-
-    # A port this test holds bound but never listens on: connections are refused, no other
-    # process (a broker of a parallel test worker) can take it meanwhile, and no client can
-    # get it as its own source port and talk to itself (TCP self-connect).
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        nowhere = f"127.0.0.1:{held.getsockname()[1]}"
-        result = _keel(nowhere, "--timeout", "2")
+def test_unreachable_brokers_are_one_line_naming_them_and_exit_1(refused_port: int) -> None:
+    nowhere = f"127.0.0.1:{refused_port}"  # nothing listens there
+    result = _keel(nowhere, "--timeout", "2")
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"keel: error: Kafka at {nowhere}: listing consumer groups: "
