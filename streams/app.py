@@ -255,7 +255,9 @@ class StreamsApp:
         # toward a commit, and nothing is applied, past a record it did not apply.
         self.applied = AppliedOffsets()
         self.log_reader = LogReader(settings, settings.streams_app_id)  # reads runs Faust lost
-        self._acks_guarded = False
+        # Faust's own gap marking, kept once its acks are guarded (_guard_acks): marks the
+        # runs read from the log as done for its commit.
+        self._mark_done: Any = None
         self._chain_flush()
         self._close_on_stop()
         self._wire()
@@ -302,7 +304,7 @@ class StreamsApp:
         only for a record this worker applied. The others are released (a rebalance waits
         for every record handed out to be acked) but never committed. The runs its fetcher
         skips count as done only once this worker read and applied them (`_applied`)."""
-        if self._acks_guarded:
+        if self._mark_done is not None:
             return
         consumer = cast(Any, self.app.consumer)
         faust_ack = consumer.ack
@@ -333,8 +335,6 @@ class StreamsApp:
             self.applied.clear()
 
         cast(Any, self.app.on_rebalance_complete).connect(restart_from_committed)
-
-        self._acks_guarded = True
 
     # -- topics ----------------------------------------------------------------------
     def rekey_topic_name(self, view: str) -> str:
