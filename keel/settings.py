@@ -108,6 +108,11 @@ class KeelSettings(BaseSettings):
     streams_batch_within_s: float = Field(
         0.1, gt=0, description="Longest wait to fill a batch (latency vs. throughput)."
     )
+    streams_run_delivery: bool = Field(
+        True,
+        description="Hand each fetched run of a partition to the engine whole (off: Faust's "
+        "per-event streams with the batch size and window above).",
+    )
     streams_dlq_topic: str = Field("events.dlq", description="Where poison messages go.")
     streams_jobs_topic_prefix: str = Field("", description="Prefix of the job topics (tests).")
     streams_window_retention_h: int = Field(48, ge=1, description="Hourly windows kept.")

@@ -5,8 +5,9 @@ Responsibilities:
   RocksDB through rocksdict (`rocksdb://`) backed by compacted changelog topics, and
   standby replicas (KEEL_STREAMS_STANDBY_REPLICAS);
 - name every topic it uses (`internal_topics`) so the worker creates them up front;
-- run the `Engine` over batches taken with `stream.take_events`, one partition group at a
-  time, and carry out its results in the order that makes replays harmless: outputs (dead
+- run the `Engine` over each fetched run of records of an assigned partition, handed over
+  whole by Faust's consumer (`streams.faust_adapter.BatchConsumer`; Faust's `take_events`
+  batches in Faust's test context), one partition group at a time, and carry out its results in the order that makes replays harmless: outputs (dead
   letters, job events, re-keyed deltas) acknowledged first, then table writes, then sinks;
   Faust commits the offsets afterwards (it flushes the producer before committing);
 - answer `GET /v1/views/{view}/{key}` locally when this worker owns the key's partition,
@@ -17,6 +18,7 @@ Responsibilities:
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import itertools
 import json
@@ -24,16 +26,14 @@ import logging
 import socket
 import time
 import uuid
-import weakref
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import faust
 import orjson
 from aiokafka.partitioner import murmur2
-from faust.streams import _current_event
 from faust.types import TP, EventT
 from faust.utils import json as faust_json
 from faust.web import Request, Response, View
@@ -65,6 +65,14 @@ from streams.engine import (
     user_table,
 )
 from streams.errors import BadQuery
+from streams.faust_adapter import (
+    KeelFaustApp,
+    owner_url,
+    partition_context,
+    positions,
+    run_context_event,
+    table_db,
+)
 from streams.metrics import StreamMetrics
 from streams.processor import KeyedView, Processor, Sink, Stateful
 from streams.processors.product_stats import ProductStats
@@ -83,18 +91,6 @@ def key_partition(key: str, partitions: int) -> int:
     """The partition of a string key: murmur2 like Kafka's Java clients, aiokafka and Keel's
     producers (librdkafka `murmur2_random`), so the owner of a key can be computed."""
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
-
-
-@contextlib.contextmanager
-def partition_context(event: EventT) -> Iterator[None]:
-    """Make `event` the current event, so table reads and writes go to its partition's
-    RocksDB and changelog partition. A batch holds several partitions; the runtime handles
-    them one group at a time inside this context."""
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 _MISSING = object()
@@ -128,7 +124,7 @@ class TableReader:
                 return value
         # Straight to the RocksDB of this partition in Faust's store: Table.get costs a
         # __contains__ plus a __getitem__ (two lookups, two decodes) per key.
-        raw = self.tables[table].data._db_for_partition(self.partition).get(encode_key(key))
+        raw = table_db(self.tables[table], self.partition).get(encode_key(key))
         return None if raw is None else json_loads(raw)
 
     def get_many(self, table: str, keys: Sequence[str]) -> list[Any]:
@@ -192,9 +188,12 @@ class StreamsApp:
             / settings.streams_app_id
             / f"{host}-{port}"
         )
-        self.app = faust.App(
-            settings.streams_app_id, **faust_settings(settings, partitions, self.datadir)
-        )
+        conf = faust_settings(settings, partitions, self.datadir)
+        if settings.streams_run_delivery:
+            # A fetch's runs are handled in one go: bound them as a batch is bounded, so the
+            # loop (commits, the query API) is not held longer than one batch's work.
+            conf["broker_max_poll_records"] = self.batch_size
+        self.app = KeelFaustApp(settings.streams_app_id, **conf)
         # Table writes queue their changelog records in Faust's producer buffer; at its default
         # of 100 the consumer stalls after every batch ("producer buffer full"), profiled as
         # the main cost. A batch writes each key once, so the buffer is bounded by the keys
@@ -295,6 +294,13 @@ class StreamsApp:
 
         # The agents, for Faust's test context (`agent.test_context()`, see streams.testing)
         self.source_agent = source_agent
+        if self.settings.streams_run_delivery:
+            # A worker's consumer hands these topics' fetched runs straight to the engine;
+            # the agents then see nothing of them (see streams.faust_adapter).
+            handlers = self.app.run_handlers
+            handlers[self.source.get_topic_name()] = self._source_run
+            for name, topic in self.rekey_topics.items():
+                handlers[topic.get_topic_name()] = functools.partial(self._fold_run, name)
 
         for name, topic in self.rekey_topics.items():
             self._fold_agent(name, topic)
@@ -324,15 +330,32 @@ class StreamsApp:
 
         self.fold_agents[name] = fold_agent
 
+    async def _source_run(self, tp: TP, records: Sequence[Any]) -> None:
+        """One fetched run of a source partition (aiokafka records), from the consumer."""
+        last = run_context_event(self.app, tp, records[-1])
+        await self.handle_source_runs([(last, raws_of_records(records))])
+
+    async def _fold_run(self, name: str, tp: TP, records: Sequence[Any]) -> None:
+        """One fetched run of a re-keyed topic's partition, from the consumer."""
+        last = run_context_event(self.app, tp, records[-1])
+        await self.handle_fold_runs(name, [(last, fold_messages_of_records(records))])
+
     async def handle_source(self, events: Sequence[EventT]) -> None:
-        """One batch of the source topic: every partition group through the engine, then
-        outputs acknowledged, then state written and acknowledged, then sinks."""
+        """One batch of the source agent's stream (Faust's test context)."""
+        await self.handle_source_runs(
+            [(group[-1], raws_of_events(group)) for group in _by_partition(events)]
+        )
+
+    async def handle_source_runs(self, runs: Sequence[tuple[EventT, list[Raw]]]) -> None:
+        """Runs of the source topic, each one partition's (its last event, its records):
+        every run through the engine, then outputs acknowledged, then state written and
+        acknowledged, then sinks."""
         started = time.perf_counter()
         self._check_generation()
         done: list[tuple[EventT, BatchResult]] = []
         try:
-            await self._source_batch(events, done, started)
-            self.handled["source"] += len(events)
+            await self._source_batch(runs, done, started)
+            self.handled["source"] += sum(len(raws) for _last, raws in runs)
         except BaseException:
             self.reader.clear()  # values may have been updated in place and not written
             raise
@@ -347,28 +370,12 @@ class StreamsApp:
             self._generation = generation
 
     async def _source_batch(
-        self, events: Sequence[EventT], done: list[tuple[EventT, BatchResult]], started: float
+        self,
+        runs: Sequence[tuple[EventT, list[Raw]]],
+        done: list[tuple[EventT, BatchResult]],
+        started: float,
     ) -> None:
-        for partition_events in _by_partition(events):
-            last = partition_events[-1]
-            raws: list[Raw] = []
-            append = raws.append
-            # Hot: positional arguments, each attribute read once. The headers are passed as
-            # the consumer gave them (an empty tuple when none, no copy): measured cheaper
-            # than testing for them here, and the engine reads only non-empty ones.
-            for e in partition_events:
-                m, value = e.message, e.value
-                append(
-                    Raw(
-                        value if type(value) is bytes else m.value,
-                        m.partition,
-                        m.offset,
-                        int(m.timestamp * 1000),
-                        m.key,
-                        m.topic,
-                        m.headers,
-                    )
-                )
+        for last, raws in runs:
             self.reader.partition = last.message.partition
             with partition_context(last):
                 done.append((last, self.engine.process(raws, self.reader)))
@@ -377,22 +384,30 @@ class StreamsApp:
         await self._commit(done)
 
     async def handle_fold(self, name: str, events: Sequence[EventT]) -> None:
+        """One batch of a fold agent's stream (Faust's test context)."""
+        runs = [
+            (group[-1], [(_text(e.key), e.value) for e in group if isinstance(e.value, Mapping)])
+            for group in _by_partition(events)
+        ]
+        await self.handle_fold_runs(name, runs, len(events))
+
+    async def handle_fold_runs(
+        self,
+        name: str,
+        runs: Sequence[tuple[EventT, list[tuple[str, Any]]]],
+        count: int | None = None,
+    ) -> None:
+        """Runs of a re-keyed topic, each one partition's (its last event, its deltas)."""
         started = time.perf_counter()
         self._check_generation()
         done: list[tuple[EventT, BatchResult]] = []
         try:
-            for partition_events in _by_partition(events):
-                last = partition_events[-1]
-                messages = [
-                    (_text(e.key), e.value)
-                    for e in partition_events
-                    if isinstance(e.value, Mapping)
-                ]
+            for last, messages in runs:
                 self.reader.partition = last.message.partition
                 with partition_context(last):
                     done.append((last, self.engine.fold(name, messages, self.reader)))
             await self._commit(done)
-            self.handled[name] += len(events)
+            self.handled[name] += sum(len(m) for _l, m in runs) if count is None else count
         except BaseException:
             self.reader.clear()
             raise
@@ -505,7 +520,7 @@ class StreamsApp:
             produce(self._changelogs[DEDUP_TABLE], raw_value, key=raw_key, partition=partition)
             self.index.put_many(partition, seen)
         for table, batch in batches.items():
-            self.tables[table].data._db_for_partition(partition).write(batch)
+            table_db(self.tables[table], partition).write(batch)
 
     def _persist_changelog_offsets(self) -> None:
         """Tell Faust's RocksDB stores how far their changelogs were written, as Faust does
@@ -563,7 +578,7 @@ class StreamsApp:
             # message it handed to a stream; both are Faust's own bookkeeping in memory.
             # Unknown (nothing committed or read since the assignment): skipped, so a
             # partition whose messages all expired is not taken for a stuck one.
-            committed, read = consumer._committed_offset.get(tp), consumer._read_offset.get(tp)
+            committed, read = positions(consumer, tp)
             position = committed if committed is not None else None if read is None else read + 1
             if position is None:
                 continue
@@ -644,9 +659,7 @@ class StreamsApp:
         assignor = self.app.assignor
         if tp in assignor.assigned_actives():
             return True, None
-        # The cluster's assignment (TP -> worker URL), as Faust's own router reads it.
-        url = getattr(assignor, "_tps_url", {}).get(tp)
-        return False, str(url) if url else None
+        return False, owner_url(assignor, tp)
 
     def _pages(self) -> None:
         streams = self
@@ -795,6 +808,55 @@ def json_dumps(value: Any) -> bytes:
 
 def json_loads(raw: bytes) -> Any:
     return orjson.loads(raw)
+
+
+def raws_of_events(events: Sequence[EventT]) -> list[Raw]:
+    """A stream's events of one partition as the engine's `Raw` records."""
+    # Hot: positional arguments, each attribute read once. The headers are passed as the
+    # consumer gave them (an empty tuple when none, no copy): measured cheaper than testing
+    # for them here, and the engine reads only non-empty ones.
+    raws: list[Raw] = []
+    append = raws.append
+    for e in events:
+        m, value = e.message, e.value
+        append(
+            Raw(
+                value if type(value) is bytes else m.value,
+                m.partition,
+                m.offset,
+                int(m.timestamp * 1000),
+                m.key,
+                m.topic,
+                m.headers,
+            )
+        )
+    return raws
+
+
+def raws_of_records(records: Sequence[Any]) -> list[Raw]:
+    """One fetched run of aiokafka records (timestamps in ms) as the engine's `Raw`s."""
+    return [
+        Raw(r.value, r.partition, r.offset, r.timestamp, r.key, r.topic, r.headers) for r in records
+    ]
+
+
+def fold_messages_of_records(records: Sequence[Any]) -> list[tuple[str, Any]]:
+    """A re-keyed topic's records as (key, delta): values as Faust's json codec reads them
+    (skipped, as the fold agent skips them, when not a JSON object)."""
+    messages = []
+    for r in records:
+        try:
+            value = json_loads(r.value)
+        except (TypeError, ValueError):  # orjson refuses integers past 64 bits
+            try:
+                value = json.loads(r.value)
+            except (TypeError, ValueError):
+                log.warning("skipping a re-keyed record that is not JSON at %s[%d]@%d",
+                            r.topic, r.partition, r.offset)  # fmt: skip
+                continue
+        if isinstance(value, Mapping):
+            messages.append((_text(r.key), value))
+    return messages
 
 
 def _by_partition(events: Sequence[EventT]) -> list[list[EventT]]:
