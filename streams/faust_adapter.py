@@ -140,14 +140,17 @@ class BatchConsumer(faust_aiokafka.Consumer):
     async def _note_gaps(self, tp: TP, read: int | None, run: Sequence[Any]) -> None:
         """Offsets the log does not hold (compacted away, transaction markers) are gaps
         Faust's commit steps over, as its own loop records them (`Consumer._add_gap`)."""
+        # `_add_gap` takes both ends inclusive; Faust's loop passes the next message's offset
+        # as the end, which makes it both a gap and acked (a duplicate that stops the commit
+        # at it until the next one): here the gap ends just before it.
         first, last = run[0].offset, run[-1].offset
-        if read and first - read > 1:
-            await self._add_gap(tp, read + 1, first)
+        if read is not None and first - read > 1:
+            await self._add_gap(tp, read + 1, first - 1)
         if last - first + 1 != len(run):
             previous = first
             for record in run:
                 if record.offset - previous > 1:
-                    await self._add_gap(tp, previous + 1, record.offset)
+                    await self._add_gap(tp, previous + 1, record.offset - 1)
                 previous = record.offset
 
     def _ack_run(self, tp: TP, offsets: list[int]) -> None:
