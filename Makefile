@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test lint bench clean
+.PHONY: up test lint bench clean k8s
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# The Kubernetes manifests of an overlay (dev or prod), rendered by kustomize (fetched through
+# the Go module proxy on first use):  make k8s OVERLAY=prod | kubectl apply -f -
+OVERLAY ?= dev
+k8s: $(STAMP)
+	@$(BIN)/python -m tests.deploy.tools $(OVERLAY)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -488,7 +488,8 @@ class PgSink:
             default=1,
         )
         with naming_brokers(self.settings):
-            ensure_topics(admin, [TopicSpec(self.settings.pgsink_dlq_topic, partitions)])
+            dlq = TopicSpec(self.settings.pgsink_dlq_topic, partitions)
+            ensure_topics(admin, [dlq], settings=self.settings)
 
     def close(self) -> None:
         if self._consumer is not None:

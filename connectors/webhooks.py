@@ -662,7 +662,8 @@ class WebhookSink:
             (len(metadata.topics[t].partitions) for t in self.topics if t in metadata.topics),
             default=1,
         )
-        ensure_topics(admin, [TopicSpec(t.dead_letter_topic, partitions) for t in self.targets])
+        dlqs = [TopicSpec(t.dead_letter_topic, partitions) for t in self.targets]
+        ensure_topics(admin, dlqs, settings=settings)
         if self.serde is None:
             self.serde = AvroSerde(RegistryClient(settings.schema_registry_url), load_catalog())
         self._producer = make_producer(settings, **{"linger.ms": 0})

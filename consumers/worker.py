@@ -626,7 +626,7 @@ class Worker:
                 # (those of `events`), whichever of the two creates it first.
                 partitions = self.settings.streams_source_partitions
                 specs.append(TopicSpec(handler.topics.source, partitions))
-        ensure_topics(admin or make_admin(self.settings), specs)
+        ensure_topics(admin or make_admin(self.settings), specs, settings=self.settings)
 
     def run(self) -> None:
         """Run until `stop()` (or SIGTERM through the CLI); raise what stopped a runner."""

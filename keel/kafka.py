@@ -2,7 +2,9 @@
 
 Durability defaults (see DESIGN.md): producers use `acks=all` with idempotence;
 consumers read committed data only and never auto-commit, so offsets move after the
-side effect is done.
+side effect is done. Every topic a Keel component creates goes through `ensure_topics`,
+the one place that decides its replication: the operator's `KEEL_REPLICATION_FACTOR` and
+`KEEL_MIN_INSYNC_REPLICAS` when set, else the cluster's own defaults.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType, TopicMetadata
 
+from keel.durability import ClusterDurability
 from keel.errors import KafkaEdgeError
 from keel.settings import KeelSettings, get_settings
 
@@ -110,8 +113,23 @@ class TopicSpec:
 
     name: str
     partitions: int = 1
-    replication_factor: int = -1  # -1: the broker's default.replication.factor
+    # -1: Keel's choice, made by `for_cluster` (KEEL_REPLICATION_FACTOR, else the brokers'
+    # default.replication.factor). A component never names a number of its own.
+    replication_factor: int = -1
     config: dict[str, str] = field(default_factory=dict)
+
+    def for_cluster(self, settings: KeelSettings) -> TopicSpec:
+        """The topic as Keel creates it: what the spec leaves open, the operator's settings
+        fill in; what they leave open too stays for the brokers' defaults (replication -1 is
+        the brokers' default.replication.factor, KIP-464; a topic without min.insync.replicas
+        follows the brokers' value)."""
+        replication = self.replication_factor
+        if replication < 0 and settings.replication_factor is not None:
+            replication = settings.replication_factor
+        config = dict(self.config)
+        if settings.min_insync_replicas is not None:
+            config.setdefault("min.insync.replicas", str(settings.min_insync_replicas))
+        return TopicSpec(self.name, self.partitions, replication, config)
 
     def to_new_topic(self) -> NewTopic:
         return NewTopic(
@@ -123,13 +141,18 @@ class TopicSpec:
 
 
 def ensure_topics(
-    admin: AdminClient, specs: Iterable[TopicSpec], timeout: float = 30.0
+    admin: AdminClient,
+    specs: Iterable[TopicSpec],
+    timeout: float = 30.0,
+    settings: KeelSettings | None = None,
 ) -> list[str]:
-    """Create the topics that do not exist yet; return the names created.
+    """Create the topics that do not exist yet, replicated as `TopicSpec.for_cluster` says;
+    return the names created.
 
     An existing topic is left as it is (it may hold data); any other error is raised.
     """
-    specs = list(specs)
+    settings = settings or get_settings()
+    specs = [spec.for_cluster(settings) for spec in specs]
     if not specs:
         return []
     futures = admin.create_topics([s.to_new_topic() for s in specs], request_timeout=timeout)
@@ -145,8 +168,57 @@ def ensure_topics(
     return created
 
 
-def wait_for_topics(admin: AdminClient, names: Iterable[str], timeout: float = 30.0) -> None:
-    """Block until every named topic has a leader for each partition (metadata settled)."""
+def cluster_durability(admin: AdminClient, timeout: float = 15.0) -> ClusterDurability:
+    """What the brokers give a new topic, read from the brokers themselves (DescribeConfigs of
+    each broker: every one must answer, and the most cautious answer wins)."""
+    with kafka_call("describing the cluster", timeout):
+        nodes = admin.describe_cluster(request_timeout=timeout).result(timeout=timeout).nodes
+    configs = []
+    for node in nodes:  # librdkafka takes one broker per DescribeConfigs call
+        resource = ConfigResource(ResourceType.BROKER, str(node.id))
+        with kafka_call(f"reading the configs of broker {node.id}", timeout):
+            [future] = admin.describe_configs([resource], request_timeout=timeout).values()
+            entries = future.result(timeout=timeout)
+        configs.append({key: entry.value for key, entry in entries.items()})
+    if not configs:
+        raise KafkaEdgeError("describing the cluster: the brokers list no broker")
+
+    def number(key: str) -> int:
+        return min(int(c.get(key) or 1) for c in configs)
+
+    def any_true(key: str) -> bool:
+        return any(str(c.get(key)).lower() == "true" for c in configs)
+
+    return ClusterDurability(
+        brokers=len(nodes),
+        default_replication=number("default.replication.factor"),
+        min_insync_replicas=number("min.insync.replicas"),
+        unclean_leader_election=any_true("unclean.leader.election.enable"),
+        auto_create_topics=any_true("auto.create.topics.enable"),
+    )
+
+
+def topic_replication(admin: AdminClient, settings: KeelSettings, timeout: float = 15.0) -> int:
+    """The replication factor a topic Keel creates gets, as a number: for a client that cannot
+    leave it to the brokers (Faust's settings take no -1)."""
+    if settings.replication_factor is not None:
+        return settings.replication_factor
+    try:
+        return cluster_durability(admin, timeout).default_replication
+    except KafkaEdgeError as exc:  # e.g. a managed cluster that denies DescribeConfigs
+        raise KafkaEdgeError(
+            f"{exc} (the cluster's default.replication.factor is needed; "
+            "or set KEEL_REPLICATION_FACTOR)",
+            code=exc.code,
+            retriable=exc.retriable,
+        ) from None
+
+
+def wait_for_topics(
+    admin: AdminClient, names: Iterable[str], timeout: float = 30.0
+) -> dict[str, TopicMetadata]:
+    """Block until every named topic has a leader for each partition (metadata settled);
+    return their metadata as seen then (asking again may reach a broker that lags behind)."""
     wanted = set(names)
     deadline = time.monotonic() + timeout
     while True:
@@ -160,7 +232,7 @@ def wait_for_topics(admin: AdminClient, names: Iterable[str], timeout: float = 3
             and all(p.leader >= 0 for p in topic.partitions.values())
         }
         if wanted <= ready:
-            return
+            return {name: metadata.topics[name] for name in wanted}
         if time.monotonic() > deadline:
             raise KafkaEdgeError(f"topics not ready after {timeout}s: {sorted(wanted - ready)}")
         time.sleep(0.1)

@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path.home() / ".keel"
@@ -29,6 +29,22 @@ class KeelSettings(BaseSettings):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     client_id: str = "keel"
+    # Durability of every topic Keel creates (keel.kafka.ensure_topics, the one place):
+    # unset, the cluster's own defaults apply, which on a real cluster are its operator's.
+    replication_factor: int | None = Field(
+        None,
+        ge=1,
+        # The old name (stream workers only, once defaulting to 1) still counts.
+        validation_alias=AliasChoices(
+            "replication_factor", "KEEL_REPLICATION_FACTOR", "KEEL_STREAMS_REPLICATION_FACTOR"
+        ),
+        description="Replicas of each topic Keel creates; unset: default.replication.factor.",
+    )
+    min_insync_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="min.insync.replicas of each topic Keel creates; unset: the brokers'.",
+    )
 
     # Schema registry (Keel's own by default; any Confluent-compatible one works)
     schema_registry_url: str = "http://127.0.0.1:8081"
@@ -91,7 +107,6 @@ class KeelSettings(BaseSettings):
     streams_source_partitions: int = Field(
         6, ge=1, description="Partitions when the worker creates it."
     )
-    streams_replication_factor: int = Field(1, ge=1, description="Replication of internal topics.")
     streams_data_dir: Path | None = Field(
         None, description="RocksDB tables; default KEEL_HOME/streams."
     )
@@ -295,6 +310,17 @@ class KeelSettings(BaseSettings):
     )
     archive_progress_interval_s: float = Field(
         30.0, gt=0, description="How often `keel archive run` logs its progress."
+    )
+
+    # Monitoring: the lag exporter (`keel lag --serve`) and the local stack's Prometheus
+    lag_exporter_port: int = Field(
+        9308, ge=1, description="Port the lag exporter serves /metrics, /healthz, /readyz on."
+    )
+    lag_exporter_interval_s: float = Field(
+        15.0, gt=0, description="How often the lag exporter reads every group's lag."
+    )
+    prometheus_port: int = Field(
+        9090, ge=0, description="Port of the local stack's Prometheus (0: none)."
     )
 
     log_level: str = "INFO"

@@ -4,7 +4,9 @@ Responsible for:
 - reading and validating `topics.toml` (pydantic; every problem names the topic and field);
 - observing the cluster (partitions, replication factor, effective configs of each topic);
 - the plan, computed by a pure function of the two: topics to create, partitions to add,
-  configs to set (only keys the file declares), what Kafka cannot do (refusals), and the
+  configs to set (only keys the file declares), what Kafka cannot do (refusals), replication
+  to raise (by reassignment: said how, not done), the durability of each managed topic (its
+  replication and min.insync.replicas beside the file's, judged by keel.durability), and the
   topics the file does not mention (unmanaged: listed, never touched);
 - applying a plan: refused as a whole when anything in it is refused, checked by the brokers
   (`validate_only`) before the first change, and done when the cluster shows it.
@@ -18,7 +20,7 @@ import re
 import time
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,9 @@ from confluent_kafka.admin import (
 )
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
+from keel.durability import ClusterDurability, durability_problems, fix
 from keel.errors import KafkaEdgeError, KeelError
-from keel.kafka import TopicSpec, wait_for_topics
+from keel.kafka import TopicSpec, cluster_durability, wait_for_topics
 
 DEFAULT_FILE = Path("topics.toml")
 # Kafka's rule for topic names (org.apache.kafka.common.internals.Topic).
@@ -213,6 +216,7 @@ class ClusterState:
 
     names: frozenset[str]
     topics: dict[str, ObservedTopic]
+    durability: ClusterDurability | None = None  # None: not read (no durability report)
 
 
 def observe(admin: AdminClient, declared: Iterable[str], timeout: float = 30.0) -> ClusterState:
@@ -232,7 +236,7 @@ def observe(admin: AdminClient, declared: Iterable[str], timeout: float = 30.0) 
             raise KafkaEdgeError(f"topic {name} is not usable: {meta.error}")
         rf = max(len(p.replicas) for p in meta.partitions.values())
         topics[name] = ObservedTopic(name, len(meta.partitions), rf, configs[name])
-    return ClusterState(frozenset(metadata.topics), topics)
+    return ClusterState(frozenset(metadata.topics), topics, cluster_durability(admin, timeout))
 
 
 def _describe_configs(
@@ -272,6 +276,71 @@ class ConfigChange:
 
 
 @dataclass(frozen=True)
+class ReplicationChange:
+    """Another replication factor than the topic has: Kafka changes it by reassigning
+    partitions, which apply does not do; the plan says how."""
+
+    topic: str
+    old: int
+    new: int
+
+    @property
+    def how(self) -> str:
+        verb = "raise" if self.new > self.old else "lower"
+        return (
+            f"{verb} it by reassigning the partitions (kafka-reassign-partitions.sh --generate, "
+            f"give each partition {self.new} replicas, --execute); apply does not"
+        )
+
+
+@dataclass(frozen=True)
+class TopicDurability:
+    """A managed topic's replication and min.insync.replicas beside the file's (the effective
+    values once the plan's config changes are made), and what they fail to promise."""
+
+    topic: str
+    replication: int
+    declared_replication: int  # -1: left to the cluster
+    min_insync: int | None
+    declared_min_insync: int | None  # None: left to the cluster
+    problems: tuple[str, ...] = ()
+    fix: str = ""
+
+    def line(self, cluster: ClusterDurability) -> str:
+        file_rf = (
+            f"default {cluster.default_replication}"
+            if self.declared_replication < 0
+            else str(self.declared_replication)
+        )
+        file_isr = (
+            f"default {cluster.min_insync_replicas}"
+            if self.declared_min_insync is None
+            else str(self.declared_min_insync)
+        )
+        isr = "?" if self.min_insync is None else str(self.min_insync)
+        head = (
+            f"{'!' if self.problems else ' '} {self.topic}  replication {self.replication} "
+            f"(file: {file_rf})  min.insync.replicas {isr} (file: {file_isr})"
+        )
+        if not self.problems:
+            return head
+        return f"{head}: {'; '.join(self.problems)}" + (f"; fix: {self.fix}" if self.fix else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "replication_factor": self.replication,
+            "declared_replication_factor": (
+                None if self.declared_replication < 0 else self.declared_replication
+            ),
+            "min_insync_replicas": self.min_insync,
+            "declared_min_insync_replicas": self.declared_min_insync,
+            "problems": list(self.problems),
+            "fix": self.fix or None,
+        }
+
+
+@dataclass(frozen=True)
 class Refusal:
     """A difference Kafka cannot reconcile, or a change the brokers rejected; while any is in
     a plan, apply changes nothing."""
@@ -288,25 +357,27 @@ class Plan:
     configs: tuple[ConfigChange, ...] = ()
     refusals: tuple[Refusal, ...] = ()
     unmanaged: tuple[str, ...] = ()
+    replication: tuple[ReplicationChange, ...] = ()
+    durability: tuple[TopicDurability, ...] = ()
+    cluster: ClusterDurability | None = None
 
     @property
     def changes(self) -> int:
         return len(self.creates) + len(self.partitions) + len(self.configs)
 
     @property
+    def at_risk(self) -> tuple[TopicDurability, ...]:
+        """Managed topics whose durability fails a promise (shown with `!`)."""
+        return tuple(d for d in self.durability if d.problems)
+
+    @property
     def pending(self) -> bool:
-        """Whether the cluster differs from the file (refusals included: they are drift too)."""
-        return bool(self.changes or self.refusals)
+        """Whether the cluster differs from the file or a managed topic is at risk (refusals,
+        replication to reassign and durability problems included: they are drift too)."""
+        return bool(self.changes or self.refusals or self.replication or self.at_risk)
 
     def with_refusals(self, refusals: Iterable[Refusal]) -> Plan:
-        return Plan(
-            self.declared,
-            self.creates,
-            self.partitions,
-            self.configs,
-            (*self.refusals, *refusals),
-            self.unmanaged,
-        )
+        return replace(self, refusals=(*self.refusals, *refusals))
 
     def to_dict(self) -> dict[str, Any]:
         changes: list[dict[str, Any]] = [
@@ -331,15 +402,24 @@ class Plan:
             "pending": self.pending,
             "changes": changes,
             "refused": [{"topic": r.topic, "reason": r.reason} for r in self.refusals],
+            "replication": [
+                {"topic": r.topic, "from": r.old, "to": r.new, "how": r.how}
+                for r in self.replication
+            ],
+            "durability": [d.to_dict() for d in self.durability],
             "unmanaged": list(self.unmanaged),
         }
 
     def lines(self) -> list[str]:
-        """The plan for people: one line per change, Terraform's signs (+ create, ~ change,
-        ! refused)."""
-        out = []
+        """The plan for people: each managed topic's durability (`!` when at risk), then one
+        line per change, Terraform's signs (+ create, ~ change, ! refused or not apply's to
+        make)."""
+        cluster = self.cluster
+        out = [d.line(cluster) for d in self.durability] if cluster is not None else []
         for s in self.creates:
-            rf = "default" if s.replication_factor < 0 else str(s.replication_factor)
+            rf = str(s.replication_factor)
+            if s.replication_factor < 0:
+                rf = "default" if cluster is None else f"default {cluster.default_replication}"
             configs = "".join(f"  {k}={v}" for k, v in sorted(s.config.items()))
             out.append(f"+ {s.name}  create: partitions {s.partitions}  replication {rf}{configs}")
         out += [
@@ -351,6 +431,7 @@ class Plan:
             f"~ {c.topic}  {c.key}: {'(none)' if c.old is None else c.old} -> {c.new}"
             for c in self.configs
         ]
+        out += [f"! {r.topic}  replication {r.old} -> {r.new}: {r.how}" for r in self.replication]
         out += [f"! {r.topic}  cannot: {r.reason}" for r in self.refusals]
         return out
 
@@ -360,6 +441,10 @@ class Plan:
             f"{len(self.partitions)} to add partitions",
             f"{len(self.configs)} config(s) to set",
         ]
+        if self.replication:
+            parts.append(f"{len(self.replication)} replication change(s) to reassign")
+        if self.at_risk:
+            parts.append(f"{len(self.at_risk)} topic(s) at risk (!)")
         if self.refusals:
             parts.append(f"{len(self.refusals)} refused (apply changes nothing until fixed)")
         parts.append(f"{len(self.unmanaged)} unmanaged")
@@ -379,6 +464,8 @@ def compute_plan(declared: Sequence[TopicSpec], cluster: ClusterState) -> Plan:
     partitions: list[PartitionChange] = []
     configs: list[ConfigChange] = []
     refusals: list[Refusal] = []
+    replication: list[ReplicationChange] = []
+    durability: list[TopicDurability] = []
     for spec in declared:
         seen = cluster.topics.get(spec.name)
         if seen is None:
@@ -396,18 +483,15 @@ def compute_plan(declared: Sequence[TopicSpec], cluster: ClusterState) -> Plan:
                 )
             )
         if spec.replication_factor > 0 and spec.replication_factor != seen.replication_factor:
-            refusals.append(
-                Refusal(
-                    spec.name,
-                    f"replication_factor {seen.replication_factor} -> "
-                    f"{spec.replication_factor}: an existing topic's replication changes by "
-                    "reassigning its partitions (kafka-reassign-partitions), not here",
-                )
+            replication.append(
+                ReplicationChange(spec.name, seen.replication_factor, spec.replication_factor)
             )
         for key, value in sorted(spec.config.items()):
             old = seen.config.get(key)
             if old != value:
                 configs.append(ConfigChange(spec.name, key, old, value))
+        if cluster.durability is not None:
+            durability.append(_durability(spec, seen, cluster.durability))
     names = {s.name for s in declared}
     unmanaged = sorted(n for n in cluster.names if n not in names and not is_kafka_internal(n))
     return Plan(
@@ -417,7 +501,37 @@ def compute_plan(declared: Sequence[TopicSpec], cluster: ClusterState) -> Plan:
         tuple(configs),
         tuple(refusals),
         tuple(unmanaged),
+        tuple(replication),
+        tuple(durability),
+        cluster.durability,
     )
+
+
+def _durability(
+    spec: TopicSpec, seen: ObservedTopic, cluster: ClusterDurability
+) -> TopicDurability:
+    """The topic's durability as it will be once apply has set the file's configs."""
+    declared_isr = _int(spec.config.get("min.insync.replicas"))
+    min_insync = (
+        declared_isr if declared_isr is not None else _int(seen.config.get("min.insync.replicas"))
+    )
+    problems = durability_problems(seen.replication_factor, min_insync, cluster)
+    return TopicDurability(
+        spec.name,
+        seen.replication_factor,
+        spec.replication_factor,
+        min_insync,
+        declared_isr,
+        tuple(problems),
+        fix(spec.name, seen.replication_factor, min_insync, cluster) if problems else "",
+    )
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None
 
 
 # -- talking to the brokers ------------------------------------------------------------

@@ -56,7 +56,7 @@ def check(
         if client is None:
             typer.echo(f"{'ok':<12} {name}")
             continue
-        status, ok, messages = _compare(client, et.subject, et.schema)
+        status, ok, messages = compare_with_registry(client, et.subject, et.schema)
         typer.echo(f"{status:<12} {name} ({et.subject})")
         for message in messages:
             typer.echo(f"{'':<12} {message}", err=True)
@@ -66,7 +66,7 @@ def check(
         raise typer.Exit(1)
 
 
-def _compare(
+def compare_with_registry(
     client: RegistryClient, subject: str, schema: dict[str, Any]
 ) -> tuple[str, bool, list[str]]:
     """(status, ok, messages): `registered` as is, `new` subject, else `compatible` or

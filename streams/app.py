@@ -270,14 +270,17 @@ class StreamsApp:
         return f"{self.settings.streams_app_id}-{table}-changelog"
 
     def internal_topics(self) -> list[TopicSpec]:
-        """Every topic this app writes to, for creation up front (auto-create is off)."""
-        rf, n = self.settings.streams_replication_factor, self.partitions
+        """Every topic this app writes to, for creation up front (auto-create is off), Faust's
+        own leader topic too: Keel creates them all, so their replication is Keel's choice
+        (keel.kafka.ensure_topics), never Faust's fallback of 1."""
+        n = self.partitions
         specs = [
-            TopicSpec(self.changelog_topic_name(name), n, rf, _changelog_config(table))
+            TopicSpec(self.changelog_topic_name(name), n, config=_changelog_config(table))
             for name, table in self.tables.items()
         ]
-        specs += [TopicSpec(t.get_topic_name(), n, rf) for t in self.rekey_topics.values()]
-        specs.append(TopicSpec(self.settings.streams_dlq_topic, n, rf))
+        specs += [TopicSpec(t.get_topic_name(), n) for t in self.rekey_topics.values()]
+        specs.append(TopicSpec(self.settings.streams_dlq_topic, n))
+        specs.append(TopicSpec(f"{self.settings.streams_app_id}-__assignor-__leader", 1))
         return specs
 
     # -- agents ----------------------------------------------------------------------
@@ -755,7 +758,13 @@ def faust_settings(settings: KeelSettings, partitions: int, datadir: Path) -> di
         "store": "rocksdb://",
         "datadir": str(datadir),
         "topic_partitions": partitions,
-        "topic_replication_factor": settings.streams_replication_factor,
+        # For a topic Faust would create itself (Keel creates them all first: internal_topics).
+        # Faust takes no -1, so streams.cli resolves the cluster's default into the settings.
+        **(
+            {"topic_replication_factor": settings.replication_factor}
+            if settings.replication_factor is not None
+            else {}
+        ),
         "table_standby_replicas": settings.streams_standby_replicas,
         "consumer_auto_offset_reset": "earliest",
         "processing_guarantee": "at_least_once",

@@ -10,7 +10,7 @@ import typer
 
 from keel.command_group import command_group
 from keel.errors import KeelError
-from keel.kafka import TopicSpec, ensure_topics, make_admin, wait_for_topics
+from keel.kafka import TopicSpec, ensure_topics, make_admin, topic_replication, wait_for_topics
 from keel.logging import configure_logging
 from keel.settings import KeelSettings, get_settings
 from streams.errors import StreamsError
@@ -29,15 +29,10 @@ def source_partitions(settings: KeelSettings) -> int:
     topics = admin.list_topics(timeout=15).topics
     if name not in topics:
         ensure_topics(
-            admin,
-            [
-                TopicSpec(
-                    name, settings.streams_source_partitions, settings.streams_replication_factor
-                )
-            ],
+            admin, [TopicSpec(name, settings.streams_source_partitions)], settings=settings
         )
-        wait_for_topics(admin, [name])
-        topics = admin.list_topics(name, timeout=15).topics
+        # The metadata that shows it: another broker asked now may not know it yet.
+        topics = wait_for_topics(admin, [name])
     meta = topics[name]
     if meta.error is not None or not meta.partitions:
         raise StreamsError(f"source topic {name!r} is not usable: {meta.error}")
@@ -51,6 +46,11 @@ def build(settings: KeelSettings) -> object:
     from streams.discovery import discover
 
     partitions = source_partitions(settings)
+    # Faust's settings take a number, not the brokers' default: read it once.
+    admin = make_admin(settings)
+    settings = settings.model_copy(
+        update={"replication_factor": topic_replication(admin, settings)}
+    )
     codec = AvroCodec.from_settings(settings)
     processors = discover(only=[p.strip() for p in settings.streams_processors.split(",")])
     app = StreamsApp(settings, processors, codec, partitions=partitions)
@@ -58,15 +58,10 @@ def build(settings: KeelSettings) -> object:
     specs = app.internal_topics()
     job_types = [t for t in codec.catalog.types() if t.startswith("job.")]
     specs += [
-        TopicSpec(
-            codec.job_topic(t, settings.streams_jobs_topic_prefix),
-            partitions,
-            settings.streams_replication_factor,
-        )
+        TopicSpec(codec.job_topic(t, settings.streams_jobs_topic_prefix), partitions)
         for t in job_types
     ]
-    admin = make_admin(settings)
-    ensure_topics(admin, specs)
+    ensure_topics(admin, specs, settings=settings)
     wait_for_topics(admin, [s.name for s in specs])
     return app
 

@@ -21,10 +21,12 @@ from keel.kafka import TopicSpec, delete_topics, ensure_topics, wait_for_topics
 from keel.local.broker import LocalKafka
 from keel.local.ports import free_base_port
 from keel.local.ports import free_port as _free_port
-from keel.settings import get_settings
+from keel.settings import KeelSettings, get_settings
 from tests.harness import start_registry
 
-KAFKA_IMAGE = "apache/kafka:4.1.0"
+# One Kafka version everywhere: the local stack's (KEEL_KAFKA_VERSION's default), also in
+# docker-compose.yml (tests/keel/test_compose.py holds them equal).
+KAFKA_IMAGE = f"apache/kafka:{KeelSettings.model_fields['kafka_version'].default}"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from keel.cli.broker import broker_app
 from keel.cli.dlq import dlq_app
+from keel.cli.doctor import doctor
 from keel.cli.lag import lag
 from keel.cli.stack import register_stack_commands
 from keel.cli.topics import topics_app
@@ -20,6 +21,7 @@ from keel.errors import KeelError
 app = command_group("keel", "Keel: an event-driven streaming backbone on Apache Kafka.")
 app.add_typer(broker_app, name="broker")
 app.add_typer(dlq_app, name="dlq")
+app.command(name="doctor")(doctor)
 app.command(name="lag")(lag)
 app.add_typer(topics_app, name="topics")
 register_stack_commands(app)

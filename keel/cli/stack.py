@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import threading
+from importlib.metadata import entry_points
+from pathlib import Path
 from types import FrameType
 
 import typer
@@ -53,30 +55,51 @@ def up(
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     _progress("stack running; press Ctrl-C to stop it")
-    demo_process = _start_demo(demo) if demo > 0 else None
+    demo_run = _start_demo(demo, get_settings().home / "logs") if demo > 0 else None
     reported: set[str] = set()
     while not stop_event.wait(5.0):
+        if demo_run is not None and (failure := demo_failure(*demo_run)):
+            _progress(failure)
+            demo_run = None
         for st in statuses(services):
             if not st.running and st.name not in reported:
                 _progress(
                     f"warning: {st.name} stopped unexpectedly; see its log under {get_settings().home / 'logs'}"
                 )
                 reported.add(st.name)
-    if demo_process is not None:
-        demo_process.terminate()
-        demo_process.wait(10)
+    if demo_run is not None:
+        demo_run[0].terminate()
+        demo_run[0].wait(10)
     _progress("stopping ...")
     stop_all(started, _progress)
 
 
-def _start_demo(rate: float) -> subprocess.Popen[bytes] | None:
-    """`keel demo` as a child process: the core runs a component's command, never imports it."""
-    argv = [sys.executable, "-m", "keel.cli", "demo", "--rate", str(rate)]
-    if subprocess.run([*argv[:4], "--help"], capture_output=True, check=False).returncode != 0:
-        _progress("warning: no `keel demo` command is installed; running without demo traffic")
+def _start_demo(rate: float, logs: Path) -> tuple[subprocess.Popen[bytes], Path] | None:
+    """`keel demo` as a child process, its output in `logs`/demo.log: the core runs a
+    component's command, never imports it. Whether it is installed is read from the entry
+    points (no probe process: one that imports every component can fail for reasons of its
+    own, and its error was thrown away)."""
+    if not any(e.name == "demo" for e in entry_points(group="keel.commands")):
+        _progress(
+            "warning: no `keel demo` command is installed (entry point keel.commands demo); "
+            "running without demo traffic"
+        )
         return None
-    _progress(f"sending demo traffic at {rate:g} events/s (keel demo)")
-    return subprocess.Popen(argv)
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / "demo.log"
+    _progress(f"sending demo traffic at {rate:g} events/s (keel demo; log: {log})")
+    with log.open("ab") as out:
+        argv = [sys.executable, "-m", "keel.cli", "demo", "--rate", str(rate)]
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT), log
+
+
+def demo_failure(process: subprocess.Popen[bytes], log: Path) -> str | None:
+    """A warning with the demo's own last lines once it has exited with an error."""
+    code = process.poll()
+    if code is None or code == 0:
+        return None
+    tail = log.read_text(errors="replace").splitlines()[-8:] if log.exists() else []
+    return "\n".join([f"warning: keel demo exited with status {code}; last lines of {log}:", *tail])
 
 
 def down() -> None:

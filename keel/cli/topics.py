@@ -37,8 +37,10 @@ def _admin(settings: KeelSettings) -> AdminClient:
 
 
 def _plan(file: Path, timeout: float) -> Plan:
-    declared = load_topics(file).specs()  # a bad file fails before any connection
     settings = get_settings()
+    # A bad file fails before any connection; what it leaves open, Keel's settings fill in as
+    # for every topic a component creates (KEEL_REPLICATION_FACTOR, KEEL_MIN_INSYNC_REPLICAS).
+    declared = [spec.for_cluster(settings) for spec in load_topics(file).specs()]
     with naming_brokers(settings):
         return plan(_admin(settings), declared, timeout)
 
@@ -63,12 +65,15 @@ def plan_command(
     ] = False,
     timeout: Timeout = 30.0,
 ) -> None:
-    """Show what apply would change: topics to create (+), partitions to add and configs to
-    set (~, only keys the file declares, old -> new), and what Kafka cannot do (!: fewer
-    partitions, another replication factor, a value the brokers reject). Topics the file does
-    not name are counted as unmanaged (listed with --unmanaged) and never touched. Exit status 0
-    when the cluster matches the file, 3 when changes are pending (so CI can check for drift),
-    1 for a bad file or an unreachable broker, 2 for a usage error."""
+    """Show each managed topic's replication and min.insync.replicas beside the file's, marked
+    ! when at risk (below the cluster's default.replication.factor, a single replica on a
+    multi-broker cluster, min.insync.replicas not below the replication) with the fix; then
+    what apply would change: topics to create (+), partitions to add and configs to set (~,
+    only keys the file declares, old -> new), and what apply cannot do (!: fewer partitions, a
+    value the brokers reject; another replication factor, said how). Topics the file does not
+    name are counted as unmanaged (listed with --unmanaged) and never touched. Exit status 0
+    when the cluster matches the file and no topic is at risk, 3 otherwise (so CI can check
+    for drift), 1 for a bad file or an unreachable broker, 2 for a usage error."""
     planned = _plan(file, timeout)
     if as_json:
         typer.echo(json.dumps(planned.to_dict()))
@@ -110,5 +115,7 @@ def apply_command(
         f"applied: {len(planned.creates)} created, {len(planned.partitions)} with more "
         f"partitions, {len(planned.configs)} config(s) set"
     )
-    if left.pending:  # changed by someone else meanwhile: say so rather than claim a match
+    if (
+        left.changes or left.refusals
+    ):  # changed by someone else meanwhile: say so rather than claim a match
         typer.echo("the cluster changed meanwhile; run `keel topics plan` again", err=True)

@@ -103,7 +103,8 @@ class KafkaStore:
 
     def start(self, timeout: float = 60.0) -> None:
         admin = make_admin(self.settings)
-        ensure_topics(admin, [TopicSpec(self.topic, 1, -1, {"cleanup.policy": "compact"})])
+        spec = TopicSpec(self.topic, 1, config={"cleanup.policy": "compact"})
+        ensure_topics(admin, [spec], settings=self.settings)
         wait_for_topics(admin, [self.topic])
         self._producer = Producer(
             self.settings.kafka_config(

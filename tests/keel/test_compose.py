@@ -78,3 +78,15 @@ def test_the_webhook_sink_joins_the_stack_only_with_subscriptions(tmp_path: Path
     # In compose it waits for its profile: a plain `docker compose up` needs no file.
     doc = yaml.safe_load(COMPOSE.read_text())
     assert doc["services"]["webhook-sink"]["profiles"] == ["webhooks"]
+
+
+def test_compose_runs_the_kafka_version_the_local_stack_runs() -> None:
+    """One Kafka version everywhere: KEEL_KAFKA_VERSION's default names it (the local stack
+    fetches those jars; tests' testcontainers image follows it); the Kubernetes manifests run
+    no broker (Kafka is the user's)."""
+    from keel.settings import KeelSettings
+    from tests.conftest import KAFKA_IMAGE
+
+    version = KeelSettings.model_fields["kafka_version"].default
+    image = yaml.safe_load(COMPOSE.read_text())["services"]["kafka"]["image"]
+    assert image == KAFKA_IMAGE == f"apache/kafka:{version}"

@@ -3,23 +3,30 @@ local stack in its own folder and on its own ports."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from keel.local.ports import free_base_port
+from tests.deploy.monitoring import dashboard_exprs, named_metrics, rule_exprs, served_names
+from tests.polling import wait_for
+from tests.processes import http_get
 
 KEEL = str(Path(sys.executable).parent / "keel")
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
+@pytest.mark.timeout(900)  # the whole stack, Prometheus included, on a shared 2-core machine
 def test_up_status_down(tmp_path: Path) -> None:
     names = ["broker", "redis", "postgres", "registry", "streams", "jobs", "smtp", "ingest_lb",
-             "ingest_a", "ingest_b", "outbox", "pgsink", "archive"]  # fmt: skip
+             "ingest_a", "ingest_b", "outbox", "pgsink", "archive", "webhooks", "lag_exporter",
+             "prometheus"]  # fmt: skip
     base = free_base_port(len(names))  # free port pairs, 100 apart: one per listening service
     port = {name: base + 100 * i for i, name in enumerate(names)}
     env = {
@@ -42,11 +49,21 @@ def test_up_status_down(tmp_path: Path) -> None:
         "KEEL_OUTBOX_HTTP_PORT": str(port["outbox"]),
         "KEEL_PGSINK_HTTP_PORT": str(port["pgsink"]),
         "KEEL_ARCHIVE_HTTP_PORT": str(port["archive"]),
+        "KEEL_WEBHOOKS_HTTP_PORT": str(port["webhooks"]),
+        "KEEL_LAG_EXPORTER_PORT": str(port["lag_exporter"]),
+        "KEEL_PROMETHEUS_PORT": str(port["prometheus"]),
     }
+    # With a subscriber (nobody there; no event is sent), so the webhook sink runs and is
+    # scraped too.
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "webhooks.toml").write_text(
+        '[[subscriptions]]\nname = "nobody"\nurl = "http://127.0.0.1:9/hook"\n'
+        'secret = "stack-test-secret-0123456789"\n'
+    )
 
     def keel(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [KEEL, *args], env=env, capture_output=True, text=True, timeout=300, check=False
+            [KEEL, *args], env=env, capture_output=True, text=True, timeout=600, check=False
         )
 
     try:
@@ -59,6 +76,8 @@ def test_up_status_down(tmp_path: Path) -> None:
             "kafka", "redis", "postgres", "registry", "outbox-relay", "pgsink", "archive-sink"
         }  # fmt: skip
         assert all(" healthy " in ln for ln in lines), status.stdout
+        assert "prometheus" in status.stdout and "lag-exporter" in status.stdout
+        _prometheus_scrapes_every_keel_process(port["prometheus"])
         # A second `up` reuses what runs.
         again = keel("up", "--detach")
         assert again.returncode == 0 and "already running" in again.stderr
@@ -70,3 +89,34 @@ def test_up_status_down(tmp_path: Path) -> None:
     after = keel("status")
     assert after.returncode == 1
     assert all(" stopped " in ln for ln in after.stdout.splitlines())
+
+
+def _prometheus_scrapes_every_keel_process(prometheus_port: int) -> None:
+    """Prometheus has Keel's alert rules loaded and every Keel process up as a target; the
+    metrics the rules and dashboards name are all served by those processes."""
+    api = f"http://127.0.0.1:{prometheus_port}/api/v1"
+    rules = json.loads(http_get(f"{api}/rules")[1])["data"]["groups"]
+    alerts = {r["name"] for g in rules for r in g["rules"] if r["type"] == "alerting"}
+    assert {"KeelConsumerGroupLagging", "KeelDeadLettersGrowing", "KeelServiceDown"} <= alerts
+
+    def targets() -> list[dict[str, Any]]:
+        return json.loads(http_get(f"{api}/targets")[1])["data"]["activeTargets"]
+
+    def all_up() -> bool:
+        return all(t["health"] == "up" for t in targets())
+
+    wait_for(all_up, 60, "every target up", interval=1)
+    jobs = {t["labels"]["job"] for t in targets()}
+    assert {
+        "keel-lag-exporter", "keel-registry", "keel-ingest-1", "keel-ingest-2", "keel-streams-1",
+        "keel-jobs-worker", "keel-outbox-relay", "keel-pgsink", "keel-archive-sink",
+        "keel-webhook-sink",
+    } <= jobs, jobs  # fmt: skip
+
+    served: set[str] = set()
+    for target in targets():
+        served |= served_names(http_get(target["scrapeUrl"])[1])
+    named = named_metrics({**rule_exprs(), **dashboard_exprs()}, exact=True)
+    named.pop("up")  # Prometheus's own, per target
+    missing = {m: sorted(w) for m, w in named.items() if m not in served}
+    assert not missing, missing

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from consumers.job import JobTopics
+from keel.durability import ClusterDurability
 from keel.kafka import TopicSpec
 from keel.settings import KeelSettings
 from keel.topics import (
@@ -15,6 +16,7 @@ from keel.topics import (
     ConfigChange,
     ObservedTopic,
     PartitionChange,
+    ReplicationChange,
     TopicsFileError,
     compute_plan,
     load_topics,
@@ -183,9 +185,13 @@ def test_a_missing_file_is_one_line(tmp_path: Path) -> None:
 # -- the plan --------------------------------------------------------------------------
 
 
-def _cluster(*topics: ObservedTopic, others: tuple[str, ...] = ()) -> ClusterState:
+def _cluster(
+    *topics: ObservedTopic,
+    others: tuple[str, ...] = (),
+    durability: ClusterDurability | None = None,
+) -> ClusterState:
     return ClusterState(
-        frozenset([t.name for t in topics] + list(others)), {t.name: t for t in topics}
+        frozenset([t.name for t in topics] + list(others)), {t.name: t for t in topics}, durability
     )
 
 
@@ -225,12 +231,62 @@ def test_fewer_partitions_are_refused() -> None:
     assert plan.pending
 
 
-def test_another_replication_factor_is_refused_and_an_undeclared_one_is_not_checked() -> None:
+def test_another_replication_factor_is_said_how_and_an_undeclared_one_is_not_compared() -> None:
     observed = _cluster(ObservedTopic("a", 3, 1), ObservedTopic("b", 3, 1))
     plan = compute_plan([TopicSpec("a", 3, 3), TopicSpec("b", 3, -1)], observed)
-    [refusal] = plan.refusals
-    assert refusal.topic == "a"
-    assert refusal.reason.startswith("replication_factor 1 -> 3:")
+    # Kafka changes it by reassignment, which apply does not do: pending, said how, and not a
+    # refusal (the other changes of the plan still apply).
+    assert plan.replication == (ReplicationChange("a", 1, 3),)
+    assert not plan.refusals and plan.pending
+    assert plan.lines() == [
+        "! a  replication 1 -> 3: raise it by reassigning the partitions "
+        "(kafka-reassign-partitions.sh --generate, give each partition 3 replicas, --execute); "
+        "apply does not"
+    ]
+
+
+THREE = ClusterDurability(3, 3, 2, unclean_leader_election=False, auto_create_topics=False)
+
+
+def test_each_managed_topic_shows_replication_and_min_isr_beside_the_files() -> None:
+    observed = _cluster(
+        ObservedTopic("good", 3, 3, {"min.insync.replicas": "2"}),
+        ObservedTopic("single", 3, 1, {"min.insync.replicas": "2"}),
+        ObservedTopic("isr", 1, 3, {"min.insync.replicas": "2"}),
+        durability=THREE,
+    )
+    declared = [
+        TopicSpec("good", 3),
+        TopicSpec("single", 3),
+        TopicSpec("isr", 1, 3, {"min.insync.replicas": "3"}),
+    ]
+    plan = compute_plan(declared, observed)
+    lines = plan.lines()
+    assert lines[0] == (
+        "  good  replication 3 (file: default 3)  min.insync.replicas 2 (file: default 2)"
+    )
+    assert lines[1].startswith(
+        "! single  replication 1 (file: default 3)  min.insync.replicas 2 (file: default 2): "
+        "a single replica on a 3-broker cluster"
+    )
+    assert "fix: raise single's replication to 3 by reassigning its partitions" in lines[1]
+    # judged as apply leaves it: the file's min.insync.replicas 3 is what the topic will have
+    assert lines[2].startswith(
+        "! isr  replication 3 (file: 3)  min.insync.replicas 3 (file: 3): "
+        "min.insync.replicas 3 is not below replication 3"
+    )
+    assert 'fix: declare "min.insync.replicas" = 2 for isr' in lines[2]
+    assert [d.topic for d in plan.at_risk] == ["single", "isr"]
+    assert plan.pending and "2 topic(s) at risk (!)" in plan.summary()
+    [_, single, _] = plan.to_dict()["durability"]
+    assert single["replication_factor"] == 1 and single["declared_replication_factor"] is None
+    assert single["problems"][0].startswith("a single replica")
+
+
+def test_a_durable_matching_cluster_is_not_pending() -> None:
+    observed = _cluster(ObservedTopic("a", 3, 3, {"min.insync.replicas": "2"}), durability=THREE)
+    plan = compute_plan([TopicSpec("a", 3)], observed)
+    assert not plan.pending and not plan.at_risk
 
 
 def test_only_declared_config_keys_change_old_to_new() -> None:

@@ -40,7 +40,12 @@ def test_internal_topics_are_declared_up_front(app: StreamsApp) -> None:
     } <= set(specs)
     assert specs["unit-user_activity-changelog"].config["cleanup.policy"] == "compact"
     assert specs["unit-dedup-changelog"].config["cleanup.policy"] == "compact,delete"
+    # Faust's leader topic too (one partition, as Faust makes it), so Faust creates nothing
+    leader = specs.pop("unit-__assignor-__leader")
+    assert leader.partitions == 1
     assert all(s.partitions == 3 for s in specs.values())
+    # replication is left to keel.kafka.ensure_topics (the operator's or the cluster's)
+    assert all(s.replication_factor == -1 for s in [leader, *specs.values()])
 
 
 def test_not_ready_while_starting_rebalancing_or_recovering(app: StreamsApp) -> None:
