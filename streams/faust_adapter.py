@@ -108,6 +108,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
             self.diag.unset_flag(CONSUMER_FETCHING)
 
     async def _deliver_run(self, tp: TP, run: Sequence[Any], handler: RunHandler) -> None:
+        rebalances = self.app.rebalancing_count
         read = self._read_offset[tp]
         if read is not None and run and run[0].offset <= read:
             run = [r for r in run if r.offset > read]  # already handed over (Faust drops them)
@@ -124,6 +125,15 @@ class BatchConsumer(faust_aiokafka.Consumer):
         self._unacked_messages.add(cast(Any, in_flight))
         try:
             await handler(tp, run)
+            if self.app.rebalancing_count != rebalances:
+                # A rebalance began since the run was taken (a run awaits the commit, its
+                # outputs and sinks): Faust has dropped the partition's bookkeeping (`_acked`,
+                # `_read_offset`) and seeks it back to its committed offset. Acking the run
+                # or noting it as read now would put stale offsets back, and the records
+                # between the commit and this run would be dropped as already read and
+                # committed past. Unacked, the run is handled again by the partition's next
+                # owner, and the dedup by event_id makes that harmless.
+                return
             self._ack_run(tp, [r.offset for r in run])
         except Exception as exc:
             # Unacked, so never committed: the worker stops and its replacement (or the
@@ -135,7 +145,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
             in_flight.acked = True
             self._unacked_messages.discard(cast(Any, in_flight))
             notify(self._waiting_for_ack)
-        self._read_offset[tp] = run[-1].offset
+        self._read_offset[tp] = run[-1].offset  # not reached after a rebalance (above)
 
     async def _note_gaps(self, tp: TP, read: int | None, run: Sequence[Any]) -> None:
         """Offsets the log does not hold (compacted away, transaction markers) are gaps

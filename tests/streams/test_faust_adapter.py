@@ -208,3 +208,32 @@ def test_a_worker_takes_whole_runs_and_commits_them_through_faust(
         return offsets if offsets and offsets == ends else None
 
     wait_for(committed, 30, "Faust to commit every run's offsets")
+
+
+class _Rec:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
+@pytest.mark.unit
+def test_a_run_handled_across_a_rebalance_is_neither_acked_nor_noted_read(app: Any) -> None:
+    consumer, tp = app.consumer, TP("t", 0)
+    handled: list[int] = []
+
+    async def handler(_tp: TP, run: Any) -> None:
+        handled.extend(r.offset for r in run)
+
+    async def across_a_rebalance(_tp: TP, run: Any) -> None:
+        await handler(_tp, run)
+        app.rebalancing_count += 1  # a rebalance began while the run awaited its sinks
+
+    async def deliver() -> None:
+        await consumer._deliver_run(tp, [_Rec(o) for o in range(5)], handler)
+        await consumer._deliver_run(tp, [_Rec(o) for o in range(5, 9)], across_a_rebalance)
+
+    asyncio.run(deliver())
+    assert handled == list(range(9))
+    # Only the first run counts: the second is handled again from the last commit.
+    assert consumer._new_offset(tp) == 5
+    assert consumer._read_offset[tp] == 4
+    assert not consumer._unacked_messages
