@@ -124,9 +124,10 @@ class KeelSettings(BaseSettings):
         0.1, gt=0, description="Longest wait to fill a batch (latency vs. throughput)."
     )
     streams_run_delivery: bool = Field(
-        True,
+        False,
         description="Hand each fetched run of a partition to the engine whole (off: Faust's "
-        "per-event streams with the batch size and window above).",
+        "per-event streams with the batch size and window above). Opt-in: the dead-letter "
+        "replay tests do not pass with it yet.",
     )
     streams_dlq_topic: str = Field("events.dlq", description="Where poison messages go.")
     streams_jobs_topic_prefix: str = Field("", description="Prefix of the job topics (tests).")

@@ -5,9 +5,10 @@ Responsibilities:
   RocksDB through rocksdict (`rocksdb://`) backed by compacted changelog topics, and
   standby replicas (KEEL_STREAMS_STANDBY_REPLICAS);
 - name every topic it uses (`internal_topics`) so the worker creates them up front;
-- run the `Engine` over each fetched run of records of an assigned partition, handed over
-  whole by Faust's consumer (`streams.faust_adapter.BatchConsumer`; Faust's `take_events`
-  batches in Faust's test context), one partition group at a time, and carry out its results in the order that makes replays harmless: outputs (dead
+- run the `Engine` over batches taken with `stream.take_events`, or with
+  KEEL_STREAMS_RUN_DELIVERY over each fetched run of an assigned partition, handed over
+  whole by Faust's consumer (`streams.faust_adapter.BatchConsumer`), one partition group
+  at a time, and carry out its results in the order that makes replays harmless: outputs (dead
   letters, job events, re-keyed deltas) acknowledged first, then table writes, then sinks;
   Faust commits the offsets afterwards (it flushes the producer before committing);
 - answer `GET /v1/views/{view}/{key}` locally when this worker owns the key's partition,

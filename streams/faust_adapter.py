@@ -64,7 +64,11 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     async def _drain_messages(self, fetcher: Any) -> None:
         # Faust's loop (faust.transport.consumer.Consumer._drain_messages with getmany
-        # inlined), by partition run instead of by message.
+        # inlined), by partition run instead of by message. Without run handlers (the run
+        # path off), Faust's own loop, unchanged.
+        if not self.run_handlers:
+            await super()._drain_messages(fetcher)
+            return
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
         try:
