@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test lint bench clean k8s
+.PHONY: up test lint faults bench clean k8s
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# The fault suite's long form: 20 kill rounds per test (the default run takes 2).
+faults: $(STAMP)
+	$(BIN)/pytest tests/faults -m faults --all-faults --fault-iterations 20 --timeout 3600 -v
 
 # The Kubernetes manifests of an overlay (dev or prod), rendered by kustomize (fetched through
 # the Go module proxy on first use):  make k8s OVERLAY=prod | kubectl apply -f -

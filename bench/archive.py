@@ -45,16 +45,16 @@ def run_sink(topic: str, n: int, root: Path) -> float:
     worker = threading.Thread(target=sink.run, args=(stop,))
     worker.start()
     deadline = time.monotonic() + 300
-    while sink.counts["records"] == 0 and time.monotonic() < deadline:
+    while sink.counts.consumed == 0 and time.monotonic() < deadline:
         time.sleep(0.001)
     started = time.perf_counter()
-    while sink.counts["records"] < n and time.monotonic() < deadline:
+    while sink.counts.consumed < n and time.monotonic() < deadline:
         time.sleep(0.001)
     stop.set()  # the open files are finished (fsync, rename) and committed, as in `run`
     worker.join()
     elapsed = time.perf_counter() - started
-    if sink.counts["records"] != n:
-        raise RuntimeError(f"the sink archived {sink.counts['records']} of {n}")
+    if sink.counts.consumed != n:
+        raise RuntimeError(f"the sink archived {sink.counts.consumed} of {n}")
     return n / elapsed
 
 

@@ -128,14 +128,14 @@ def run_sink(settings: KeelSettings, dsn: str, table: Table, n: int) -> float:
     thread.start()
     try:
         deadline = time.monotonic() + 300
-        while sink.counts["read"] == 0:
+        while sink.counts.consumed == 0:
             if time.monotonic() > deadline or not thread.is_alive():
                 raise RuntimeError("the sink read nothing")
             time.sleep(0.002)
         started = time.perf_counter()
-        while sink.counts["written"] < n:
+        while sink.counts.processed < n:
             if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError(f"the sink wrote {sink.counts['written']} of {n}")
+                raise RuntimeError(f"the sink wrote {sink.counts.processed} of {n}")
             time.sleep(0.002)
         elapsed = time.perf_counter() - started
     finally:

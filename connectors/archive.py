@@ -53,24 +53,24 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message, TopicPartition
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
 )
 
-from connectors.health import HealthServer
 from keel.errors import KeelError
+from keel.health import HealthServer, check, loop_server
 from keel.kafka import (
     SILENT_LOG,
-    has_record,
     kafka_call,
     make_admin,
-    make_consumer,
     make_producer,
     naming_brokers,
 )
+from keel.metrics import ConsumerMetrics, total
+from keel.runtime import CommitRunner, CommittingSink, RunnerConfig
 from keel.settings import KeelSettings
 
 log = logging.getLogger(__name__)
@@ -467,7 +467,9 @@ def check_brokers(settings: KeelSettings, timeout: float = 10.0) -> set[str]:
 class SinkMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.records = Counter("keel_archive_records", "Records in finished files.", registry=r)
+        # keel_consumer_*{component="archive"}: processed counts records in finished files;
+        # skipped{reason="archived"} those already in a file finished before a crash.
+        self.consumer = ConsumerMetrics("archive", r)
         self.files = Counter(
             "keel_archive_files",
             "Files finished (renamed, then committed).",
@@ -477,17 +479,15 @@ class SinkMetrics:
         self.bytes = Counter(
             "keel_archive_bytes", "Compressed bytes in finished files.", registry=r
         )
-        self.skipped = Counter(
-            "keel_archive_skipped",
-            "Records already in a file finished before a crash (not written again).",
-            registry=r,
-        )
         self.open_files = Gauge("keel_archive_open_files", "Files being written.", registry=r)
 
 
-class ArchiveSink:
-    """The sink (see the module docstring). `run(stop)` on one thread until `stop` is set;
-    the rebalance callbacks run inside `consume`, on that thread too."""
+class ArchiveSink(CommittingSink):
+    """The sink (see the module docstring), on keel.runtime's loop as a sink that decides
+    its own commit points: after a file's rename. `run(stop)` on one thread until `stop`
+    is set; the rebalance hooks run inside `consume`, on that thread too."""
+
+    component = "archive"
 
     def __init__(
         self, settings: KeelSettings, *, root: Path | None = None, batch_size: int = 1000
@@ -500,11 +500,23 @@ class ArchiveSink:
         self.metrics = SinkMetrics()
         self.open: dict[tuple[str, int], OpenFile] = {}
         self.skip_until: dict[tuple[str, int], int] = {}
-        self.assigned: set[tuple[str, int]] = set()
-        self.heartbeat = time.monotonic()
-        self.joined = threading.Event()
-        self.counts = {"records": 0, "files": 0, "skipped": 0, "bytes": 0}
-        self._consumer: Consumer | None = None
+        self.counts = self.metrics.consumer  # what the progress log and /metrics report
+        config = RunnerConfig(
+            group=settings.archive_group,
+            topics=self.topics,
+            batch_size=batch_size,
+            session_timeout_ms=settings.archive_session_timeout_ms,
+            progress_interval_s=settings.archive_progress_interval_s,
+        )
+        self.runner = CommitRunner(self, settings, config, self.counts)
+
+    @property
+    def heartbeat(self) -> float:
+        return self.runner.heartbeat
+
+    @property
+    def assigned(self) -> set[tuple[str, int]]:
+        return self.runner._assigned
 
     def check(self) -> None:
         """An unwritable root or unreachable brokers end here, in one line."""
@@ -515,44 +527,20 @@ class ArchiveSink:
             log.warning("topics not there yet (read once they are): %s", ", ".join(missing))
 
     def run(self, stop: threading.Event) -> None:
-        settings = self.settings
-        self._consumer = make_consumer(
-            settings.archive_group,
-            settings,
-            **{"session.timeout.ms": settings.archive_session_timeout_ms},
-        )
-        self._consumer.subscribe(
-            self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
-        )
         log.info(
             "archive sink reading %s as group %s into %s",
             ",".join(self.topics),
-            settings.archive_group,
+            self.settings.archive_group,
             self.root,
         )
-        every = settings.archive_progress_interval_s
-        next_progress = time.monotonic() + every
-        try:
-            while not stop.is_set():
-                self.heartbeat = time.monotonic()
-                for msg in self._consumer.consume(self.batch_size, 0.2):
-                    self._handle(msg)
-                self._roll_aged()
-                if time.monotonic() >= next_progress:
-                    self.log_progress()
-                    next_progress = time.monotonic() + every
-        finally:
-            self._shutdown()
+        self.runner.run(stop)
 
     # -- records --------------------------------------------------------------------------
-    def _handle(self, msg: Message) -> None:
-        if not has_record(msg):
-            return
+    def take(self, msg: Message) -> None:
         topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
         key = (topic, partition)
         if offset <= self.skip_until.get(key, -1):
-            self.counts["skipped"] += 1
-            self.metrics.skipped.inc()
+            self.counts.skipped["archived"] += 1
             return
         kind, timestamp = msg.timestamp()
         if kind == TIMESTAMP_NOT_AVAILABLE:
@@ -574,7 +562,7 @@ class ArchiveSink:
         headers = _headers(msg) if msg.headers() else None
         line = encode_fields(topic, partition, offset, timestamp, msg.key(), msg.value(), headers)
         current.write(line, offset)
-        self.counts["records"] += 1
+        self.counts.in_flight += 1
         reason = self.policy.reason(current.size, current.records, 0.0)
         if reason is not None:
             self._finish(current, reason)
@@ -590,8 +578,7 @@ class ArchiveSink:
             log.warning("%s does not start at offset %d; rewriting it", path, offset)
             return False
         self.skip_until[(topic, partition)] = stats.last_offset
-        self.counts["skipped"] += 1
-        self.metrics.skipped.inc()
+        self.counts.skipped["archived"] += 1
         self._commit(topic, partition, stats.last_offset + 1)
         log.info(
             "%s already finished before a restart (offsets %d-%d); committed past it",
@@ -601,7 +588,8 @@ class ArchiveSink:
         )
         return True
 
-    def _roll_aged(self) -> None:
+    def tick(self) -> None:
+        """Finish the files that aged past the roll policy."""
         now = time.monotonic()
         for current in list(self.open.values()):
             reason = self.policy.reason(current.size, current.records, now - current.opened)
@@ -614,9 +602,8 @@ class ArchiveSink:
         self.metrics.open_files.set(len(self.open))
         current.finish()
         size = current.size
-        self.metrics.records.inc(current.records)
-        self.counts["files"] += 1
-        self.counts["bytes"] += size
+        self.counts.processed += current.records
+        self.counts.in_flight -= current.records
         self.metrics.files.labels(reason).inc()
         self.metrics.bytes.inc(size)
         log.info(
@@ -631,18 +618,13 @@ class ArchiveSink:
         self._commit(current.topic, current.partition, current.last + 1)
 
     def _commit(self, topic: str, partition: int, offset: int) -> None:
-        assert self._consumer is not None
-        try:
-            self._consumer.commit(
-                offsets=[TopicPartition(topic, partition, offset)], asynchronous=False
-            )
-        except Exception as exc:  # the file is durable; a restart finds it (_already_archived)
-            log.warning("commit of %s[%d]@%d failed: %s", topic, partition, offset, exc)
+        # A failed commit is harmless: the file is durable; a restart finds it
+        # (_already_archived) and commits past it.
+        self.runner.commit([TopicPartition(topic, partition, offset)])
 
-    # -- rebalances -----------------------------------------------------------------------
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    # -- rebalances (the runner's hooks) ----------------------------------------------
+    def on_assign(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
-            self.assigned.add((tp.topic, tp.partition))
             self.skip_until.pop((tp.topic, tp.partition), None)
             # A crashed owner's `.tmp`: its records are read again from the committed offset.
             prefix = glob.escape(f"{tp.topic}+{tp.partition}+")
@@ -651,66 +633,48 @@ class ArchiveSink:
                 if (tp.topic, tp.partition) not in self.open:
                     leftover.unlink(missing_ok=True)
                     log.info("discarded %s left by a crash", leftover.name)
-        self.joined.set()
-        log.info(
-            "assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "none"
-        )
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def on_revoke(self, partitions: list[TopicPartition]) -> None:
         # Finish and commit before another member takes the partitions over.
         for tp in partitions:
-            self.assigned.discard((tp.topic, tp.partition))
             current = self.open.get((tp.topic, tp.partition))
             if current is not None:
                 self._finish(current, "revoked")
             self.skip_until.pop((tp.topic, tp.partition), None)
-        log.info("revoked %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
 
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def on_lost(self, partitions: list[TopicPartition]) -> None:
         # Another member may be writing these already: our part is discarded, not renamed.
         for tp in partitions:
-            self.assigned.discard((tp.topic, tp.partition))
             current = self.open.pop((tp.topic, tp.partition), None)
             if current is not None:
                 current.discard()
-        log.warning("lost %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
+                self.counts.in_flight -= current.records
 
-    # -- shutdown, progress, health -------------------------------------------------------
-    def _shutdown(self) -> None:
+    # -- shutdown, progress -------------------------------------------------------------
+    def stop(self) -> None:
         for current in list(self.open.values()):
             try:
                 self._finish(current, "stop")
             except OSError as exc:
                 log.error("could not finish %s: %s", current.tmp, exc)
                 current.discard()
-        if self._consumer is not None:
-            self._consumer.close()
-        self.log_progress()
-        log.info("archive sink stopped")
+                self.counts.in_flight -= current.records
 
-    def log_progress(self) -> None:
-        c = self.counts
-        log.info(
-            "archive: %d records in %d files (%d bytes), %d open, %d skipped",
-            c["records"],
-            c["files"],
-            c["bytes"],
-            len(self.open),
-            c["skipped"],
-            extra={**c, "open": len(self.open)},
-        )
+    def progress(self) -> dict[str, Any]:
+        files, size = total(self.metrics.files), total(self.metrics.bytes)
+        return {"files": files, "bytes": size, "open": len(self.open)}
 
 
 def health_server(sink: ArchiveSink, port: int) -> HealthServer:
     """`/healthz` (the loop beats), `/readyz` (joined the group), `/metrics`."""
     try:
-        return HealthServer(
+        return loop_server(
             "archive",
             port,
             registry=sink.metrics.registry,
             heartbeat=lambda: sink.heartbeat,
-            ready=sink.joined.is_set,
             stale_after=60.0 + sink.settings.archive_session_timeout_ms / 1000,
+            ready=lambda: {"group": check(sink.runner.ready, group=sink.settings.archive_group)},
         )
     except OSError as exc:
         raise ArchiveError(f"KEEL_ARCHIVE_HTTP_PORT {port}: {exc.strerror}") from None

@@ -33,7 +33,7 @@ def run(
     """Archive the topics (KEEL_ARCHIVE_TOPICS) until SIGTERM/Ctrl-C: the open files are
     finished and committed; JSON log lines, progress every KEEL_ARCHIVE_PROGRESS_INTERVAL_S."""
     from connectors.archive import ArchiveError, ArchiveSink, health_server
-    from connectors.health import serving
+    from keel.health import serving
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)

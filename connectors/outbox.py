@@ -48,11 +48,11 @@ from prometheus_client import (
 from psycopg import sql
 from psycopg.types.json import set_json_loads
 
-from connectors.health import HealthServer
 from connectors.postgres import TableName, describe_dsn, first_line
 from connectors.postgres import connect as connect_postgres
 from keel.backoff import Backoff
 from keel.errors import KeelError
+from keel.health import HealthServer, check, loop_server
 from keel.settings import KeelSettings, get_settings
 from producers.sdk import KeelProducer
 from schemas.errors import ValidationFailed
@@ -585,13 +585,14 @@ def health_server(relay: OutboxRelay, port: int) -> HealthServer:
     settings = relay.settings
     # The loop beats at least every poll slice, or once per backoff pause.
     stale_after = 3 * max(settings.outbox_backoff_max_s, 1.0) + settings.outbox_delivery_timeout_s
-    return HealthServer(
+    return loop_server(
         "outbox",
         port,
         registry=relay.metrics.registry,
         heartbeat=lambda: relay.heartbeat,
-        ready=lambda: relay.ready,
         stale_after=stale_after,
+        # the last attempt worked: Kafka, the registry and PostgreSQL answered
+        ready=lambda: {"relay": check(relay.ready)},
     )
 
 

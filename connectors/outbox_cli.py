@@ -45,8 +45,8 @@ def run(
     ] = False,
 ) -> None:
     """Publish committed outbox rows to Kafka until SIGTERM/Ctrl-C (JSON log lines)."""
-    from connectors.health import serving
     from connectors.outbox import OutboxError, OutboxRelay, health_server
+    from keel.health import serving
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)

@@ -7,10 +7,11 @@ Responsible for:
 - the row of an event (`event_row`, pure): decoded values made JSON-friendly (decimals as
   strings, bytes as base64, timestamps as integer microseconds, as the webhook sink sends
   them) and checked, so a record PostgreSQL would refuse is dead-lettered, not retried;
-- the sink (`PgSink`): one consumer group (read_committed, manual commits) on the events
-  topics; records decoded through the registry, filtered by type, batched (N events or T
-  ms) and written with one `INSERT ... SELECT FROM unnest(...) ON CONFLICT (event_id) DO
-  NOTHING`; the transaction commits, THEN the offsets do.
+- the sink (`PgSink`), a `keel.runtime.BatchingSink`: the runtime's loop reads the
+  events topics as one consumer group (read_committed, manual commits), decodes through
+  the registry and batches (N events or T ms); the sink filters by type and writes a batch
+  with COPY into a temporary table and one `INSERT ... SELECT ... ON CONFLICT (event_id) DO
+  NOTHING`; the transaction commits, THEN the runtime commits the offsets.
 
 Each event_id lands exactly once: a sink that dies between the database commit and the
 offset commit reads the batch again and the primary key drops the rows it re-writes; what
@@ -35,47 +36,36 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
 
 import orjson
 import psycopg
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Message
 from prometheus_client import (
     CollectorRegistry,
-    Counter,
-    Gauge,
     Histogram,
 )
 from psycopg import sql
 
-from connectors.health import HealthServer
 from connectors.postgres import TableName as Table
 from connectors.postgres import connect as connect_postgres
 from connectors.postgres import describe_dsn, first_line
-from keel.backoff import Backoff
-from keel.deadletters import (
-    H_ERROR,
-    H_ORIG_OFFSET,
-    H_ORIG_PARTITION,
-    H_ORIG_TIMESTAMP,
-    H_ORIG_TOPIC,
-    H_REASON,
-)
+from keel.deadletters import Failure
 from keel.errors import KeelError
+from keel.health import HealthServer, check, loop_server
 from keel.kafka import (
     SILENT_LOG,
     TopicSpec,
     ensure_topics,
-    has_record,
     kafka_call,
     make_admin,
-    make_consumer,
-    make_producer,
     naming_brokers,
 )
+from keel.metrics import ConsumerMetrics
+from keel.runtime import Batch, BatchingSink, BatchRunner, Letter, RunnerConfig, Skip, Written
 from keel.settings import KeelSettings
 from schemas.catalog import load_catalog
 from schemas.errors import DecodeError, RegistryError
@@ -84,9 +74,7 @@ from schemas.serde import AvroSerde
 
 log = logging.getLogger(__name__)
 
-REASON_UNDECODABLE = "undecodable"  # not Keel's Avro, or not an event PostgreSQL can hold
 REASON_REJECTED = "rejected"  # PostgreSQL refused the row (a constraint added to the table)
-H_EVENT_ID = "keel.event_id"
 # timestamptz holds years 4713 BC..294276 AD; Python's datetime 1..9999, which is plenty.
 _MIN_US = int((datetime(1, 1, 1, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds())
 _MIN_US *= 1_000_000
@@ -386,62 +374,32 @@ def table_figures(conn: psycopg.Connection[Any], table: Table) -> tuple[int, dat
 class SinkMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.consumed = Counter("keel_pgsink_consumed", "Records read.", registry=r)
-        self.written = Counter(
-            "keel_pgsink_written", "Rows inserted (duplicates not counted).", registry=r
-        )
-        self.duplicates = Counter(
-            "keel_pgsink_duplicates", "Events whose event_id was already a row.", registry=r
-        )
-        self.filtered = Counter(
-            "keel_pgsink_filtered", "Events skipped by KEEL_PGSINK_TYPES.", registry=r
-        )
-        self.dead_lettered = Counter(
-            "keel_pgsink_dead_lettered", "Records written to the dead-letter topic.", registry=r
-        )
-        self.failures = Counter(
-            "keel_pgsink_failures", "Batch writes that failed and were retried.", registry=r
-        )
+        # keel_consumer_*{component="pgsink"}: processed counts rows inserted; skipped, by
+        # reason, the events already a row (duplicate) or not wanted (filtered).
+        self.consumer = ConsumerMetrics("pgsink", r)
         self.batch_seconds = Histogram(
             "keel_pgsink_batch_seconds",
-            "INSERT to offsets committed, for one batch.",
+            "COPY, INSERT and commit of one batch.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
-        self.buffered = Gauge(
-            "keel_pgsink_buffered", "Events read and not written yet.", registry=r
-        )
 
 
-@dataclass
-class Batch:
-    """What was read since the last commit: rows to write, dead letters to deliver, and the
-    offset to commit per partition once both are done."""
+class PgSink(BatchingSink[Row]):
+    """The sink (see the module docstring) on keel.runtime's loop: this class is what is
+    PostgreSQL's; `run(stop)` on one thread until `stop` is set, no I/O before.
+    `after_write(batch)` runs between the database commit and the offset commit (tests stop
+    a sink at exactly that point)."""
 
-    rows: list[Row] = field(default_factory=list)
-    messages: list[Message] = field(default_factory=list)  # the record of each row
-    letters: list[tuple[Message, str, str]] = field(default_factory=list)  # reason, error
-    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-    started: float = 0.0
-
-    def __len__(self) -> int:
-        return len(self.rows) + len(self.letters)
-
-
-AfterWrite = Callable[[Batch], None]
-
-
-class PgSink:
-    """The sink (see the module docstring). `run(stop)` on one thread until `stop` is set;
-    no I/O before. `after_write(batch)` runs between the database commit and the offset
-    commit (tests stop a sink at exactly that point)."""
+    component = "pgsink"
+    transient = (psycopg.Error, PgSinkError)
 
     def __init__(
         self,
         settings: KeelSettings,
         *,
         serde: AvroSerde | None = None,
-        after_write: AfterWrite | None = None,
+        after_write: Callable[[Batch[Row]], None] | None = None,
     ) -> None:
         self.settings = settings
         self.table = Table.of(settings.pgsink_table)
@@ -449,22 +407,38 @@ class PgSink:
         self.topics = parse_topics(settings.pgsink_topics)
         self.types = parse_types(settings.pgsink_types)
         self.serde = serde
-        self.after_write = after_write
         self.metrics = SinkMetrics()
-        self.counts = {"read": 0, "written": 0, "duplicates": 0, "filtered": 0, "dead_lettered": 0}
-        self.heartbeat = time.monotonic()  # the loop is alive (/healthz)
-        self.ready = False  # joined the group and the last write worked (/readyz)
+        self.counts = self.metrics.consumer  # what the progress log and /metrics report
         self._insert = insert_from_load(self.table)
         self._conn: psycopg.Connection[Any] | None = None
-        self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
-        self._batch = Batch()
-        self._assigned: set[tuple[str, int]] = set()
-        self._next: dict[tuple[str, int], int] = {}  # next offset expected per partition
-        self._paused = False
-        self._backoff = Backoff(settings.pgsink_backoff_max_s)
-        self._stop = threading.Event()
-        self._delivery_errors: list[str] = []
+        s = settings
+        config = RunnerConfig(
+            group=s.pgsink_group,
+            topics=self.topics,
+            dlq_topic=s.pgsink_dlq_topic,
+            batch_size=s.pgsink_batch_size,
+            batch_ms=s.pgsink_batch_ms,
+            backoff_max_s=s.pgsink_backoff_max_s,
+            session_timeout_ms=s.pgsink_session_timeout_ms,
+            progress_interval_s=s.pgsink_progress_interval_s,
+        )
+        self.runner = BatchRunner(
+            self,
+            settings,
+            config,
+            decode=self._decode,
+            undecodable=(RegistryError, DecodeError, ValueError),
+            metrics=self.counts,
+            after_write=after_write,
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self.runner.ready
+
+    @property
+    def heartbeat(self) -> float:
+        return self.runner.heartbeat
 
     # -- resources ------------------------------------------------------------------------
     def connection(self) -> psycopg.Connection[Any]:
@@ -491,36 +465,10 @@ class PgSink:
             dlq = TopicSpec(self.settings.pgsink_dlq_topic, partitions)
             ensure_topics(admin, [dlq], settings=self.settings)
 
-    def close(self) -> None:
-        if self._consumer is not None:
-            with contextlib.suppress(Exception):
-                self._consumer.close()  # leaves the group; commits nothing (manual commits)
-            self._consumer = None
-        if self._producer is not None:
-            self._producer.flush(10)
-            self._producer = None
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()
-            self._conn = None
-
-    # -- the loop -------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        self._stop = stop
         s = self.settings
         if self.serde is None:
             self.serde = AvroSerde(RegistryClient(s.schema_registry_url), load_catalog())
-        self._producer = make_producer(s, **{"linger.ms": 0})
-        self._consumer = make_consumer(
-            s.pgsink_group,
-            s,
-            # Decoding waits out a registry outage on this thread: leave room before the
-            # group decides this member is stuck.
-            **{"max.poll.interval.ms": 600_000, "session.timeout.ms": s.pgsink_session_timeout_ms},
-        )
-        self._consumer.subscribe(
-            self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
-        )
         log.info(
             "pgsink reading %s as group %s into %s on %s",
             ",".join(self.topics),
@@ -529,317 +477,72 @@ class PgSink:
             describe_dsn(self.dsn),
             extra={"types": self.types or "*"},
         )
-        batch_s = s.pgsink_batch_ms / 1000
-        next_progress = time.monotonic() + s.pgsink_progress_interval_s
-        retry_at = 0.0
-        try:
-            while not stop.is_set():
-                self.heartbeat = time.monotonic()
-                room = s.pgsink_batch_size - len(self._batch)
-                if self._paused:
-                    # Keep the membership alive (rebalance callbacks, heartbeats) and read
-                    # nothing until the batch is written.
-                    self._consume(1, min(0.2, max(0.0, retry_at - time.monotonic())))
-                else:
-                    timeout = 0.2
-                    if self._batch.offsets:
-                        timeout = max(
-                            0.0, min(timeout, self._batch.started + batch_s - time.monotonic())
-                        )
-                    self._consume(room, timeout)
-                batch = self._batch
-                due = batch.offsets and (
-                    len(batch) >= s.pgsink_batch_size or time.monotonic() >= batch.started + batch_s
-                )
-                if due and time.monotonic() >= retry_at:
-                    if self._flush():
-                        retry_at = 0.0
-                    else:
-                        delay = self._backoff.next()
-                        retry_at = time.monotonic() + delay
-                        if not self._paused:
-                            self._pause()
-                now = time.monotonic()
-                if now >= next_progress:
-                    self._log_progress()
-                    next_progress = now + s.pgsink_progress_interval_s
-            # Stopping: one last try to write what was read (the next start re-reads it
-            # otherwise, which the primary key makes harmless).
-            if self._batch.offsets:
-                self._flush()
-        finally:
-            self._log_progress()
-            log.info("pgsink stopped")
+        self.runner.run(stop)
 
-    def _consume(self, count: int, timeout: float) -> None:
-        assert self._consumer is not None
-        if count <= 0:
-            return
-        messages = self._consumer.consume(count, timeout)
-        for msg in messages:
-            if not has_record(msg):
-                continue
-            if not self._take(msg):
-                break  # stopping while the registry is down: the rest is read again later
+    def close(self) -> None:
+        self.runner.close()
 
-    def _take(self, msg: Message) -> bool:
-        key = (msg.topic() or "", msg.partition() or 0)
-        offset = msg.offset() or 0
-        if key not in self._assigned or offset < self._next.get(key, 0):
-            return True  # revoked meanwhile, or re-delivered after a pause: already held
-        event = self._decode(msg)
-        if event is None:
-            return False
-        batch = self._batch
-        if not batch.offsets:
-            batch.started = time.monotonic()
-        self.counts["read"] += 1
-        self.metrics.consumed.inc()
-        if isinstance(event, str):
-            batch.letters.append((msg, REASON_UNDECODABLE, event))
-        else:
-            event_type = event.get("type")
-            if isinstance(event_type, str) and not wanted(self.types, event_type):
-                self.counts["filtered"] += 1
-                self.metrics.filtered.inc()
-            else:
-                try:
-                    batch.rows.append(event_row(event, key[0], key[1], offset))
-                    batch.messages.append(msg)
-                except Unwritable as exc:
-                    batch.letters.append((msg, REASON_UNDECODABLE, str(exc)))
-        batch.offsets[key] = offset + 1
-        self._next[key] = offset + 1
-        self.metrics.buffered.set(len(batch.rows))
-        return True
-
-    def _decode(self, msg: Message) -> dict[str, Any] | str | None:
-        """The event, or why it cannot be decoded, or None when stopping during a registry
-        outage."""
+    # -- the Sink API ---------------------------------------------------------------------
+    def _decode(self, value: bytes) -> dict[str, Any]:
         assert self.serde is not None
-        delay = 0.5
-        while True:
-            try:
-                return self.serde.decode_plain(msg.value() or b"")
-            except RegistryError as exc:
-                if not exc.retriable:
-                    return f"{type(exc).__name__}: {exc}"
-                # The registry is down: nothing behind this record can be decoded either.
-                log.warning("registry unavailable, retrying in %.1fs: %s", delay, exc)
-                if self._stop.wait(delay):
-                    return None
-                delay = min(delay * 2, 30.0)
-            except (DecodeError, ValueError) as exc:
-                return f"{type(exc).__name__}: {exc}"
+        return self.serde.decode_plain(value)
 
-    # -- writing and committing ---------------------------------------------------------
-    def _flush(self) -> bool:
-        """Dead letters acked, rows committed in PostgreSQL, then offsets committed. False
-        (nothing committed to Kafka) when PostgreSQL or the dead-letter topic failed."""
-        batch = self._batch
-        started = time.monotonic()
+    def item(self, message: Message, value: Any) -> Row | Skip | Failure:
+        event_type = value.get("type")
+        if isinstance(event_type, str) and not wanted(self.types, event_type):
+            return Skip("filtered")
         try:
-            self._deliver_letters(batch)
-            inserted = self._write(batch)
-            self._deliver_letters(batch)  # the rows PostgreSQL refused, if any
-        except (psycopg.Error, PgSinkError, _LettersFailed) as exc:
-            self.ready = False
-            self.metrics.failures.inc()
-            if isinstance(exc, psycopg.Error) and self._conn is not None:
-                with contextlib.suppress(psycopg.Error):
-                    self._conn.close()
-                self._conn = None
-            log.warning(
-                "batch of %d not written, retrying (offsets not committed): %s",
-                len(batch.rows),
-                first_line(exc),
+            return event_row(
+                value, message.topic() or "", message.partition() or 0, message.offset() or 0
             )
-            return False
-        if self.after_write is not None:
-            self.after_write(batch)
-        self._commit(batch)
-        duplicates = len(batch.rows) - inserted
-        self.counts["written"] += inserted
-        self.counts["duplicates"] += duplicates
-        self.metrics.written.inc(inserted)
-        self.metrics.duplicates.inc(duplicates)
-        self.metrics.batch_seconds.observe(time.monotonic() - started)
-        self._batch = Batch()
-        self.metrics.buffered.set(0)
-        self._backoff.reset()
-        self.ready = True
-        if self._paused:
-            self._resume()
-        return True
+        except Unwritable as exc:
+            return Failure.of(exc)
 
-    def _write(self, batch: Batch) -> int:
-        """Write the batch; when PostgreSQL refuses it for its data (a CHECK, NOT NULL or
-        unique index someone added), write row by row and turn the refused ones into dead
-        letters, so one row never blocks its partition."""
-        if not batch.rows:
-            return 0
+    def write(self, batch: Batch[Row]) -> Written:
+        """COPY and INSERT the rows, commit; when PostgreSQL refuses the batch for its data
+        (a CHECK, NOT NULL or unique index someone added), write row by row and turn the
+        refused ones into dead letters, so one row never blocks its partition."""
+        started = time.monotonic()
         conn = self.connection()
         try:
-            return write_rows(conn, self._insert, batch.rows)
+            inserted = write_rows(conn, self._insert, batch.items)
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             log.warning(
                 "PostgreSQL refused the batch (%s): writing its %d rows one by one",
                 first_line(exc),
-                len(batch.rows),
+                len(batch.items),
             )
+            inserted = self._write_one_by_one(conn, batch)
+        self.metrics.batch_seconds.observe(time.monotonic() - started)
+        return Written(inserted, {"duplicate": len(batch.items) - inserted})
+
+    def _write_one_by_one(self, conn: psycopg.Connection[Any], batch: Batch[Row]) -> int:
         inserted = 0
         rows, messages = [], []
-        for row, msg in zip(batch.rows, batch.messages, strict=True):
+        for row, msg in zip(batch.items, batch.messages, strict=True):
             try:
                 inserted += write_rows(conn, self._insert, [row])
             except (psycopg.DataError, psycopg.IntegrityError) as exc:
-                error = f"PostgreSQL refused the row: {first_line(exc)}"
-                batch.letters.append((msg, REASON_REJECTED, error))
+                kind = Failure.of(exc).error_class
+                failure = Failure(f"PostgreSQL refused the row: {first_line(exc)}", kind)
+                batch.letters.append(Letter(msg, REASON_REJECTED, failure))
                 continue
             rows.append(row)
             messages.append(msg)
-        batch.rows, batch.messages = rows, messages
+        batch.items, batch.messages = rows, messages
         return inserted
 
-    def _deliver_letters(self, batch: Batch) -> None:
-        if not batch.letters:
-            return
-        assert self._producer is not None
-        self._delivery_errors = []
-        for msg, reason, error in batch.letters:
-            _kind, timestamp_ms = msg.timestamp()
-            headers: list[tuple[str, str | bytes | None]] = [
-                (H_ERROR, error),
-                (H_REASON, reason),
-                (H_ORIG_TOPIC, msg.topic() or ""),
-                (H_ORIG_PARTITION, str(msg.partition())),
-                (H_ORIG_OFFSET, str(msg.offset())),
-                (H_ORIG_TIMESTAMP, str(timestamp_ms)),
-            ]
-            self._producer.produce(
-                self.settings.pgsink_dlq_topic,
-                key=msg.key(),
-                value=msg.value(),
-                headers=headers,
-                on_delivery=self._delivered,
-            )
-        left = self._producer.flush(30)
-        if left or self._delivery_errors:
-            raise _LettersFailed(
-                f"dead-letter topic {self.settings.pgsink_dlq_topic}: "
-                f"{self._delivery_errors[0] if self._delivery_errors else 'no ack in 30s'}"
-            )
-        for msg, reason, error in batch.letters:
-            log.warning(
-                "record %s[%d]@%d dead-lettered to %s (%s): %s",
-                msg.topic(),
-                msg.partition(),
-                msg.offset(),
-                self.settings.pgsink_dlq_topic,
-                reason,
-                error,
-                extra={"reason": reason},
-            )
-        self.counts["dead_lettered"] += len(batch.letters)
-        self.metrics.dead_lettered.inc(len(batch.letters))
-        batch.letters = []  # delivered: a retry of the rows does not send them twice
+    def failed(self, exc: Exception) -> None:
+        if isinstance(exc, psycopg.Error) and self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
 
-    def _delivered(self, err: KafkaError | None, _msg: object) -> None:
-        if err is not None:
-            self._delivery_errors.append(err.str())
-
-    def _commit(self, batch: Batch) -> None:
-        assert self._consumer is not None
-        offsets = [
-            TopicPartition(topic, partition, at)
-            for (topic, partition), at in batch.offsets.items()
-            if (topic, partition) in self._assigned
-        ]
-        if not offsets:
-            return
-        try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
-        except Exception as exc:  # a rebalance under way: the new owner re-writes, harmlessly
-            log.warning("offset commit failed: %s", exc)
-
-    def _pause(self) -> None:
-        assert self._consumer is not None
-        self._paused = True
-        tps = [TopicPartition(t, p) for t, p in self._assigned]
-        if tps:
-            self._consumer.pause(tps)
-        log.warning("PostgreSQL write failed: partitions paused until the batch is written")
-
-    def _resume(self) -> None:
-        assert self._consumer is not None
-        self._paused = False
-        tps = [TopicPartition(t, p) for t, p in self._assigned]
-        if tps:
-            self._consumer.resume(tps)
-        log.info("batch written: partitions resumed")
-
-    # -- rebalances (inside consume, on this thread) ------------------------------------
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self._assigned.add((tp.topic, tp.partition))
-            self._next.pop((tp.topic, tp.partition), None)
-        if self._paused and partitions:
-            consumer.pause(partitions)
-        self.ready = True
-        log.info(
-            "assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "none"
-        )
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Write and commit what was read before another member takes over; if that fails,
-        # it re-reads those records (and the primary key drops what this one wrote).
-        if self._batch.offsets:
-            self._flush()
-        self._release(partitions)
-        log.info("revoked %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
-
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._release(partitions)
-        log.warning("lost %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
-
-    def _release(self, partitions: list[TopicPartition]) -> None:
-        gone = {(tp.topic, tp.partition) for tp in partitions}
-        self._assigned -= gone
-        for key in gone:
-            self._next.pop(key, None)
-        batch = self._batch
-        if gone & batch.offsets.keys():
-            # Their records are the new owner's now: drop them from what this one holds.
-            kept = [
-                (r, m)
-                for r, m in zip(batch.rows, batch.messages, strict=True)
-                if (r.topic, r.partition) not in gone
-            ]
-            batch.rows = [r for r, _ in kept]
-            batch.messages = [m for _, m in kept]
-            batch.letters = [
-                letter
-                for letter in batch.letters
-                if (letter[0].topic(), letter[0].partition()) not in gone
-            ]
-            for key in gone:
-                batch.offsets.pop(key, None)
-
-    def _log_progress(self) -> None:
-        c = self.counts
-        log.info(
-            "pgsink progress: %d read, %d written, %d duplicates, %d filtered, %d dead-lettered",
-            c["read"],
-            c["written"],
-            c["duplicates"],
-            c["filtered"],
-            c["dead_lettered"],
-            extra={**c, "buffered": len(self._batch.rows), "paused": self._paused},
-        )
-
-
-class _LettersFailed(Exception):
-    """The dead-letter topic did not ack: nothing may be committed past those records."""
+    def release(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
 
 
 # --- health ----------------------------------------------------------------------------
@@ -847,11 +550,11 @@ class _LettersFailed(Exception):
 
 def health_server(sink: PgSink, port: int) -> HealthServer:
     """`/healthz` (the loop is alive), `/readyz` (in the group and writing) and `/metrics`."""
-    return HealthServer(
+    return loop_server(
         "pgsink",
         port,
         registry=sink.metrics.registry,
         heartbeat=lambda: sink.heartbeat,
-        ready=lambda: sink.ready,
         stale_after=3 * max(sink.settings.pgsink_backoff_max_s, 1.0) + 60,
+        ready=lambda: {"sink": check(sink.ready, table=sink.table.qualified)},
     )

@@ -42,8 +42,8 @@ def run(
     ] = False,
 ) -> None:
     """Write events into the table until SIGTERM/Ctrl-C (JSON log lines, periodic progress)."""
-    from connectors.health import serving
     from connectors.pgsink import PgSink, PgSinkError, health_server
+    from keel.health import serving
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)

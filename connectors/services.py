@@ -16,7 +16,7 @@ def _connector(settings: KeelSettings, name: str, port: int, *command: str) -> P
         python_module("connectors", *command, "--http-port", str(port)),
         settings,
         port=port,
-        health_url=f"http://127.0.0.1:{port}/healthz",
+        ops_url=f"http://127.0.0.1:{port}",
         order=70,
     )
 

@@ -53,10 +53,8 @@ import aiohttp
 from aiohttp import web
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     generate_latest,
 )
@@ -70,17 +68,9 @@ from pydantic import (
     field_validator,
 )
 
-from keel.deadletters import (
-    H_ERROR,
-    H_ORIG_OFFSET,
-    H_ORIG_PARTITION,
-    H_ORIG_TIMESTAMP,
-    H_ORIG_TOPIC,
-    H_REASON,
-    H_REPLAYED_FROM,
-    header_map,
-)
+from keel.deadletters import H_REPLAYED_FROM, Failure, Origin, header_map, letter_headers
 from keel.errors import KeelError
+from keel.health import Checks, beating, check, routes
 from keel.kafka import (
     TopicSpec,
     ensure_topics,
@@ -89,6 +79,7 @@ from keel.kafka import (
     make_consumer,
     make_producer,
 )
+from keel.metrics import ConsumerMetrics
 from keel.settings import KeelSettings
 from schemas.catalog import load_catalog
 from schemas.errors import DecodeError, RegistryError
@@ -116,6 +107,11 @@ _ANSWER_SNIPPET = 300  # bytes of a failed answer kept in logs and dead letters
 
 class WebhookError(KeelError):
     """Root of the webhook sink's errors."""
+
+
+class DeliveryRefused(WebhookError):
+    """A subscriber did not take an event: its HTTP answer stands for this error class in a
+    dead letter's `keel.error.class`."""
 
 
 class SubscriptionError(WebhookError):
@@ -197,6 +193,7 @@ class Outcome:
     detail: str
     retry_after: float | None = None  # seconds the receiver asked us to wait
     status: int | None = None
+    error_class: str = f"{__name__}.DeliveryRefused"  # an exception's, when one was raised
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -234,12 +231,12 @@ def classify_status(
 
 def classify_error(exc: BaseException) -> Outcome:
     """Timeouts and connection errors are retried; a URL aiohttp cannot use is permanent."""
-    name = type(exc).__name__
+    name, kind = type(exc).__name__, Failure.of(exc).error_class
     if isinstance(exc, aiohttp.InvalidURL):
-        return Outcome(Verdict.PERMANENT, f"invalid URL: {exc}")
+        return Outcome(Verdict.PERMANENT, f"invalid URL: {exc}", error_class=kind)
     if isinstance(exc, TimeoutError):
-        return Outcome(Verdict.RETRY, f"timeout ({name})")
-    return Outcome(Verdict.RETRY, f"{name}: {exc}")
+        return Outcome(Verdict.RETRY, f"timeout ({name})", error_class=kind)
+    return Outcome(Verdict.RETRY, f"{name}: {exc}", error_class=kind)
 
 
 @dataclass(frozen=True)
@@ -488,7 +485,7 @@ class Record:
     event_id: str = ""
     event_type: str = ""
     body: bytes = b""
-    undecodable: str = ""  # the decoding error, when there is one
+    undecodable: Failure | None = None  # the decoding error, when there is one
     replayed_from: str = ""  # `keel dlq replay`'s <dlq topic>/<partition>@<offset>
 
 
@@ -560,10 +557,9 @@ class SinkMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
             registry=r,
         )
-        self.pending = Gauge(
-            "keel_webhooks_pending", "Events read and not committed yet.", registry=r
-        )
-        self.consumed = Counter("keel_webhooks_consumed", "Records read.", registry=r)
+        # keel_consumer_*{component="webhooks"}: processed counts deliveries a subscriber
+        # took, failures the attempts retried; the figures above break them down by subscriber.
+        self.consumer = ConsumerMetrics("webhooks", r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -610,7 +606,7 @@ class WebhookSink:
         self._joined = threading.Event()
         self._last_loop = time.monotonic()
         self._children: dict[str, tuple[Any, Any, Any]] = {}
-        self._counts = {"delivered": 0, "retried": 0, "dead_lettered": 0, "consumed": 0}
+        self.counts = self.metrics.consumer  # what the progress log and /metrics report
 
     # -- lifecycle ----------------------------------------------------------------------
     def stop(self) -> None:
@@ -696,6 +692,8 @@ class WebhookSink:
         with self._lock:
             for tp in partitions:
                 self.tracks[(tp.topic, tp.partition)] = PartitionTrack(tp.topic, tp.partition)
+            self.counts.assigned = len(self.tracks)
+        self.counts.rebalances += 1
         self._joined.set()
         log.info(
             "assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "none"
@@ -728,6 +726,8 @@ class WebhookSink:
                 released.append(track)
                 if track.commit_at is not None and track.commit_at != track.committed:
                     offsets.append(TopicPartition(track.topic, track.partition, track.commit_at))
+            self.counts.assigned = len(self.tracks)
+        self.counts.rebalances += 1
         if released and self._loop is not None:
             self._loop.call_soon_threadsafe(self._cancel_lanes, released)
         return offsets
@@ -778,18 +778,21 @@ class WebhookSink:
                 if exc.retriable and self._stopping.is_set():
                     raise _Interrupted from None  # not undecodable: left for the next start
                 if not exc.retriable:
-                    record.undecodable = f"{type(exc).__name__}: {exc}"
+                    record.undecodable = Failure.of(exc)
                     return record
                 # The registry is down: nothing behind this record can be decoded either.
                 log.warning("registry unavailable, retrying in %.1fs: %s", delay, exc)
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
             except (DecodeError, ValueError) as exc:
-                record.undecodable = f"{type(exc).__name__}: {exc}"
+                record.undecodable = Failure.of(exc)
                 return record
         event_type = event.get("type")
         if not isinstance(event_type, str):
-            record.undecodable = "the record has no string 'type' field: not a Keel event"
+            record.undecodable = Failure(
+                "the record has no string 'type' field: not a Keel event",
+                f"{DecodeError.__module__}.{DecodeError.__qualname__}",
+            )
             return record
         record.event_type = event_type
         record.event_id = str(event.get("event_id", ""))
@@ -820,8 +823,7 @@ class WebhookSink:
             track = self.tracks.get((record.topic, record.partition))
         if track is None or track.revoked:
             return  # revoked while this batch was in flight: its new owner reads it again
-        self._counts["consumed"] += 1
-        self.metrics.consumed.inc()
+        self.counts.consumed += 1
         if record.undecodable:
             targets = self.targets  # nobody can tell who wanted it: every subscriber hears
         else:
@@ -854,7 +856,8 @@ class WebhookSink:
             elif track.paused and track.pending <= high // 2:
                 track.paused = False
                 resume.append(TopicPartition(track.topic, track.partition))
-        self.metrics.pending.set(sum(t.pending for t in tracks))
+        self.counts.in_flight = sum(t.pending for t in tracks)
+        self.counts.paused = any(t.paused for t in tracks)
         if pause and self._consumer is not None:
             await self._kafka_call(self._consumer.pause, pause)
             log.info("read-ahead full, waiting on %s", pause)
@@ -881,6 +884,7 @@ class WebhookSink:
         with self._lock:
             for track, at in due:
                 track.committed = at
+        self.counts.commits += 1
 
     def _commit_now(self, offsets: list[TopicPartition]) -> None:
         assert self._consumer is not None
@@ -890,15 +894,15 @@ class WebhookSink:
         with self._lock:
             pending = sum(t.pending for t in self.tracks.values())
             partitions = len(self.tracks)
-        c = self._counts
+        c = self.counts
         log.info(
             "webhooks: %d read, %d delivered, %d retries, %d dead-lettered, %d pending",
-            c["consumed"],
-            c["delivered"],
-            c["retried"],
-            c["dead_lettered"],
+            c.consumed,
+            c.processed,
+            c.failures,
+            sum(c.dead_lettered.values()),
             pending,
-            extra={**c, "pending": pending, "partitions": partitions},
+            extra={**c.counts(), "pending": pending, "partitions": partitions},
         )
 
     # -- delivering -----------------------------------------------------------------------
@@ -928,7 +932,7 @@ class WebhookSink:
             async with target.semaphore:
                 outcome = await self._attempt(target, record, attempt, ident)
             if outcome.verdict is Verdict.SUCCESS:
-                self._counts["delivered"] += 1
+                self.counts.processed += 1
                 ok_attempts, delivered, latency = self._success_metrics(target.name)
                 ok_attempts.inc()
                 delivered.inc()
@@ -942,7 +946,7 @@ class WebhookSink:
                 age = time.monotonic() - started
                 delay, reason = target.policy.next_retry(attempt, age, outcome.retry_after)
                 if delay is not None:
-                    self._counts["retried"] += 1
+                    self.counts.failures += 1
                     log.info(
                         "%s: attempt %d failed (%s), retrying in %.2fs",
                         target.name,
@@ -953,7 +957,8 @@ class WebhookSink:
                     )
                     await asyncio.sleep(delay)  # the backoff itself
                     continue
-            await self._dead_letter(target, record, reason, outcome.detail, attempt)
+            failure = Failure(outcome.detail, outcome.error_class)
+            await self._dead_letter(target, record, reason, failure, attempt)
             return
 
     def _success_metrics(self, name: str) -> tuple[Any, Any, Any]:
@@ -996,21 +1001,17 @@ class WebhookSink:
             return classify_error(exc)
 
     async def _dead_letter(
-        self, target: Target, record: Record, reason: str, error: str, attempts: int
+        self, target: Target, record: Record, reason: str, error: Failure, attempts: int
     ) -> None:
         """Write the record to the subscriber's dead-letter topic; return once the broker
         acknowledged it (retrying meanwhile: committing past it otherwise would lose it)."""
-        headers: list[tuple[str, str | bytes | None]] = [
-            (H_ERROR, error),
-            (H_REASON, reason),
-            (H_ORIG_TOPIC, record.topic),
-            (H_ORIG_PARTITION, str(record.partition)),
-            (H_ORIG_OFFSET, str(record.offset)),
-            (H_ORIG_TIMESTAMP, str(record.timestamp_ms)),
+        origin = Origin(record.topic, record.partition, record.offset, record.timestamp_ms)
+        extra = [
             (H_SUBSCRIBER, target.name),
             (H_ATTEMPTS, str(attempts)),
             (H_EVENT_ID, record.event_id),
         ]
+        headers = letter_headers(reason, error, origin, extra)
         loop = asyncio.get_running_loop()
         delay = 0.5
         while True:
@@ -1047,14 +1048,14 @@ class WebhookSink:
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
-        self._counts["dead_lettered"] += 1
+        self.counts.dead_lettered[reason] += 1
         self.metrics.dead_lettered.labels(target.name, reason).inc()
         log.warning(
             "%s: event dead-lettered to %s (%s): %s",
             target.name,
             target.dead_letter_topic,
             reason,
-            error,
+            error.message,
             extra={"event_id": record.event_id, "subscriber": target.name, "reason": reason},
         )
 
@@ -1088,27 +1089,18 @@ class WebhookSink:
         if not self.http_port:
             return None
 
-        async def healthz(_request: web.Request) -> web.Response:
-            stalled = time.monotonic() - self._last_loop > 60
-            return web.json_response(
-                {"status": "unavailable" if stalled else "ok"}, status=503 if stalled else 200
-            )
+        async def healthz(_app: web.Application) -> Checks:
+            return {"loop": beating(self._last_loop, 60.0)}
 
-        async def readyz(_request: web.Request) -> web.Response:
-            ready = self._joined.is_set()
-            return web.json_response(
-                {"status": "ok" if ready else "unavailable"}, status=200 if ready else 503
-            )
+        async def readyz(app: web.Application) -> Checks:
+            group = check(self._joined.is_set(), group=self.settings.webhooks_group)
+            return {**await healthz(app), "group": group}
 
-        async def metrics(_request: web.Request) -> web.Response:
-            return web.Response(
-                body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
-            )
+        async def metrics(_app: web.Application) -> bytes:
+            return self.metrics.render()
 
         app = web.Application()
-        app.add_routes(
-            [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics)]
-        )
+        app.add_routes(routes(healthz=healthz, readyz=readyz, metrics=metrics))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "0.0.0.0", self.http_port).start()

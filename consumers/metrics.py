@@ -1,4 +1,4 @@
-"""Worker metrics (Prometheus) and the `/healthz`, `/readyz`, `/metrics` endpoints.
+"""Worker metrics (Prometheus); `keel.health` serves them with `/healthz` and `/readyz`.
 
 Each worker owns a `CollectorRegistry`, so several workers in one process (tests) do not
 share counters.
@@ -7,14 +7,11 @@ share counters.
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -117,64 +114,3 @@ class JobMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-Check = Callable[[], tuple[bool, str]]
-
-
-class HealthServer:
-    """A small threaded HTTP server: /healthz (the worker loop is alive), /readyz (joined its
-    groups and the idempotency store answers), /metrics (Prometheus text)."""
-
-    def __init__(
-        self, host: str, port: int, metrics: JobMetrics, healthy: Check, ready: Check
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.metrics = metrics
-        self.healthy = healthy
-        self.ready = ready
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> int:
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path == "/metrics":
-                    self._send(200, outer.metrics.render(), CONTENT_TYPE_LATEST)
-                elif self.path in ("/healthz", "/readyz"):
-                    check = outer.healthy if self.path == "/healthz" else outer.ready
-                    ok, detail = check()
-                    body = json.dumps({"status": "ok" if ok else "unavailable", "detail": detail})
-                    self._send(200 if ok else 503, body.encode(), "application/json")
-                else:
-                    body = json.dumps({"error": f"no such path {self.path}"})
-                    self._send(404, body.encode(), "application/json")
-
-            def _send(self, status: int, body: bytes, ctype: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                return None
-
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="jobs-http", daemon=True
-        )
-        self._thread.start()
-        log.info("health and metrics on http://%s:%s", self.host, self.port)
-        return self.port
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None

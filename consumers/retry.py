@@ -15,31 +15,35 @@ from consumers.errors import JobConfigError
 # error, the reason (permanent | retries_exhausted | undecodable) and the job's origin.
 from keel.deadletters import (  # noqa: F401  (re-exported: the job headers in one place)
     H_ERROR,
+    H_ERROR_CLASS,
     H_ORIG_OFFSET,
     H_ORIG_PARTITION,
     H_ORIG_TIMESTAMP,
     H_ORIG_TOPIC,
     H_REASON,
+    MAX_ERROR_BYTES,
+    Failure,
+    HeaderList,
+    Origin,
+    error_headers,
     header_map,
+    letter_headers,
+    origin_headers,
 )
 
 # Headers on retry and dead-letter messages (values are UTF-8 strings).
 H_JOB_TYPE = "keel.job.type"
 H_ATTEMPT = "keel.job.attempt"  # attempts made so far (1 after the first failure)
 H_DUE_AT = "keel.job.due_at_ms"  # when a retry becomes due (epoch milliseconds)
-H_ERROR_CLASS = "keel.error.class"
 H_FAILED_AT = "keel.failed_at_ms"
 
 REASON_PERMANENT = "permanent"
 REASON_EXHAUSTED = "retries_exhausted"
 REASON_UNDECODABLE = "undecodable"
 
-MAX_ERROR_CHARS = 2000
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
 _STEP = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|)\s*$")
-
-HeaderList = list[tuple[str, str | bytes | None]]
 
 
 def parse_ladder(text: str) -> tuple[float, ...]:
@@ -124,50 +128,6 @@ def due_at_of(headers: Mapping[str, str]) -> int:
         return 0
 
 
-@dataclass(frozen=True)
-class Origin:
-    """Where a job was first read: kept through every retry so the dead letter names it."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-
-    @classmethod
-    def of(
-        cls, headers: Mapping[str, str], topic: str, partition: int, offset: int, ts_ms: int
-    ) -> Origin:
-        """The original coordinates from the headers of a retried message, else these."""
-        if H_ORIG_TOPIC in headers:
-            try:
-                return cls(
-                    headers[H_ORIG_TOPIC],
-                    int(headers.get(H_ORIG_PARTITION, "-1")),
-                    int(headers.get(H_ORIG_OFFSET, "-1")),
-                    int(headers.get(H_ORIG_TIMESTAMP, "0")),
-                )
-            except ValueError:
-                pass
-        return cls(topic, partition, offset, ts_ms)
-
-
-def _error_fields(error: BaseException) -> HeaderList:
-    text = str(error) or error.__class__.__name__
-    return [
-        (H_ERROR, text[:MAX_ERROR_CHARS]),
-        (H_ERROR_CLASS, f"{type(error).__module__}.{type(error).__qualname__}"),
-    ]
-
-
-def _origin_fields(origin: Origin) -> HeaderList:
-    return [
-        (H_ORIG_TOPIC, origin.topic),
-        (H_ORIG_PARTITION, str(origin.partition)),
-        (H_ORIG_OFFSET, str(origin.offset)),
-        (H_ORIG_TIMESTAMP, str(origin.timestamp_ms)),
-    ]
-
-
 def retry_headers(
     job_type: str, decision: RetryDecision, origin: Origin, error: BaseException, now_ms: int
 ) -> HeaderList:
@@ -175,8 +135,8 @@ def retry_headers(
         (H_JOB_TYPE, job_type),
         (H_ATTEMPT, str(decision.attempt)),
         (H_DUE_AT, str(decision.due_at_ms)),
-        *_error_fields(error),
-        *_origin_fields(origin),
+        *error_headers(Failure.of(error)),
+        *origin_headers(origin),
         (H_FAILED_AT, str(now_ms)),
     ]
 
@@ -184,11 +144,5 @@ def retry_headers(
 def dead_letter_headers(
     job_type: str, attempt: int, reason: str, origin: Origin, error: BaseException, *, now_ms: int
 ) -> HeaderList:
-    return [
-        (H_JOB_TYPE, job_type),
-        (H_ATTEMPT, str(attempt)),
-        (H_REASON, reason),
-        *_error_fields(error),
-        *_origin_fields(origin),
-        (H_FAILED_AT, str(now_ms)),
-    ]
+    extra = [(H_JOB_TYPE, job_type), (H_ATTEMPT, str(attempt)), (H_FAILED_AT, str(now_ms))]
+    return letter_headers(reason, Failure.of(error), origin, extra)

@@ -28,7 +28,7 @@ def services(settings: KeelSettings) -> list[Service]:
             python_module("consumers", "worker", "--http-port", str(settings.jobs_http_port)),
             settings,
             port=settings.jobs_http_port,
-            health_url=f"http://127.0.0.1:{settings.jobs_http_port}/healthz",
+            ops_url=f"http://127.0.0.1:{settings.jobs_http_port}",
             order=70,
         ),
     ]

@@ -34,7 +34,7 @@ from consumers.decoding import JobDecoder
 from consumers.errors import StoreError, UndecodableJob, is_retriable
 from consumers.idempotency import DoneStore
 from consumers.job import Job, JobHandler
-from consumers.metrics import HealthServer, JobMetrics
+from consumers.metrics import JobMetrics
 from consumers.retry import (
     REASON_UNDECODABLE,
     HeaderList,
@@ -48,6 +48,7 @@ from consumers.retry import (
 )
 from consumers.tracking import DelayQueue, Entry, OffsetTracker, TopicPartition, slot_for
 from keel.errors import KafkaEdgeError
+from keel.health import Check, Checks, HealthServer, check, metrics_text
 from keel.kafka import TopicSpec, ensure_topics, make_admin, make_consumer, make_producer
 from keel.settings import KeelSettings, get_settings
 
@@ -576,13 +577,11 @@ class JobRunner:
 
     # --- status ------------------------------------------------------------------------
 
-    def healthy(self) -> tuple[bool, str]:
+    def healthy(self) -> Check:
         if self.error is not None:
-            return False, f"{self.name}: {self.error}"
+            return check(False, error=str(self.error))
         silent = time.monotonic() - self.last_loop
-        if silent > STALL_SECONDS:
-            return False, f"{self.name}: poll loop silent for {silent:.0f}s"
-        return True, f"{self.name}: ok"
+        return check(silent <= STALL_SECONDS, last_beat_s=round(silent, 1))
 
 
 class Worker:
@@ -656,10 +655,14 @@ class Worker:
         ]
         for handler in self.handlers:
             handler.start()
-        self.health = HealthServer(
-            "0.0.0.0", self.http_port, self.metrics, self.healthy, self.ready
-        )
         if self.http_port >= 0:
+            self.health = HealthServer(
+                "jobs",
+                self.http_port,
+                healthz=self.healthy,
+                readyz=self.ready,
+                metrics=lambda: metrics_text(self.metrics.registry),
+            )
             self.health.start()
         threads = []
         for runner in self.runners:
@@ -697,21 +700,22 @@ class Worker:
     def stop(self) -> None:
         self.stop_event.set()
 
-    def healthy(self) -> tuple[bool, str]:
+    def healthy(self) -> Checks:
+        """A check per job type: its poll loop beats and nothing stopped it."""
         if not self.runners:
-            return False, "starting"
-        results = [r.healthy() for r in self.runners]
-        return all(ok for ok, _ in results), "; ".join(d for _, d in results)
+            return {"worker": check(False, error="starting")}
+        return {f"loop.{r.name}": r.healthy() for r in self.runners}
 
-    def ready(self) -> tuple[bool, str]:
-        waiting = [r.name for r in self.runners if not r.joined.is_set()]
-        if not self.runners or waiting:
-            return False, f"joining groups: {', '.join(waiting) or 'starting'}"
-        if self._store is not None or any(r.store is not None for r in self.runners):
-            store = next((r.store for r in self.runners if r.store is not None), None)
-            if store is not None:
-                try:
-                    store.ping()
-                except StoreError as exc:
-                    return False, f"idempotency store: {exc}"
-        return True, "ok"
+    def ready(self) -> Checks:
+        """Alive, every runner in its group, and the idempotency store answers."""
+        checks = dict(self.healthy())
+        for r in self.runners:
+            checks[f"group.{r.name}"] = check(r.joined.is_set(), group=r.group_id)
+        store = next((r.store for r in self.runners if r.store is not None), None)
+        if store is not None:
+            try:
+                store.ping()
+                checks["idempotency_store"] = check(True)
+            except StoreError as exc:
+                checks["idempotency_store"] = check(False, error=str(exc))
+        return checks

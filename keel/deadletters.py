@@ -1,9 +1,11 @@
-"""Dead letters: the header contract every Keel dead-letter topic follows, and reading and
-replaying any of them.
+"""Dead letters: the header contract every Keel dead-letter topic follows, the one writer
+of those headers, and reading and replaying any of them.
 
 A dead letter keeps the original key and value bytes; its headers say why it failed and
-where it came from. Job workers and stream processors write the same headers, so one
-`keel dlq` reads and replays both. `replay` sends letters back to the topic they came from
+where it came from. Every writer (job workers, stream processors, the PostgreSQL and webhook
+sinks) builds them with `letter_headers`: the reason, the error's message cut by one rule
+(`MAX_ERROR_BYTES`), its class always, and the original coordinates; so one `keel dlq` reads
+and replays them all. `replay` sends letters back to the topic they came from
 (or another), each with a `keel.replayed_from` header (and `keel.replay.processor` when the
 letter named the stream processor that failed, so only that one applies it again), and
 records how far it got in its own consumer group, so a dead letter is replayed once even if
@@ -15,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
@@ -23,7 +26,8 @@ from keel.kafka import SILENT_LOG, kafka_call, make_consumer, make_producer
 from keel.settings import KeelSettings
 
 # Header names (values are UTF-8 strings).
-H_ERROR = "keel.error"  # the error's message
+H_ERROR = "keel.error"  # the error's message, at most MAX_ERROR_BYTES of UTF-8
+H_ERROR_CLASS = "keel.error.class"  # the error's type, module-qualified; always set
 H_REASON = "keel.dlq.reason"  # why it was given up: permanent, undecodable, processor_error, ...
 H_ORIG_TOPIC = "keel.original.topic"
 H_ORIG_PARTITION = "keel.original.partition"
@@ -36,6 +40,88 @@ H_PROCESSOR = "keel.processor"  # on a stream processor's letter: the processor 
 H_REPLAY_PROCESSOR = "keel.replay.processor"
 
 Headers = Mapping[str, str | bytes | None] | Iterable[tuple[str, str | bytes | None]]
+HeaderList = list[tuple[str, str | bytes | None]]
+
+# One truncation rule for every writer: a stack of errors can be long, a header should not be.
+MAX_ERROR_BYTES = 2000
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a record is given up: the message and the error's module-qualified class. A
+    failure that is not an exception (an HTTP answer, a record that is not an event) names
+    the Keel error class that stands for it."""
+
+    message: str
+    error_class: str
+
+    @classmethod
+    def of(cls, error: BaseException) -> Failure:
+        kind = type(error)
+        return cls(str(error) or kind.__name__, f"{kind.__module__}.{kind.__qualname__}")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a dead letter's record was first read (kept across retry-topic hops)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int = -1
+
+    @classmethod
+    def of_message(cls, msg: Any) -> Origin:
+        """The coordinates of a confluent-kafka message."""
+        _kind, timestamp_ms = msg.timestamp()
+        return cls(msg.topic() or "", msg.partition() or 0, msg.offset() or 0, timestamp_ms)
+
+    @classmethod
+    def of(
+        cls, headers: Mapping[str, str], topic: str, partition: int, offset: int, ts_ms: int
+    ) -> Origin:
+        """The original coordinates from the headers of a retried message, else these."""
+        if H_ORIG_TOPIC in headers:
+            try:
+                return cls(
+                    headers[H_ORIG_TOPIC],
+                    int(headers.get(H_ORIG_PARTITION, "-1")),
+                    int(headers.get(H_ORIG_OFFSET, "-1")),
+                    int(headers.get(H_ORIG_TIMESTAMP, "0")),
+                )
+            except ValueError:
+                pass
+        return cls(topic, partition, offset, ts_ms)
+
+
+def truncate_error(text: str) -> str:
+    """The message cut to MAX_ERROR_BYTES of UTF-8, never inside a character."""
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= MAX_ERROR_BYTES:
+        return text
+    return raw[:MAX_ERROR_BYTES].decode("utf-8", "ignore")
+
+
+def error_headers(failure: Failure) -> HeaderList:
+    """`keel.error` (truncated) and `keel.error.class`: on dead letters and retries alike."""
+    return [(H_ERROR, truncate_error(failure.message)), (H_ERROR_CLASS, failure.error_class)]
+
+
+def origin_headers(origin: Origin) -> HeaderList:
+    return [
+        (H_ORIG_TOPIC, origin.topic),
+        (H_ORIG_PARTITION, str(origin.partition)),
+        (H_ORIG_OFFSET, str(origin.offset)),
+        (H_ORIG_TIMESTAMP, str(origin.timestamp_ms)),
+    ]
+
+
+def letter_headers(
+    reason: str, failure: Failure, origin: Origin, extra: Iterable[tuple[str, str]] = ()
+) -> HeaderList:
+    """The headers of a dead letter: the reason, the error (message and class) and where the
+    record came from, then what this writer adds (a job's attempts, a subscriber, ...)."""
+    return [(H_REASON, reason), *error_headers(failure), *origin_headers(origin), *extra]
 
 
 class NothingToReplayTo(KeelError):
@@ -142,6 +228,9 @@ def _drain(consumer: Consumer, topic: str, committed: bool, timeout: float) -> l
     seen when called. Partitions are assigned, not subscribed: no rebalance to wait for."""
     with kafka_call(f"reading dead-letter topic {topic}", timeout):
         metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        refused = metadata.error if metadata is not None else None
+        if refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            raise KafkaEdgeError.from_kafka_error(refused, f"reading dead-letter topic {topic}")
         if metadata is None or metadata.error is not None or not metadata.partitions:
             raise KafkaEdgeError(f"dead-letter topic {topic} does not exist")
         partitions = sorted(metadata.partitions)

@@ -9,20 +9,17 @@ succeeded recently. A group that is gone stops being exported on the next read."
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 from confluent_kafka.admin import AdminClient, OffsetSpec
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from keel import health
 from keel.errors import KeelError, LocalStackError
 from keel.kafka import SILENT_LOG, kafka_call, make_admin
 from keel.lag import GroupLag, RecordTimes, UnknownGroup, group_lag, list_groups, offsets
@@ -167,48 +164,6 @@ class SnapshotCollector(Collector):
         )
 
 
-class ExporterServer:
-    """`/metrics`, `/healthz` and `/readyz` on a thread beside the read loop."""
-
-    def __init__(
-        self, port: int, registry: CollectorRegistry, checks: Any, host: str = "0.0.0.0"
-    ) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path == "/metrics":
-                    body, ctype, status = generate_latest(registry), CONTENT_TYPE_LATEST, 200
-                elif self.path in ("/healthz", "/readyz"):
-                    found = checks(ready=self.path == "/readyz")
-                    ok = all(found.values())
-                    state = {"status": "ok" if ok else "unavailable", "checks": found}
-                    body, ctype = json.dumps(state).encode(), "application/json"
-                    status = 200 if ok else 503
-                else:
-                    body, ctype, status = b"not found", "text/plain", 404
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:  # no access log
-                return
-
-        try:
-            self.server = ThreadingHTTPServer((host, port), Handler)
-        except OSError as exc:
-            raise LocalStackError(f"lag exporter port {port}: {exc.strerror}") from None
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def run_exporter(
     settings: KeelSettings,
     *,
@@ -228,13 +183,20 @@ def run_exporter(
     # the last good read is at most three intervals old.
     stale_after = 3 * interval + 2 * timeout
 
-    def checks(ready: bool) -> dict[str, bool]:
-        found = {"loop": time.monotonic() - beat[0] < stale_after + 60}
-        if ready:
-            found["kafka"] = time.time() - collector.snapshot.read_at < stale_after
-        return found
+    def healthz() -> health.Checks:
+        return {"loop": health.beating(beat[0], stale_after + 60)}
 
-    server = ExporterServer(port, registry, checks)
+    def readyz() -> health.Checks:
+        age = time.time() - collector.snapshot.read_at
+        return {**healthz(), "kafka": health.check(age < stale_after, last_read_s=round(age, 1))}
+
+    try:
+        server = health.HealthServer(
+            "lag exporter", port, healthz=healthz, readyz=readyz,
+            metrics=lambda: health.metrics_text(registry),
+        )  # fmt: skip
+    except OSError as exc:
+        raise LocalStackError(f"lag exporter port {port}: {exc.strerror}") from None
     server.start()
     reader = LagReader(settings, groups, timeout)
     log.info("lag exporter serving on port %s, reading every %ss", port, interval)

@@ -24,10 +24,21 @@ class KeelSettings(BaseSettings):
 
     # Kafka connection
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How clients talk to the brokers (SASL_SSL for managed Kafka)."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism; SCRAM-SHA-512 when a username is set and this is not."
+    )
+    sasl_username: str | None = Field(None, description="This component's Kafka principal.")
     sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = Field(
+        None, description="A file holding the SASL password (instead of KEEL_SASL_PASSWORD)."
+    )
+    ssl_ca_location: Path | None = Field(
+        None, description="PEM file of the CA(s) the brokers' certificates are checked "
+        "against; default: the system's trust store.",
+    )  # fmt: skip
     client_id: str = "keel"
     # Durability of every topic Keel creates (keel.kafka.ensure_topics, the one place):
     # unset, the cluster's own defaults apply, which on a real cluster are its operator's.
@@ -116,6 +127,9 @@ class KeelSettings(BaseSettings):
     streams_web_port: int = Field(8083, description="Query API, /healthz, /readyz, /metrics port.")
     streams_workers: int = Field(1, ge=0, description="Stream workers the local stack runs.")
     streams_standby_replicas: int = Field(1, ge=0, description="Standby copies of each table.")
+    streams_shutdown_timeout_s: float = Field(
+        20.0, gt=0, description="How long a stopping worker may take before it exits anyway."
+    )
     streams_dedup_window_s: int = Field(
         86400, ge=1, description="How long an event_id is remembered."
     )
@@ -328,18 +342,15 @@ class KeelSettings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
 
     def kafka_config(self, **overrides: Any) -> dict[str, Any]:
-        """The librdkafka configuration shared by every Keel client."""
+        """The librdkafka configuration shared by every Keel client (security from
+        `keel.kafka.security_config`, the one place both client stacks take it from)."""
+        from keel.kafka import security_config  # keel.kafka imports this module
+
         config: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
-            "security.protocol": self.security_protocol,
             "client.id": self.client_id,
+            **security_config(self),
         }
-        if self.sasl_mechanism:
-            config["sasl.mechanism"] = self.sasl_mechanism
-        if self.sasl_username:
-            config["sasl.username"] = self.sasl_username
-        if self.sasl_password is not None:
-            config["sasl.password"] = self.sasl_password.get_secret_value()
         config.update(overrides)
         return config
 

@@ -69,12 +69,30 @@ def create_key(
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
     )
+    _write(path, data)
+    return key
+
+
+def revoke_key(path: Path, key_id: str) -> dict[str, Any]:
+    """Remove the key `key_id` from the file and return its entry (without the hash). Every
+    replica reading the file stops accepting it at its next reload (each second)."""
+    data = _read(path)
+    kept = [e for e in data["keys"] if e.get("id") != key_id]
+    if len(kept) == len(data["keys"]):
+        known = ", ".join(e["id"] for e in data["keys"]) or "none"
+        raise IngestError(f"no API key with id {key_id!r} in {path} (ids: {known})")
+    (gone,) = (e for e in data["keys"] if e.get("id") == key_id)
+    _write(path, {**data, "keys": kept})
+    return {k: v for k, v in gone.items() if k != "sha256"}
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    """Replace the file at once (readers see the old or the new one, never half)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.chmod(tmp, 0o600)
     tmp.replace(path)
-    return key
 
 
 def list_keys(path: Path) -> list[dict[str, Any]]:

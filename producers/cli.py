@@ -69,6 +69,17 @@ def list_() -> None:
         typer.echo(json.dumps(entry))
 
 
+@keys_app.command("revoke")
+def revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (`keel keys list`).")],
+) -> None:
+    """Revoke an API key: every replica refuses it (401) within about a second."""
+    from producers.auth import keys_file, revoke_key
+
+    entry = revoke_key(keys_file(get_settings()), key_id)
+    typer.echo(f"revoked {entry['id']} (source {entry['source']})")
+
+
 def demo(
     rate: Annotated[float, typer.Option(help="Events per second to send.")] = 20.0,
     duration: Annotated[float, typer.Option(help="Seconds to run; 0 runs until Ctrl-C.")] = 0.0,

@@ -16,7 +16,10 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import PayloadEncodingError
 
+from keel.health import Checks, check
+from keel.health import routes as health_routes
 from producers.context import Ingest, ingest_of
 from producers.errors import AuthError, Backpressure
 from producers.kafka_out import Delivery, Outgoing
@@ -111,6 +114,17 @@ async def _post_events(request: web.Request, ingest: Ingest) -> web.StreamRespon
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _body_too_large(s.ingest_max_body_bytes)
+    except (web.RequestPayloadError, PayloadEncodingError):
+        # aiohttp decodes the Content-Encoding while reading: a body that is not what its
+        # header claims (or that breaks off) is the client's fault, not a 500.
+        encoding = request.headers.get("Content-Encoding")
+        if not encoding:
+            return _error(400, "the body could not be read in full", reason="bad_json")
+        return _error(
+            400, f"body is not valid {encoding} (Content-Encoding: {encoding})",
+            [{"field": "Content-Encoding", "error": f"body is not {encoding}"}],
+            reason="bad_encoding",
+        )  # fmt: skip
     if len(raw) > s.ingest_max_body_bytes:
         return _body_too_large(s.ingest_max_body_bytes)
     try:
@@ -311,24 +325,21 @@ def client_context(request: web.Request, trust_forwarded: bool) -> dict[str, Any
     return context
 
 
-async def healthz(_request: web.Request) -> web.Response:
-    return _json_response({"status": "ok"})
+async def healthz(_app: web.Application) -> Checks:
+    return {"http": check(True)}  # answering is all being alive takes here
 
 
-async def readyz(request: web.Request) -> web.Response:
-    ingest = ingest_of(request.app)
-    checks = await ingest.readiness()
-    status = 200 if all(checks.values()) else 503
-    return web.json_response({"ready": status == 200, "checks": checks}, status=status)
+async def readyz(app: web.Application) -> Checks:
+    """The broker and the registry answer, and the catalog's schemas are registered."""
+    return {name: check(ok) for name, ok in (await ingest_of(app).readiness()).items()}
 
 
-async def metrics(request: web.Request) -> web.Response:
-    ingest = ingest_of(request.app)
+async def metrics(app: web.Application) -> bytes:
     from producers.metrics import QUEUED
 
-    QUEUED.set(ingest.producer.queued())
-    payload, content_type = await asyncio.get_running_loop().run_in_executor(None, exposition)
-    return web.Response(body=payload, headers={"Content-Type": content_type})
+    QUEUED.set(ingest_of(app).producer.queued())
+    payload, _ = await asyncio.get_running_loop().run_in_executor(None, exposition)
+    return payload
 
 
 async def openapi_json(request: web.Request) -> web.Response:
@@ -337,7 +348,5 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/events", post_events)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_routes(health_routes(healthz=healthz, readyz=readyz, metrics=metrics))
     app.router.add_get("/openapi.json", openapi_json)

@@ -23,7 +23,7 @@ class IngestReplica(ProcessService):
         argv = python_module("producers", "ingest", "--port", str(port), "--workers", "1")
         super().__init__(
             f"ingest-{index}", argv, settings, port=port,
-            health_url=f"http://127.0.0.1:{port}/healthz", order=60,
+            ops_url=f"http://127.0.0.1:{port}", order=60,
             env={
                 "KEEL_INGEST_TRUST_FORWARDED": "true",
                 "KEEL_HOME": str(settings.home),
@@ -50,6 +50,7 @@ def render_nginx_conf(settings: KeelSettings, prefix: Path) -> Path:
         NGINX_CONF.read_text()
         .replace("{{UPSTREAMS}}", upstreams)
         .replace("{{LISTEN}}", str(settings.ingest_lb_port))
+        .replace("{{MAX_BODY}}", str(settings.ingest_max_body_bytes + 64 * 1024))
         .replace("{{PREFIX}}", str(prefix))
     )
     prefix.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,10 @@ def stack_services(settings: KeelSettings) -> list[Service]:
         "KEEL_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
         "KEEL_REGISTRY_TOPIC": settings.registry_topic,
     }
-    health = f"http://127.0.0.1:{port}/readyz"
+    ops = f"http://127.0.0.1:{port}"
     return [
         ProcessService(
-            "registry", argv, settings, port=port, health_url=health, env=env, order=ORDER
+            "registry", argv, settings, port=port, health_url=f"{ops}/readyz", ops_url=ops,
+            env=env, order=ORDER,
         )
-    ]
+    ]  # fmt: skip

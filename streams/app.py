@@ -7,10 +7,12 @@ Responsibilities:
 - name every topic it uses (`internal_topics`) so the worker creates them up front;
 - run the `Engine` over batches taken with `stream.take_events`, or with
   KEEL_STREAMS_RUN_DELIVERY over each fetched run of an assigned partition, handed over
-  whole by Faust's consumer (`streams.faust_adapter.BatchConsumer`), one partition group
-  at a time, and carry out its results in the order that makes replays harmless: outputs (dead
-  letters, job events, re-keyed deltas) acknowledged first, then table writes, then sinks;
-  Faust commits the offsets afterwards (it flushes the producer before committing);
+  whole by Faust's consumer (`streams.faust_adapter.BatchConsumer`), one partition at a
+  time, only what `streams.offsets` says may be applied (with the runs Faust's fetcher
+  skipped read from the log), and carry out its results in the order that makes replays
+  harmless: outputs (dead letters, job events, re-keyed deltas) acknowledged first, then
+  table writes, then sinks; Faust commits the applied offsets afterwards (it flushes the
+  producer first);
 - answer `GET /v1/views/{view}/{key}` locally when this worker owns the key's partition,
   or forward it to the owner; `/healthz`, `/readyz` (503 while rebalancing or recovering
   state from changelogs) and `/metrics`.
@@ -18,6 +20,7 @@ Responsibilities:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import gc
@@ -35,6 +38,8 @@ from typing import Any, cast
 import faust
 import orjson
 from aiokafka.partitioner import murmur2
+from confluent_kafka import Message
+from faust.exceptions import ConsumerNotStarted
 from faust.types import TP, EventT
 from faust.utils import json as faust_json
 from faust.web import Request, Response, View
@@ -42,15 +47,9 @@ from mode.utils.compat import want_bytes
 from prometheus_client import generate_latest
 from rocksdict import WriteBatch
 
-from keel.deadletters import (
-    H_ERROR,
-    H_ORIG_OFFSET,
-    H_ORIG_PARTITION,
-    H_ORIG_TOPIC,
-    H_PROCESSOR,
-    H_REASON,
-)
-from keel.kafka import TopicSpec
+from keel import health
+from keel.deadletters import H_PROCESSOR, Failure, Origin, letter_headers
+from keel.kafka import TopicSpec, faust_credentials
 from keel.settings import KeelSettings
 from streams.codec import AvroCodec
 from streams.dedup_index import DedupIndex, batch_record_key
@@ -67,6 +66,7 @@ from streams.engine import (
 )
 from streams.errors import BadQuery
 from streams.faust_adapter import (
+    BatchConsumer,
     KeelFaustApp,
     owner_url,
     partition_context,
@@ -74,7 +74,10 @@ from streams.faust_adapter import (
     run_context_event,
     table_db,
 )
+from streams.local_state import claim, mark_clean
+from streams.log_reader import LogReader
 from streams.metrics import StreamMetrics
+from streams.offsets import AppliedOffsets
 from streams.processor import KeyedView, Processor, Sink, Stateful
 from streams.processors.product_stats import ProductStats
 from streams.producer import BatchProducer
@@ -189,6 +192,7 @@ class StreamsApp:
             / settings.streams_app_id
             / f"{host}-{port}"
         )
+        claim(self.datadir)  # before anything opens it: state survives only a clean stop
         conf = faust_settings(settings, partitions, self.datadir)
         if settings.streams_run_delivery:
             # A fetch's runs are handled in one go: bound them as a batch is bounded, so the
@@ -245,7 +249,13 @@ class StreamsApp:
         self.watchdog = StallDetector(settings.streams_stall_timeout_s)
         self.stalls: list[Stall] = []
         self.kafka = BatchProducer(settings)
+        # What this worker applied of each partition since the last rebalance: no ack counts
+        # toward a commit, and nothing is applied, past a record it did not apply.
+        self.applied = AppliedOffsets()
+        self.log_reader = LogReader(settings, settings.streams_app_id)  # reads runs Faust lost
+        self._acks_guarded = False
         self._chain_flush()
+        self._close_on_stop()
         self._wire()
 
     def _chain_flush(self) -> None:
@@ -262,6 +272,49 @@ class StreamsApp:
             self._persist_changelog_offsets()
 
         producer.flush = flush_both  # type: ignore[method-assign]
+
+    def _close_on_stop(self) -> None:
+        """Close this worker's changelog producer when Faust's producer stops: after the
+        consumer's last commit (and its flush). Before, librdkafka's threads outlived the
+        worker, retrying brokers that were gone, and kept the process alive for minutes."""
+        producer = cast(Any, self.app.producer)
+        faust_on_stop = producer.on_stop
+
+        async def on_stop() -> None:
+            try:
+                await faust_on_stop()
+            finally:
+                # Within the worker's own deadline (streams.shutdown), which ends it anyway.
+                dropped = self.kafka.close(self.settings.streams_shutdown_timeout_s / 2)
+                self.log_reader.close()
+                if dropped:
+                    log.error("stopped with %d state record(s) not written", dropped)
+                else:
+                    mark_clean(self.datadir)
+
+        producer.on_stop = on_stop
+
+    def _guard_acks(self) -> None:
+        """Faust acks records the agent never applied (see streams.offsets) and commits the
+        acked offsets; an ack of the source or a re-keyed topic now counts toward a commit
+        only for a record this worker applied, whichever path delivered it (Faust's streams
+        or whole runs, see streams.faust_adapter). The others are released (a rebalance
+        waits for every record handed out to be acked) but never committed. The runs its
+        fetcher skips count as done only once this worker read and applied them
+        (`_applied`)."""
+        if self._acks_guarded:
+            return
+        consumer = cast(BatchConsumer, self.app.consumer)
+        topics = {self.source.get_topic_name(), *self.rekey_topic_names()}
+        consumer.guard(topics, self.applied.is_applied)
+
+        async def restart_from_committed(sender: Any, **kwargs: Any) -> None:
+            # Every partition is sought back to its committed offset next.
+            self.applied.clear()
+
+        cast(Any, self.app.on_rebalance_complete).connect(restart_from_committed)
+
+        self._acks_guarded = True
 
     # -- topics ----------------------------------------------------------------------
     def rekey_topic_name(self, view: str) -> str:
@@ -311,6 +364,7 @@ class StreamsApp:
 
         @app.task
         async def start_sinks() -> None:
+            self._guard_acks()  # before the first assignment hands out any record
             for sink in self.sinks:
                 await sink.start(self.settings)
             self._started = True
@@ -342,18 +396,18 @@ class StreamsApp:
     async def _fold_run(self, name: str, tp: TP, records: Sequence[Any]) -> None:
         """One fetched run of a re-keyed topic's partition, from the consumer."""
         last = run_context_event(self.app, tp, records[-1])
-        await self.handle_fold_runs(name, [(last, fold_messages_of_records(records))])
+        await self.handle_fold_runs(name, [(last, deltas_of_records(records))])
 
     async def handle_source(self, events: Sequence[EventT]) -> None:
-        """One batch of the source agent's stream (Faust's test context)."""
+        """One batch of the source agent's stream (Faust's per-event path)."""
         await self.handle_source_runs(
             [(group[-1], raws_of_events(group)) for group in _by_partition(events)]
         )
 
     async def handle_source_runs(self, runs: Sequence[tuple[EventT, list[Raw]]]) -> None:
-        """Runs of the source topic, each one partition's (its last event, its records):
-        every run through the engine, then outputs acknowledged, then state written and
-        acknowledged, then sinks."""
+        """Runs of the source topic as delivered, each one partition's (an event of it, its
+        records): what may be applied of each (`_plan`) through the engine, then outputs
+        acknowledged, then state written and acknowledged, then sinks."""
         started = time.perf_counter()
         self._check_generation()
         done: list[tuple[EventT, BatchResult]] = []
@@ -368,6 +422,7 @@ class StreamsApp:
     def _check_generation(self) -> None:
         """Forget the reader's remembered values after a rebalance (partitions may have
         moved, and come back restored from their changelogs)."""
+        self._guard_acks()
         generation = self.app.rebalancing_count
         if generation != self._generation or self.app.rebalancing:
             self.reader.clear()
@@ -379,39 +434,132 @@ class StreamsApp:
         done: list[tuple[EventT, BatchResult]],
         started: float,
     ) -> None:
-        for last, raws in runs:
+        applying: list[tuple[TP, int]] = []
+        read: list[tuple[TP, int, int]] = []
+        for last, delivered in runs:
+            raws = delivered
+            planned = await self._plan(last.message.tp, [r.offset for r in raws], applying, read)
+            if planned is None:
+                continue
+            keep, filled = planned
+            if keep is not None:
+                raws = [raws[i] for i in keep]
+            if filled:  # runs Faust's fetcher skipped, read from the log: in offset order
+                raws = raws + [_raw(record) for record in filled]
+                raws.sort(key=_offset)
             self.reader.partition = last.message.partition
             with partition_context(last):
                 done.append((last, self.engine.process(raws, self.reader)))
             self.metrics.events.labels(last.message.topic).inc(len(raws))
         self.metrics.stage_seconds.labels("engine").inc(time.perf_counter() - started)
         await self._commit(done)
+        await self._applied(applying, read)
+
+    async def _plan(
+        self,
+        tp: TP,
+        offsets: Sequence[int],
+        applying: list[tuple[TP, int]],
+        read: list[tuple[TP, int, int]],
+    ) -> tuple[Sequence[int] | None, list[Message]] | None:
+        """What this worker may apply of one partition's records as delivered (their
+        offsets, in order; see streams.offsets), whichever path delivered them: None when
+        nothing (all applied already, or the partition is not this worker's any more:
+        handed out before a rebalance), else the positions to keep (None: all of them) and
+        the runs before or among them that Faust's fetcher skipped, read from the log.
+        Fills `applying` (partition, last offset) and `read` (partition, start, end)."""
+        consumer = self.app.consumer
+        owned = self._owned(consumer)
+        if owned is not None and tp not in owned:
+            return None
+        start = self.applied.next(tp)
+        if start is None:
+            start = positions(consumer, tp)[0]  # the committed offset
+        if start is None:  # nothing committed known here: ask the group's coordinator
+            start = await asyncio.to_thread(self.log_reader.start, tp.topic, tp.partition)
+        plan = self.applied.plan(tp, offsets, start)
+        if not plan.keep:
+            return None
+        filled: list[Message] = []
+        for run_start, run_end in plan.missing:
+            log.warning(
+                "partition %s: records %d..%d were not delivered; reading them from the log",
+                tp,
+                run_start,
+                run_end - 1,
+            )
+            filled += await asyncio.to_thread(
+                self.log_reader.read, tp.topic, tp.partition, run_start, run_end
+            )
+            read.append((tp, run_start, run_end))
+            self.metrics.runs_read.inc()
+        applying.append((tp, plan.last))
+        return (None if len(plan.keep) == len(offsets) else plan.keep), filled
+
+    @staticmethod
+    def _owned(consumer: Any) -> Any:
+        """The partitions assigned to this worker (None in Faust's test context, which runs
+        agents without a consumer, see streams.testing)."""
+        try:
+            return consumer.assignment()
+        except ConsumerNotStarted:
+            return None
+
+    async def _applied(
+        self, applying: Sequence[tuple[TP, int]], read: Sequence[tuple[TP, int, int]]
+    ) -> None:
+        """The batch's state writes are queued (Faust flushes them before it commits): its
+        records count as applied, and the runs read from the log count as done for Faust's
+        commit (as its own skipped offsets do)."""
+        for tp, last in applying:
+            self.applied.applied(tp, last)
+        consumer = cast(BatchConsumer, self.app.consumer)
+        for tp, run_start, run_end in read:
+            await consumer.mark_done(tp, run_start, run_end - 1)
 
     async def handle_fold(self, name: str, events: Sequence[EventT]) -> None:
-        """One batch of a fold agent's stream (Faust's test context)."""
+        """One batch of a fold agent's stream (Faust's per-event path)."""
         runs = [
-            (group[-1], [(_text(e.key), e.value) for e in group if isinstance(e.value, Mapping)])
+            (group[-1], [(e.message.offset, e.key, e.value) for e in group])
             for group in _by_partition(events)
         ]
-        await self.handle_fold_runs(name, runs, len(events))
+        await self.handle_fold_runs(name, runs)
 
     async def handle_fold_runs(
-        self,
-        name: str,
-        runs: Sequence[tuple[EventT, list[tuple[str, Any]]]],
-        count: int | None = None,
+        self, name: str, runs: Sequence[tuple[EventT, list[tuple[int, Any, Any]]]]
     ) -> None:
-        """Runs of a re-keyed topic, each one partition's (its last event, its deltas)."""
+        """Runs of a re-keyed topic as delivered, each one partition's (an event of it, its
+        records as (offset, key, delta)): what may be applied of each (`_plan`) folded."""
         started = time.perf_counter()
         self._check_generation()
         done: list[tuple[EventT, BatchResult]] = []
+        applying: list[tuple[TP, int]] = []
+        read: list[tuple[TP, int, int]] = []
         try:
-            for last, messages in runs:
+            for last, delivered in runs:
+                deltas = delivered
+                tp = last.message.tp
+                offsets = [offset for offset, _key, _value in deltas]
+                planned = await self._plan(tp, offsets, applying, read)
+                if planned is None:
+                    continue
+                keep, filled = planned
+                if keep is not None:
+                    deltas = [deltas[i] for i in keep]
+                if filled:
+                    deltas = deltas + [
+                        (cast(int, r.offset()), r.key(), delta_value(r.value(), tp, r.offset()))
+                        for r in filled
+                    ]
+                    deltas.sort(key=_first)
+                # Deltas that are not a JSON object are skipped (never written by Keel).
+                messages = [(_text(k), v) for _o, k, v in deltas if isinstance(v, Mapping)]
                 self.reader.partition = last.message.partition
                 with partition_context(last):
                     done.append((last, self.engine.fold(name, messages, self.reader)))
             await self._commit(done)
-            self.handled[name] += sum(len(m) for _l, m in runs) if count is None else count
+            await self._applied(applying, read)
+            self.handled[name] += sum(len(deltas) for _last, deltas in runs)
         except BaseException:
             self.reader.clear()
             raise
@@ -475,15 +623,15 @@ class StreamsApp:
 
     def _dead_letter(self, poison: Poison) -> None:
         raw = poison.raw
+        origin = Origin(
+            raw.topic or self.source.get_topic_name(), raw.partition, raw.offset, raw.timestamp_ms
+        )
+        extra = [(H_PROCESSOR, poison.processor)] if poison.processor else []
+        failure = Failure(poison.error, poison.error_class)
         headers = [
-            (H_ERROR, poison.error.encode()[:4000]),
-            (H_REASON, poison.reason.encode()),
-            (H_ORIG_TOPIC, (raw.topic or self.source.get_topic_name()).encode()),
-            (H_ORIG_PARTITION, str(raw.partition).encode()),
-            (H_ORIG_OFFSET, str(raw.offset).encode()),
+            (name, value.encode() if isinstance(value, str) else value or b"")
+            for name, value in letter_headers(poison.reason, failure, origin, extra)
         ]
-        if poison.processor:
-            headers.append((H_PROCESSOR, poison.processor.encode()))
         log.warning(
             "dead letter %s:%s@%s: %s",
             raw.topic,
@@ -674,16 +822,19 @@ class StreamsApp:
 
         class Healthz(View):
             async def get(self, request: Request) -> Response:
-                if streams.stalls:  # a restart gets the partition fetched again
-                    body = {"status": "stalled", "stalled": [s.as_dict() for s in streams.stalls]}
-                    return self.json(body, status=503)
-                return self.json({"status": "ok"})
+                # A stalled partition fails it: a restart gets the partition fetched again.
+                stalled = [s.as_dict() for s in streams.stalls]
+                status, body = health.answer(
+                    {"partitions": health.check(not stalled, stalled=stalled)}
+                )
+                return self.json(body, status=status)
 
         class Readyz(View):
             async def get(self, request: Request) -> Response:
                 ready, why = streams.readiness()
                 streams.metrics.ready.set(1 if ready else 0)
-                return self.json({"ready": ready, "status": why}, status=200 if ready else 503)
+                status, body = health.answer({"worker": health.check(ready, state=why)})
+                return self.json(body, status=status)
 
         class Metrics(View):
             async def get(self, request: Request) -> Response:
@@ -755,7 +906,7 @@ def faust_settings(settings: KeelSettings, partitions: int, datadir: Path) -> di
     batch = settings.streams_batch_size
     return {
         "broker": ";".join(f"kafka://{h.strip()}" for h in settings.bootstrap_servers.split(",")),
-        "broker_credentials": _credentials(settings),
+        "broker_credentials": faust_credentials(settings),
         "store": "rocksdb://",
         "datadir": str(datadir),
         "topic_partitions": partitions,
@@ -850,23 +1001,24 @@ def raws_of_records(records: Sequence[Any]) -> list[Raw]:
     ]
 
 
-def fold_messages_of_records(records: Sequence[Any]) -> list[tuple[str, Any]]:
-    """A re-keyed topic's records as (key, delta): values as Faust's json codec reads them
-    (skipped, as the fold agent skips them, when not a JSON object)."""
-    messages = []
-    for r in records:
+def deltas_of_records(records: Sequence[Any]) -> list[tuple[int, Any, Any]]:
+    """A fetched run of a re-keyed topic's records as (offset, key, delta), every record
+    (the plan needs every offset delivered), each delta as Faust's json codec reads it."""
+    return [(r.offset, r.key, delta_value(r.value, r.topic, r.offset)) for r in records]
+
+
+def delta_value(raw: bytes | None, topic: Any, offset: Any) -> Any:
+    """A re-keyed record's value decoded (None when absent or not JSON: skipped)."""
+    if raw is None:
+        return None
+    try:
+        return json_loads(raw)
+    except (TypeError, ValueError):  # orjson refuses integers past 64 bits
         try:
-            value = json_loads(r.value)
-        except (TypeError, ValueError):  # orjson refuses integers past 64 bits
-            try:
-                value = json.loads(r.value)
-            except (TypeError, ValueError):
-                log.warning("skipping a re-keyed record that is not JSON at %s[%d]@%d",
-                            r.topic, r.partition, r.offset)  # fmt: skip
-                continue
-        if isinstance(value, Mapping):
-            messages.append((_text(r.key), value))
-    return messages
+            return json.loads(raw)
+        except (TypeError, ValueError):
+            log.warning("skipping a re-keyed record that is not JSON at %s@%s", topic, offset)
+            return None
 
 
 def _by_partition(events: Sequence[EventT]) -> list[list[EventT]]:
@@ -874,6 +1026,28 @@ def _by_partition(events: Sequence[EventT]) -> list[list[EventT]]:
     for e in events:
         groups[e.message.partition].append(e)
     return list(groups.values())
+
+
+def _raw(record: Message) -> Raw:
+    """A record read from the log (streams.log_reader), as the engine takes it."""
+    _kind, timestamp = record.timestamp()
+    return Raw(
+        record.value(),
+        cast(int, record.partition()),
+        cast(int, record.offset()),
+        timestamp,
+        record.key(),
+        cast(str, record.topic()),
+        tuple(cast(Any, record.headers()) or ()),
+    )
+
+
+def _offset(raw: Raw) -> int:
+    return raw.offset
+
+
+def _first(item: tuple[int, Any, Any]) -> int:
+    return item[0]
 
 
 def _text(key: Any) -> str:
@@ -884,22 +1058,6 @@ def _changelog_config(table: Any) -> dict[str, str]:
     config = {"cleanup.policy": "compact"}
     config.update({k: str(v) for k, v in table.extra_topic_configs.items()})
     return config
-
-
-def _credentials(settings: KeelSettings) -> Any:
-    if settings.security_protocol == "PLAINTEXT":
-        return None
-    if settings.sasl_username and settings.sasl_password is not None:
-        return faust.SASLCredentials(
-            username=settings.sasl_username,
-            password=settings.sasl_password.get_secret_value(),
-            mechanism=settings.sasl_mechanism or "PLAIN",
-        )
-    if settings.security_protocol == "SSL":
-        import ssl
-
-        return faust.SSLCredentials(ssl.create_default_context())
-    return None
 
 
 __all__ = ["StreamsApp", "faust_settings", "key_partition", "partition_context", "tune_gc"]

@@ -74,8 +74,6 @@ def worker(
     ),
 ) -> None:
     """Run one stream worker; start as many as there are partitions, in one consumer group."""
-    from faust.worker import Worker
-
     settings = get_settings()
     update: dict[str, object] = {}
     if port is not None:
@@ -98,8 +96,11 @@ def worker(
         ",".join(p.name for p in app.processors),
     )
     tune_gc()
-    Worker(
+    from streams.shutdown import BoundedWorker
+
+    BoundedWorker(
         app.app,
+        shutdown_timeout=settings.streams_shutdown_timeout_s,
         loglevel=settings.log_level.lower(),
         # Keel's logging (one JSON object a line) stays: Faust must not replace it.
         override_logging=False,

@@ -76,6 +76,7 @@ class Poison:
     error: str
     processor: str = ""
     key: str = ""  # the user whose state the processor was updating
+    error_class: str = "streams.errors.PoisonMessage"  # the exception's, when one was raised
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +148,11 @@ class Engine:
                     timestamp_ms=raw.timestamp_ms,
                 )
             except Exception as exc:
-                result.poison.append(Poison(raw, "undecodable", f"{type(exc).__name__}: {exc}"))
+                result.poison.append(
+                    Poison(
+                        raw, "undecodable", f"{type(exc).__name__}: {exc}", error_class=_kind(exc)
+                    )
+                )
                 continue
             events.append(event)
             if raw.headers and replays is not None:  # rare: most messages carry none
@@ -342,7 +347,9 @@ class Engine:
         )
         raw = by_offset.get(ev.offset) or Raw(None, ev.partition, ev.offset)
         result.poison.append(
-            Poison(raw, "processor", f"{type(exc).__name__}: {exc}", proc.name, ev.user_id)
+            Poison(
+                raw, "processor", f"{type(exc).__name__}: {exc}", proc.name, ev.user_id, _kind(exc)
+            )
         )
 
     # -- stage 2: re-keyed deltas of a KeyedView -------------------------------------
@@ -393,3 +400,8 @@ def unwrap_user_state(stored: Any) -> Any:
 
 def unwrap_aggregate(stored: Any) -> Any:
     return None if stored is None else stored["v"]
+
+
+def _kind(exc: BaseException) -> str:
+    """The exception's module-qualified class, as a dead letter's keel.error.class names it."""
+    return f"{type(exc).__module__}.{type(exc).__qualname__}"

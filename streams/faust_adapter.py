@@ -13,7 +13,8 @@ Faust's consumer (its thread, group membership, assignment, pauses, rebalances, 
 tables and standbys through the per-message path) and changes one thing: the records one
 fetch brought for an assigned partition of a topic with a run handler go to that handler
 whole, in one call, with no per-event asyncio hand-off. After the handler returns, every
-offset of the run is acked into Faust's own offset bookkeeping, so Faust's commit (which
+offset of the run it applied (`guard`) is acked into Faust's own offset bookkeeping, and
+the runs it read from the log are marked done (`mark_done`), so Faust's commit (which
 flushes the producer first, see `streams.app`) commits them as it would a stream's acks;
 while a run is being handled it counts as an unacked message, so a rebalance waits for it
 (`Consumer.wait_empty`) as for a stream's event in flight.
@@ -25,7 +26,7 @@ import asyncio
 import contextlib
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
 import faust
@@ -55,8 +56,45 @@ class _RunInFlight:
         self.refcount = 1
 
 
+def _every_offset(tp: TP, offset: int) -> bool:
+    return True
+
+
 class BatchConsumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer with whole fetched runs handed to `run_handlers`."""
+    """Faust's aiokafka consumer with whole fetched runs handed to `run_handlers`, and, for
+    the topics it is told to `guard`, acks and gaps that count only what was applied."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._guarded: frozenset[str] = frozenset()
+        self._is_applied: Callable[[TP, int], bool] = _every_offset
+
+    def guard(self, topics: Iterable[str], is_applied: Callable[[TP, int], bool]) -> None:
+        """From now on, of `topics`: an ack (a stream's, or a run's) counts toward a commit
+        only for a record `is_applied`; the others are released (a rebalance waits for every
+        record handed out) but never committed. The runs Faust's fetcher skips are not
+        gaps any more (its commit would step over records never applied): the runtime
+        reads them from the log and calls `mark_done` once it applied them."""
+        self._guarded = frozenset(topics)
+        self._is_applied = is_applied
+
+    def ack(self, message: Any) -> bool:
+        if message.topic in self._guarded and not self._is_applied(message.tp, message.offset):
+            if not message.acked:  # what Consumer.ack does to release a message
+                message.acked = True
+                self._unacked_messages.discard(message)
+                notify(self._waiting_for_ack)
+            return False
+        return bool(super().ack(message))
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        if tp.topic not in self._guarded:
+            await super()._add_gap(tp, offset_from, offset_to)
+
+    async def mark_done(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        """Offsets `offset_from..offset_to` (both included) count as done for Faust's commit,
+        as the gaps its fetcher notes do: a run read from the log and applied."""
+        await super()._add_gap(tp, offset_from, offset_to)
 
     @property
     def run_handlers(self) -> dict[str, RunHandler]:
@@ -122,7 +160,6 @@ class BatchConsumer(faust_aiokafka.Consumer):
         if commit_every is not None and self._n_acked >= commit_every:
             self._n_acked = 0
             await self.commit()
-        await self._note_gaps(tp, read, run)
         # Faust's stall detector reads when a stream last took an event of the partition.
         self.app.monitor.stream_inbound_time[tp] = time.monotonic()
         in_flight = _RunInFlight(tp)
@@ -138,7 +175,11 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 # committed past. Unacked, the run is handled again by the partition's next
                 # owner, and the dedup by event_id makes that harmless.
                 return
-            self._ack_run(tp, [r.offset for r in run])
+            offsets = [r.offset for r in run]
+            if tp.topic in self._guarded:  # the records the handler applied, no others
+                applied = self._is_applied
+                offsets = [o for o in offsets if applied(tp, o)]
+            self._ack_run(tp, offsets)
         except Exception as exc:
             # Unacked, so never committed: the worker stops and its replacement (or the
             # partition's next owner) handles the run again from the last commit.
@@ -150,22 +191,6 @@ class BatchConsumer(faust_aiokafka.Consumer):
             self._unacked_messages.discard(cast(Any, in_flight))
             notify(self._waiting_for_ack)
         self._read_offset[tp] = run[-1].offset  # not reached after a rebalance (above)
-
-    async def _note_gaps(self, tp: TP, read: int | None, run: Sequence[Any]) -> None:
-        """Offsets the log does not hold (compacted away, transaction markers) are gaps
-        Faust's commit steps over, as its own loop records them (`Consumer._add_gap`)."""
-        # `_add_gap` takes both ends inclusive; Faust's loop passes the next message's offset
-        # as the end, which makes it both a gap and acked (a duplicate that stops the commit
-        # at it until the next one): here the gap ends just before it.
-        first, last = run[0].offset, run[-1].offset
-        if read is not None and first - read > 1:
-            await self._add_gap(tp, read + 1, first - 1)
-        if last - first + 1 != len(run):
-            previous = first
-            for record in run:
-                if record.offset - previous > 1:
-                    await self._add_gap(tp, previous + 1, record.offset - 1)
-                previous = record.offset
 
     def _ack_run(self, tp: TP, offsets: list[int]) -> None:
         """What `Consumer.ack` does for each message of a stream, for a whole run at once."""

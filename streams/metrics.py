@@ -38,6 +38,11 @@ class StreamMetrics:
             ["stage"],
             registry=r,
         )
+        self.runs_read = Counter(
+            "keel_streams_runs_read_total",
+            "Runs of source records Faust's fetcher skipped, read from the log and applied",
+            registry=r,
+        )
         self.ready = Gauge("keel_streams_ready", "1 when the worker serves queries", registry=r)
         self.stalled = Gauge(
             "keel_streams_stalled_partitions",

@@ -32,11 +32,14 @@ class BatchProducer:
         self.settings = settings
         self._producer: Producer | None = None
         self._errors: list[str] = []
+        self._closed = False
         # changelog (topic, partition) -> highest offset written, for Faust's persisted offsets
         self.offsets: dict[tuple[str, int], int] = {}
 
     @property
     def producer(self) -> Producer:
+        if self._closed:
+            raise DeliveryFailed("the worker's producer is closed (the worker is stopping)")
         if self._producer is None:  # created on first use: no I/O in the constructor
             self._producer = make_producer(
                 self.settings,
@@ -78,6 +81,8 @@ class BatchProducer:
 
     async def flush(self) -> None:
         """Wait (off the event loop) until every record produced so far is acknowledged."""
+        if self._closed and not self._errors:
+            return  # closed with everything delivered: nothing can be pending
         producer = self.producer
         producer.poll(0)  # serve delivery reports first: a failed one must not pass unseen
         if len(producer) == 0 and not self._errors:
@@ -87,7 +92,20 @@ class BatchProducer:
             errors, self._errors = self._errors, []
             raise DeliveryFailed(f"{len(errors)} record(s) not written: {errors[0]}")
 
-    def close(self) -> None:
-        if self._producer is not None:
-            self._producer.flush(30)
-            self._producer = None
+    def close(self, timeout: float = 10.0) -> int:
+        """Deliver what is pending for up to `timeout` seconds, then drop the rest and let
+        librdkafka go: a stopping worker exits in time whatever the brokers do (its threads
+        retried a broker that was gone for minutes). Returns how many records were dropped;
+        then `flush` fails for good, so no offset is committed past them."""
+        self._closed = True
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return 0
+        left = producer.flush(timeout)
+        if left:
+            # Purging fails the pending records at once: a flush blocked in the executor
+            # (a commit waiting for acks) returns, and the delivery reports say what was lost.
+            producer.purge(in_queue=True, in_flight=True)
+            producer.flush(0)
+            self._errors.append(f"{left} record(s) dropped when the worker stopped")
+        return int(left)

@@ -17,7 +17,7 @@ def services(settings: KeelSettings) -> list[Service]:
                 python_module("streams", "worker", "--port", str(port)),
                 settings,
                 port=port,
-                health_url=f"http://127.0.0.1:{port}/healthz",
+                ops_url=f"http://127.0.0.1:{port}",
                 env={"KEEL_STREAMS_WEB_PORT": str(port)},
                 order=70,
                 start_timeout=120.0,

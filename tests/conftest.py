@@ -24,14 +24,37 @@ from keel.local.ports import free_port as _free_port
 from keel.settings import KeelSettings, get_settings
 from tests.harness import start_registry
 
+# The fault suite's shared 3-broker cluster (tests/faults): one for the session, whichever
+# modules use it (a fixture imported into each module would start one per module).
+pytest_plugins = ["tests.faults.cluster"]
+
 # One Kafka version everywhere: the local stack's (KEEL_KAFKA_VERSION's default), also in
 # docker-compose.yml (tests/keel/test_compose.py holds them equal).
 KAFKA_IMAGE = f"apache/kafka:{KeelSettings.model_fields['kafka_version'].default}"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that touches the broker is an integration test; every other one is a unit test."""
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fault-iterations",
+        type=int,
+        default=2,
+        help="Rounds of each fault test in tests/faults (`make faults` runs 20).",
+    )
+    parser.addoption(
+        "--all-faults",
+        action="store_true",
+        help="Also the fault scenarios marked long_form (`make faults` runs them).",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that touches the broker is an integration test; every other one is a unit test.
+    The README's test command keeps the suite in budget with a short form of the fault suite:
+    scenarios marked long_form run only under `make faults`."""
+    long_form = pytest.mark.skip(reason="a long-form fault scenario: `make faults` runs it")
     for item in items:
+        if item.get_closest_marker("long_form") and not config.getoption("--all-faults"):
+            item.add_marker(long_form)
         fixtures = getattr(item, "fixturenames", ())
         if {"kafka_bootstrap", "redis_url", "postgres_dsn"} & set(fixtures):
             item.add_marker(pytest.mark.integration)

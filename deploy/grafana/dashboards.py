@@ -320,9 +320,18 @@ def connectors() -> dict[str, object]:
             Panel(
                 "PostgreSQL sink: rows written, duplicates, dead letters per second",
                 (
-                    ("sum(rate(keel_pgsink_written_total[5m]))", "written"),
-                    ("sum(rate(keel_pgsink_duplicates_total[5m]))", "duplicates"),
-                    ("sum(rate(keel_pgsink_dead_lettered_total[5m]))", "dead letters"),
+                    (
+                        'sum(rate(keel_consumer_processed_total{component="pgsink"}[5m]))',
+                        "written",
+                    ),
+                    (
+                        'sum(rate(keel_consumer_skipped_total{component="pgsink",reason="duplicate"}[5m]))',
+                        "duplicates",
+                    ),
+                    (
+                        'sum(rate(keel_consumer_dead_lettered_total{component="pgsink"}[5m]))',
+                        "dead letters",
+                    ),
                 ),
                 unit="ops",
             ),
@@ -343,7 +352,10 @@ def connectors() -> dict[str, object]:
             Panel(
                 "Archive: records and bytes per second",
                 (
-                    ("sum(rate(keel_archive_records_total[5m]))", "records"),
+                    (
+                        'sum(rate(keel_consumer_processed_total{component="archive"}[5m]))',
+                        "records",
+                    ),
                     ("sum(rate(keel_archive_bytes_total[5m]))", "bytes"),
                 ),
             ),

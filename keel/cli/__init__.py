@@ -9,6 +9,7 @@ from importlib.metadata import entry_points
 import typer
 from pydantic import ValidationError
 
+from keel.cli.acls import acls_app
 from keel.cli.broker import broker_app
 from keel.cli.dlq import dlq_app
 from keel.cli.doctor import doctor
@@ -19,6 +20,7 @@ from keel.command_group import command_group
 from keel.errors import KeelError
 
 app = command_group("keel", "Keel: an event-driven streaming backbone on Apache Kafka.")
+app.add_typer(acls_app, name="acls")
 app.add_typer(broker_app, name="broker")
 app.add_typer(dlq_app, name="dlq")
 app.command(name="doctor")(doctor)

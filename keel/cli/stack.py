@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import threading
+from dataclasses import asdict
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import FrameType
 
 import typer
 
-from keel.local.stack import stack_services, start_all, statuses, stop_all
+from keel.local.stack import stack_services, start_all, statuses, stop_all, stop_stack
 from keel.settings import get_settings
 
 
@@ -20,13 +22,25 @@ def _progress(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def _print_status() -> bool:
-    ok = True
-    for st in statuses(stack_services(get_settings())):
-        mark = "healthy" if st.healthy else ("running, not healthy" if st.running else "stopped")
-        ok = ok and st.healthy
-        typer.echo(f"{st.name:<12} {mark:<22} {st.detail}")
-    return ok
+def _print_status(as_json: bool = False) -> bool:
+    """A line per service (or one JSON document): a Keel process is healthy when its
+    /healthz answers and its /readyz says ok; one that is not ready names its failing checks."""
+    found = statuses(stack_services(get_settings()))
+    if as_json:
+        typer.echo(json.dumps([asdict(st) | {"ready": st.ready} for st in found], indent=2))
+        return all(st.ready for st in found)
+    for st in found:
+        if st.ready:
+            mark = "healthy"
+        elif st.healthy:
+            mark = "running, not ready"
+        else:
+            mark = "running, not healthy" if st.running else "stopped"
+        detail = st.detail
+        if st.healthy and not st.ready:
+            detail += f" (failing: {', '.join(st.unready_checks()) or '?'})"
+        typer.echo(f"{st.name:<12} {mark:<22} {detail}")
+    return all(st.ready for st in found)
 
 
 def up(
@@ -103,13 +117,18 @@ def demo_failure(process: subprocess.Popen[bytes], log: Path) -> str | None:
 
 
 def down() -> None:
-    """Stop every service of the local stack (whoever started it)."""
-    stop_all(stack_services(get_settings()), _progress)
+    """Stop every service of the local stack (whoever started it, whatever the settings now)."""
+    stop_stack(get_settings(), _progress)
 
 
-def status() -> None:
-    """Show each service of the local stack; exit 1 unless all are healthy."""
-    if not _print_status():
+def status(
+    as_json: bool = typer.Option(
+        False, "--json", help="Each service as JSON, with the /readyz body it answered."
+    ),
+) -> None:
+    """Show each service of the local stack, Keel's processes as their /readyz says; exit 1
+    unless all are healthy and ready."""
+    if not _print_status(as_json):
         raise typer.Exit(1)
 
 

@@ -2,6 +2,12 @@
 
 One node, or three on distinct ports for fault tests. Node N listens for clients on
 `base_port + 100*(N-1)` and for the controller quorum on the port after it.
+
+Secured (`secure=True`), as production clusters are: clients and brokers talk SASL_SSL
+(SCRAM-SHA-512, TLS from the local CA of keel.local.security), the controller quorum mutual
+TLS, and the standard authorizer denies what no ACL allows. The brokers' own principal
+(`admin`, also the super user) is written into the metadata at format time (KIP-900); the
+components' principals are created through it once the cluster answers.
 """
 
 from __future__ import annotations
@@ -14,17 +20,26 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import (
+    AdminClient,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialAlteration,
+    UserScramCredentialUpsertion,
+)
 
 from keel.errors import KafkaEdgeError, LocalStackError
-from keel.kafka import TopicSpec, ensure_topics, wait_for_topics
+from keel.kafka import TopicSpec, ensure_topics, kafka_call, wait_for_topics
 from keel.local import kafka_dist
 from keel.local.process import ManagedProcess, stop_together
+from keel.local.security import ADMIN, BROKER_DN, MECHANISM, LocalSecurity
 
 Progress = Callable[[str], None]
 READY_TOPIC = "__keel_ready"
@@ -63,9 +78,18 @@ class LocalKafka:
         heap: str = "512m",
         die_with_parent: bool = False,
         maven_settings: Path | None = None,
+        secure: bool = False,
+        security: LocalSecurity | None = None,
+        principals: tuple[str, ...] = (),
+        overrides: Mapping[str, object] | None = None,
     ) -> None:
+        """`overrides`: broker properties written over the defaults below (fault tests
+        shorten failure detection with them)."""
         if brokers not in (1, 3):
             raise LocalStackError(f"--brokers must be 1 or 3, not {brokers}")
+        self.secure = secure
+        self.security = security or LocalSecurity(libs_home / "security")
+        self.principals = principals
         self.root = root
         self.libs_home = libs_home
         self.version = version
@@ -74,6 +98,7 @@ class LocalKafka:
         self.heap = heap
         self.die_with_parent = die_with_parent
         self.maven_settings = maven_settings
+        self.overrides = dict(overrides or {})
 
     # -- layout ---------------------------------------------------------------------------
     @property
@@ -127,9 +152,15 @@ class LocalKafka:
                 f"a {layout['brokers']}-broker cluster already runs from {self.root}; "
                 "stop it first with `keel broker down`"
             )
+        if running and layout and bool(layout.get("secure")) != self.secure:
+            raise LocalStackError(
+                f"a {'secured' if layout.get('secure') else 'plaintext'} cluster already runs "
+                f"from {self.root}; stop it first with `keel broker down`"
+            )
         if len(running) == self.brokers:
             progress(f"Kafka already running ({self.brokers} broker(s)) at {self.bootstrap()}")
             self._wait_ready(timeout)
+            self._ensure_principals(progress)
             return self.bootstrap()
 
         running_ids = {n.node_id for n in running}
@@ -139,6 +170,8 @@ class LocalKafka:
                 _check_port_free(port)
         java = kafka_dist.java_binary()
         libs = kafka_dist.kafka_libs(self.libs_home, self.version, progress, self.maven_settings)
+        if self.secure:
+            self.security.ensure()
         cluster_id = self._cluster_id()
         for node in to_start:
             self._write_config(node)
@@ -153,8 +186,36 @@ class LocalKafka:
                 die_with_parent=self.die_with_parent,
             )
         self._wait_ready(timeout)
-        progress(f"Kafka {self.version} ready: bootstrap servers {self.bootstrap()}")
+        self._ensure_principals(progress)
+        secured = f" (SASL_SSL, CA {self.security.ca_file})" if self.secure else ""
+        progress(f"Kafka {self.version} ready: bootstrap servers {self.bootstrap()}{secured}")
         return self.bootstrap()
+
+    def client_config(self, principal: str = ADMIN) -> dict[str, Any]:
+        """librdkafka security properties for `principal` on this cluster (none if plaintext)."""
+        if not self.secure:
+            return {}
+        return {
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": MECHANISM,
+            "sasl.username": principal,
+            "sasl.password": self.security.password(principal),
+            "ssl.ca.location": str(self.security.ca_file),
+        }
+
+    def client_settings(self, principal: str = ADMIN) -> dict[str, Any]:
+        """The KEEL_* settings (as KeelSettings fields) of `principal` on this cluster."""
+        if not self.secure:
+            return {"bootstrap_servers": self.bootstrap()}
+        self.security.password(principal)  # made on first use
+        return {
+            "bootstrap_servers": self.bootstrap(),
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": MECHANISM,
+            "sasl_username": principal,
+            "sasl_password_file": self.security.password_file(principal),
+            "ssl_ca_location": self.security.ca_file,
+        }
 
     def down(self, progress: Progress = print) -> int:
         nodes = {node.process.name: node for node in self.nodes(3)}
@@ -196,6 +257,7 @@ class LocalKafka:
             layout
             and int(str(layout["brokers"])) == self.brokers
             and layout.get("base_port") == self.base_port
+            and bool(layout.get("secure")) == self.secure
         ):
             return str(layout["cluster_id"])
         # A different layout: its data cannot be reused.
@@ -211,6 +273,7 @@ class LocalKafka:
                     "brokers": self.brokers,
                     "base_port": self.base_port,
                     "version": self.version,
+                    "secure": self.secure,
                 }
             )
         )
@@ -246,9 +309,90 @@ class LocalKafka:
             "auto.create.topics.enable": "false",
             # A developer machine: no reason to wait for more members before the first rebalance.
             "group.initial.rebalance.delay.ms": 0,
+            **self.overrides,
         }
+        if self.secure:
+            props.update(self._secure_props(node))
         node.config_file.parent.mkdir(parents=True, exist_ok=True)
-        node.config_file.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        # 0600: a secured node's file holds the brokers' own password.
+        fd = os.open(node.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("".join(f"{k}={v}\n" for k, v in props.items()))
+
+    def _secure_props(self, node: BrokerNode) -> dict[str, object]:
+        sec = self.security
+        # SCRAM cannot authenticate the controller quorum in KRaft (its credentials live in
+        # the metadata the quorum serves), so controllers and brokers prove themselves to
+        # each other with the brokers' certificate (mutual TLS).
+        jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{ADMIN}" password="{sec.password(ADMIN)}";'
+        )
+        return {
+            "listeners": f"SASL_SSL://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
+            "advertised.listeners": f"SASL_SSL://{HOST}:{node.port}",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:SSL",
+            "inter.broker.listener.name": "SASL_SSL",
+            "sasl.enabled.mechanisms": MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": MECHANISM,
+            f"listener.name.sasl_ssl.{MECHANISM.lower()}.sasl.jaas.config": jaas,
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": sec.broker_keystore,
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": sec.ca_file,
+            "listener.name.controller.ssl.client.auth": "required",
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found": "false",
+            "super.users": f"User:{ADMIN};User:{BROKER_DN}",
+        }
+
+    def _ensure_principals(self, progress: Progress) -> None:
+        """Create the SCRAM credentials of the components' principals that lack one (a
+        principal added to the ACL file after the cluster was formatted, too)."""
+        if not self.secure or not self.principals:
+            return
+        admin = self._admin()
+        with kafka_call("describing SCRAM users", 30):
+            # Without a user list, one future for every user's description.
+            every = cast(Future, admin.describe_user_scram_credentials(request_timeout=30))
+            described = every.result(30)
+        missing = [p for p in self.principals if p not in described]
+        if not missing:
+            return
+        upserts: list[UserScramCredentialAlteration] = [
+            UserScramCredentialUpsertion(
+                p, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192),
+                self.security.password(p).encode(),
+            )
+            for p in missing
+        ]  # fmt: skip
+        for name, future in admin.alter_user_scram_credentials(upserts).items():
+            with kafka_call(f"creating SCRAM user {name}", 30):
+                future.result(30)
+        progress(f"created SCRAM users: {', '.join(missing)}")
+
+    def set_password(self, principal: str, password: str) -> None:
+        """Rotate a principal's password on the running cluster, then in its file."""
+        if not self.secure:
+            raise LocalStackError("the local cluster is not secured (`keel broker up --secure`)")
+        upsert: UserScramCredentialAlteration = UserScramCredentialUpsertion(
+            principal, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192), password.encode()
+        )
+        admin = self._admin()  # held: its futures die with it
+        for name, future in admin.alter_user_scram_credentials([upsert]).items():
+            with kafka_call(f"setting the password of {name}", 30):
+                future.result(30)
+        self.security.set_password(principal, password)
+
+    def _admin(self) -> AdminClient:
+        return AdminClient(
+            {
+                "bootstrap.servers": self.bootstrap(),
+                "socket.timeout.ms": 5000,
+                "log_level": 0,
+                **self.client_config(ADMIN),
+            }
+        )
 
     def _format(self, node: BrokerNode, libs: Path, java: str, cluster_id: str) -> None:
         cmd = [
@@ -264,6 +408,9 @@ class LocalKafka:
             str(node.config_file),
             "--ignore-formatted",
         ]
+        if self.secure:  # the brokers' own principal must exist before they can talk (KIP-900)
+            password = self.security.password(ADMIN)
+            cmd += ["--add-scram", f'{MECHANISM}=[name={ADMIN},password="{password}"]']
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             reason = (result.stderr or result.stdout).strip().splitlines()
@@ -298,9 +445,7 @@ class LocalKafka:
         deadline = time.monotonic() + timeout
         for node in self.nodes():  # a closed port would only make librdkafka log noise
             _wait_port(node.port, timeout, node.process)
-        admin = AdminClient(
-            {"bootstrap.servers": self.bootstrap(), "socket.timeout.ms": 5000, "log_level": 0}
-        )
+        admin = self._admin()
         last_error = ""
         while time.monotonic() < deadline:
             for node in self.nodes():

@@ -28,6 +28,7 @@ def lag_exporter(settings: KeelSettings, *, die_with_parent: bool = False) -> Pr
         port=port,
         # ready: its first read of the cluster is done, so Prometheus's first scrape has it
         health_url=f"http://127.0.0.1:{port}/readyz",
+        ops_url=f"http://127.0.0.1:{port}",
         order=25,
         die_with_parent=die_with_parent,
     )

@@ -18,7 +18,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def free_base_port(brokers: int = 1, low: int = 40000, high: int = 60000) -> int:
+# Below Linux's ephemeral range (32768-60999 by default): a port chosen there can be taken
+# by an outgoing connection between the check and a slow broker's bind.
+BASE_LOW, BASE_HIGH = 10000, 32700
+
+
+def free_base_port(brokers: int = 1, low: int = BASE_LOW, high: int = BASE_HIGH) -> int:
     """A base port at which every node of a `brokers`-node cluster finds its two ports free,
     so that concurrent clusters (test runs, fault tests) on one host never collide."""
     for _ in range(200):

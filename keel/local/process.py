@@ -129,6 +129,12 @@ class ManagedProcess:
             return ""
 
 
+def recorded_in(run_dir: Path, log_dir: Path) -> list[ManagedProcess]:
+    """Every process with a pid file in `run_dir`, whoever started it and with whatever
+    settings: what `keel down` must stop, not only the services the settings name now."""
+    return [ManagedProcess(p.stem, run_dir, log_dir) for p in sorted(run_dir.glob("*.pid"))]
+
+
 def stop_together(
     processes: Sequence[ManagedProcess], timeout: float = 30.0, sig: int = signal.SIGTERM
 ) -> list[ManagedProcess]:

@@ -6,6 +6,7 @@ settings and returning a list of `Service`, usually `ProcessService`s.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -21,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from glob import glob
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from keel.errors import LocalStackError
@@ -38,6 +40,17 @@ class ServiceStatus:
     running: bool
     healthy: bool
     detail: str
+    url: str | None = None  # where it serves /healthz, /readyz, /metrics (keel.health)
+    readiness: dict[str, Any] | None = None  # its /readyz body, when it serves one
+
+    @property
+    def ready(self) -> bool:
+        """Healthy and, for a process that serves /readyz, ready by it."""
+        return self.healthy and (self.readiness is None or self.readiness.get("status") == "ok")
+
+    def unready_checks(self) -> list[str]:
+        checks = (self.readiness or {}).get("checks", {})
+        return [name for name, c in checks.items() if not c.get("ok")]
 
 
 class Service(ABC):
@@ -59,7 +72,12 @@ class Service(ABC):
 
 
 def local_kafka(
-    settings: KeelSettings, brokers: int = 1, base_port: int | None = None
+    settings: KeelSettings,
+    brokers: int = 1,
+    base_port: int | None = None,
+    *,
+    secure: bool = False,
+    principals: tuple[str, ...] = (),
 ) -> LocalKafka:
     return LocalKafka(
         settings.home / "broker",
@@ -69,6 +87,8 @@ def local_kafka(
         base_port=base_port or settings.broker_port,
         heap=settings.broker_heap,
         maven_settings=settings.maven_settings,
+        secure=secure,
+        principals=principals,
     )
 
 
@@ -117,6 +137,7 @@ class ProcessService(Service):
         *,
         port: int,
         health_url: str | None = None,
+        ops_url: str | None = None,
         env: Mapping[str, str] | None = None,
         order: int = 50,
         user: str | None = None,
@@ -127,7 +148,10 @@ class ProcessService(Service):
         self.order = order
         self.argv = list(argv)
         self.port = port
-        self.health_url = health_url
+        # A Keel process serves keel.health's surface at `ops_url`: started once /healthz
+        # answers (unless `health_url` says otherwise), ready by its /readyz.
+        self.ops_url = ops_url
+        self.health_url = health_url or (f"{ops_url}/healthz" if ops_url else None)
         self.env = {**os.environ, **(env or {})}
         self.user = user
         self.start_timeout = start_timeout
@@ -195,9 +219,32 @@ class ProcessService(Service):
     def status(self) -> ServiceStatus:
         pid = self.process.pid()
         healthy = pid is not None and self.healthy()
+        readiness = self.readiness() if healthy and self.ops_url else None
         return ServiceStatus(
-            self.name, pid is not None, healthy, f"127.0.0.1:{self.port} pid {pid or '-'}"
+            self.name,
+            pid is not None,
+            healthy,
+            f"127.0.0.1:{self.port} pid {pid or '-'}",
+            url=self.ops_url,
+            readiness=readiness,
         )
+
+    def readiness(self) -> dict[str, Any]:
+        """The process's /readyz body (a 503 carries one too); unreachable: unavailable."""
+        try:
+            with urllib.request.urlopen(f"{self.ops_url}/readyz", timeout=2) as response:
+                body = response.read()
+        except urllib.error.HTTPError as exc:
+            body = exc.read()
+        except (urllib.error.URLError, OSError) as exc:
+            return {"status": "unavailable", "checks": {"http": {"ok": False, "error": str(exc)}}}
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            return {"status": "unavailable", "checks": {"http": {"ok": False, "error": "no JSON"}}}
+        return parsed
 
 
 class RedisService(ProcessService):

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
+from keel.local.process import recorded_in, stop_together
 from keel.local.services import (
     KafkaService,
     PostgresService,
+    ProcessService,
     RedisService,
     Service,
     ServiceStatus,
@@ -47,6 +49,21 @@ def start_all(services: list[Service], progress: Progress) -> list[Service]:
 def stop_all(services: list[Service], progress: Progress) -> None:
     for service in reversed(services):
         service.stop(progress)
+
+
+def stop_stack(settings: KeelSettings, progress: Progress) -> None:
+    """`keel down`: first whatever the stack started that today's settings do not name (its
+    pid files: `streams-2` of a stack started with KEEL_STREAMS_WORKERS=2, stopped from a
+    shell without it), then every service of the settings in reverse order. The leftovers are
+    components (the core services have fixed names), so they go before the brokers they use."""
+    services = stack_services(settings)
+    named = {s.process.name for s in services if isinstance(s, ProcessService)}
+    leftovers = [
+        p for p in recorded_in(settings.home / "run", settings.home / "logs") if p.name not in named
+    ]
+    for process in stop_together(leftovers):
+        progress(f"stopped {process.name} (not in the current settings)")
+    stop_all(services, progress)
 
 
 def statuses(services: list[Service]) -> list[ServiceStatus]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from keel import health
 from schemas.errors import SchemaError
 from schemas.registry.client import canonical
 from schemas.registry.compat import DEFAULT_LEVEL, LEVELS, check, parse
@@ -160,22 +161,21 @@ async def root(request: web.Request) -> web.Response:
     return _ok({})
 
 
-@routes.get("/healthz")
-async def healthz(request: web.Request) -> web.Response:
-    return _ok({"status": "ok"})
+# -- the operational surface (keel.health): /healthz, /readyz, /metrics -------------------
+async def healthz(app: web.Application) -> health.Checks:
+    return {"http": health.check(True)}
 
 
-@routes.get("/readyz")
-async def readyz(request: web.Request) -> web.Response:
-    store = request.app[STORE]
-    if not store.ready():
-        raise ApiError(503, 50003, "the registry is not reading its store topic")
-    return _ok({"status": "ready", "schemas": len(store.state.schemas)})
+async def readyz(app: web.Application) -> health.Checks:
+    """Loaded the store topic and still reading it."""
+    store = app[STORE]
+    return {
+        "store": health.check(store.ready(), topic=store.topic, schemas=len(store.state.schemas))
+    }
 
 
-@routes.get("/metrics")
-async def metrics(request: web.Request) -> web.Response:
-    store = request.app[STORE]
+async def metrics(app: web.Application) -> bytes:
+    store = app[STORE]
     with store._cond:
         schemas = len(store.state.schemas)
         subjects = sum(
@@ -195,9 +195,9 @@ async def metrics(request: web.Request) -> web.Response:
         "# HELP keel_registry_responses_total Answers by HTTP status.",
         "# TYPE keel_registry_responses_total counter",
     ]
-    for status, count in sorted(request.app[RESPONSES].items()):
+    for status, count in sorted(app[RESPONSES].items()):
         lines.append(f'keel_registry_responses_total{{status="{status}"}} {count}')
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+    return ("\n".join(lines) + "\n").encode()
 
 
 @routes.get("/schemas/types")
@@ -596,6 +596,7 @@ def create_app(store: KafkaStore) -> web.Application:
     app[STORE] = store
     app[RESPONSES] = Counter()
     app.add_routes(routes)
+    app.add_routes(health.routes(healthz=healthz, readyz=readyz, metrics=metrics))
     return app
 
 

@@ -37,7 +37,7 @@ from connectors.outbox import (
     purge_published,
 )
 from keel.kafka import TopicSpec, delete_topics, ensure_topics, wait_for_topics
-from keel.local.ports import free_port
+from keel.local.ports import free_base_port, free_port
 from keel.settings import KeelSettings
 from tests.polling import wait_for
 from tests.processes import KEEL, KeelProcess, run_keel
@@ -347,7 +347,7 @@ def test_broker_unreachable_leaves_rows_unpublished_and_marks_nothing(
     ids = outbox.insert(page_view("u-1"), page_view("u-2"), {"type": "page.viewed"})
     down = outbox.settings.model_copy(
         update={
-            "bootstrap_servers": f"127.0.0.1:{free_port()}",  # nothing listens there
+            "bootstrap_servers": f"127.0.0.1:{free_base_port()}",  # nothing listens (below the ephemeral range)
             "outbox_delivery_timeout_s": 1.5,
             "outbox_backoff_max_s": 0.5,
         }

@@ -227,7 +227,7 @@ def test_the_same_event_id_sent_twice_is_one_row(pg: PgEnv) -> None:
     rows = pg.rows()
     assert sorted(str(r["event_id"]) for r in rows).count(event["event_id"]) == 1
     assert len(rows) == 2
-    assert sink.counts["duplicates"] == 2 and sink.counts["written"] == 2
+    assert sink.counts.skipped["duplicate"] == 2 and sink.counts.processed == 2
 
 
 def test_the_type_filter_keeps_only_wanted_types(pg: PgEnv) -> None:
@@ -237,7 +237,7 @@ def test_the_type_filter_keeps_only_wanted_types(pg: PgEnv) -> None:
         pg.send([page("u-3", 1), wanted, page("u-4", 2)])
         wait_for(lambda: pg.committed() == 3, what="every record committed, filtered or not")
     assert [str(r["event_id"]) for r in pg.rows()] == [wanted["event_id"]]
-    assert running.sink.counts["filtered"] == 2
+    assert running.sink.counts.skipped["filtered"] == 2
 
 
 def test_a_type_filter_that_matches_no_catalog_type_names_the_setting(pg: PgEnv) -> None:
@@ -263,6 +263,7 @@ def test_an_undecodable_record_is_dead_lettered_and_later_events_still_land(pg: 
     assert letters[0].headers[H_ORIG_TOPIC] == pg.source
     assert letters[0].headers[H_ORIG_PARTITION] == "0"
     assert letters[0].headers[H_ORIG_OFFSET] == "0"
+    assert letters[0].headers["keel.error.class"].startswith("schemas.errors.")
     # keel dlq reads the same topic.
     shown = run_keel("dlq", "list", pg.settings.pgsink_dlq_topic, env=pg.env())
     assert shown.returncode == 0, shown.stderr
@@ -280,7 +281,7 @@ def test_a_sink_stopped_between_db_commit_and_offset_commit_rewrites_nothing_twi
     pg.send(first)
 
     def crash(batch: Batch) -> None:
-        raise Crash(f"stopped after writing {len(batch.rows)} rows")
+        raise Crash(f"stopped after writing {len(batch.items)} rows")
 
     sink = PgSink(pg.settings, after_write=crash)
     running = Running(sink)
@@ -297,7 +298,7 @@ def test_a_sink_stopped_between_db_commit_and_offset_commit_rewrites_nothing_twi
         wait_for(lambda: pg.committed() == 60, what="everything committed after the restart")
     ids = [str(r["event_id"]) for r in pg.rows()]
     assert sorted(ids) == sorted(e["event_id"] for e in first + second)  # none lost, no dups
-    assert restarted.counts["duplicates"] == written  # re-read, dropped by the primary key
+    assert restarted.counts.skipped["duplicate"] == written  # re-read, dropped by the primary key
 
 
 def test_keel_pgsink_run_killed_with_sigkill_and_restarted_loses_nothing(
@@ -381,7 +382,7 @@ def test_a_database_outage_commits_no_offsets_and_recovers(pg: PgEnv) -> None:
             pg.send(events)
             # Nothing listens on the sink's database port: writes fail and are retried.
             wait_for(
-                lambda: sink.metrics.failures._value.get() >= 3,
+                lambda: sink.counts.failures >= 3,
                 what="three failed writes",
             )
             assert pg.committed() == 0 and pg.rows() == []
@@ -424,7 +425,9 @@ def test_cli_init_run_status(pg: PgEnv, tmp_path: Path) -> None:
             wait_for(lambda: pg.committed() == 5, 60, "keel pgsink run writes and commits")
             assert sink.get("/readyz")[0] == 200
             assert sink.get("/healthz")[0] == 200
-            assert "keel_pgsink_written_total 5.0" in sink.get("/metrics")[1]
+            assert (
+                'keel_consumer_processed_total{component="pgsink"} 5.0' in sink.get("/metrics")[1]
+            )
             status = run_keel("pgsink", "status", "--json", env=env)
             assert status.returncode == 0, status.stderr
             figures = json.loads(status.stdout)
@@ -437,7 +440,7 @@ def test_cli_init_run_status(pg: PgEnv, tmp_path: Path) -> None:
         assert code == 0, sink.tail()
         lines = [json.loads(line) for line in sink.log.read_text().splitlines() if line.strip()]
         progress = [e for e in lines if e["msg"].startswith("pgsink progress")]
-        assert progress and progress[-1]["written"] == 5
+        assert progress and progress[-1]["processed"] == 5
     finally:
         with connect(pg.dsn) as conn:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
@@ -485,4 +488,5 @@ def test_a_row_postgresql_refuses_is_dead_lettered_and_the_rest_of_its_batch_lan
     [letter] = read(pg.settings, pg.settings.pgsink_dlq_topic)
     assert letter.headers[H_REASON] == "rejected"
     assert "check constraint" in letter.error and letter.key == b"banned"
-    assert sink.counts["written"] == 5 and sink.counts["dead_lettered"] == 1
+    assert letter.headers["keel.error.class"] == "psycopg.errors.CheckViolation"
+    assert sink.counts.processed == 5 and sum(sink.counts.dead_lettered.values()) == 1

@@ -328,6 +328,7 @@ def test_a_400_goes_straight_to_the_dead_letter_topic_and_keel_dlq_reads_it(
     h = letters[0].headers
     assert h[H_REASON] == "permanent"
     assert h[H_ERROR] == "HTTP 400: answer 400"
+    assert h["keel.error.class"] == "connectors.webhooks.DeliveryRefused"
     assert h[H_ORIG_TOPIC] == hooks.source
     assert h[H_SUBSCRIBER] == "all" and h[H_ATTEMPTS] == "1" and h[H_EVENT_ID] == event["event_id"]
     delivered = hooks.receiver.at("/users")[0]  # the other subscriber got it all the same
@@ -423,7 +424,7 @@ def test_a_stuck_subscriber_holds_the_others_back_only_up_to_the_read_ahead(
 
     def consumed() -> int:
         for line in sink.text("/metrics").splitlines():
-            if line.startswith("keel_webhooks_consumed_total "):
+            if line.startswith('keel_consumer_consumed_total{component="webhooks"} '):
                 return int(float(line.split()[1]))
         return 0
 

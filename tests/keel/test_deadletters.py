@@ -149,12 +149,58 @@ def test_replayed_for_needs_a_replay_that_names_a_processor() -> None:
 
 @pytest.mark.parametrize("command", ["list", "replay"])
 def test_unreachable_brokers_are_one_line_naming_them(command: str) -> None:
-    from keel.local.ports import free_port
+    from keel.local.ports import free_base_port
 
-    nowhere = f"127.0.0.1:{free_port()}"  # nothing listens there
+    # Below the ephemeral range: a client connecting to a free ephemeral port can get that very
+    # port as its own source port and talk to itself (TCP self-connect), and read an answer.
+    nowhere = f"127.0.0.1:{free_base_port()}"  # nothing listens there
     result = _keel(nowhere, command, "events.dlq")
     assert result.returncode == 1
     assert result.stderr.startswith(
         f"keel: error: Kafka at {nowhere}: reading dead-letter topic events.dlq: "
     ), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+# -- the one writer of dead-letter headers -------------------------------------------------
+
+
+def test_letter_headers_carry_reason_error_class_origin_and_extras() -> None:
+    from keel.deadletters import (
+        H_ERROR_CLASS,
+        H_ORIG_TIMESTAMP,
+        Failure,
+        Origin,
+        letter_headers,
+    )
+
+    headers = header_map(
+        letter_headers(
+            "undecodable",
+            Failure.of(ValueError("bad byte")),
+            Origin("events", 2, 41, 1_700),
+            [("keel.webhooks.subscriber", "billing")],
+        )
+    )
+    assert headers == {
+        "keel.dlq.reason": "undecodable",
+        "keel.error": "bad byte",
+        H_ERROR_CLASS: "builtins.ValueError",
+        "keel.original.topic": "events",
+        "keel.original.partition": "2",
+        "keel.original.offset": "41",
+        H_ORIG_TIMESTAMP: "1700",
+        "keel.webhooks.subscriber": "billing",
+    }
+    # An exception without a message is named by its class.
+    assert Failure.of(KeyError()).message == "KeyError"
+
+
+def test_one_truncation_rule_cuts_bytes_on_a_character_boundary() -> None:
+    from keel.deadletters import MAX_ERROR_BYTES, truncate_error
+
+    assert truncate_error("short") == "short"
+    cut = truncate_error("é" * MAX_ERROR_BYTES)  # two bytes each
+    assert len(cut.encode()) == MAX_ERROR_BYTES and cut == "é" * (MAX_ERROR_BYTES // 2)
+    odd = truncate_error("a" + "é" * MAX_ERROR_BYTES)  # the limit falls inside a character
+    assert len(odd.encode()) == MAX_ERROR_BYTES - 1 and odd.endswith("é")

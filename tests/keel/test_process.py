@@ -60,3 +60,18 @@ def test_a_cluster_id_starting_with_a_dash_formats(tmp_path: Path) -> None:
         "-AbCdEfGhIjKlMnOpQrStUv",
     )
     assert (node.data_dir / "meta.properties").exists()
+
+
+def test_overrides_replace_the_brokers_defaults(tmp_path: Path) -> None:
+    """A fault test shortens failure detection: its properties win over Keel's defaults."""
+    settings = get_settings()
+    cluster = LocalKafka(
+        tmp_path, libs_home=settings.home, version=settings.kafka_version, brokers=3,
+        base_port=45000, overrides={"replica.lag.time.max.ms": 8000, "min.insync.replicas": 1},
+    )  # fmt: skip
+    node = cluster.nodes()[1]
+    cluster._write_config(node)
+    lines = node.config_file.read_text().splitlines()
+    assert "replica.lag.time.max.ms=8000" in lines
+    assert "min.insync.replicas=1" in lines and "min.insync.replicas=2" not in lines
+    assert "default.replication.factor=3" in lines  # the rest stays

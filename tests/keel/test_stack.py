@@ -1,5 +1,6 @@
 """`keel up --detach`, `keel status`, `keel down`: the real console script runs the whole
-local stack in its own folder and on its own ports."""
+local stack in its own folder and on its own ports, and every Keel process of it answers
+/healthz and /readyz in keel.health's one shape."""
 
 from __future__ import annotations
 
@@ -69,15 +70,19 @@ def test_up_status_down(tmp_path: Path) -> None:
     try:
         up = keel("up", "--detach")
         assert up.returncode == 0, up.stderr
-        status = keel("status")
-        assert status.returncode == 0, status.stdout + status.stderr
+        # Alive once `up` returns; ready (in their groups, tables recovered) soon after.
+        status = wait_for(
+            lambda: (st := keel("status")).returncode == 0 and st, 120, "every service ready"
+        )
         lines = status.stdout.splitlines()
         assert {ln.split()[0] for ln in lines} >= {
-            "kafka", "redis", "postgres", "registry", "outbox-relay", "pgsink", "archive-sink"
+            "kafka", "redis", "postgres", "registry", "outbox-relay", "pgsink", "archive-sink",
+            "webhook-sink", "jobs-worker", "streams-1", "ingest-1", "ingest-2",
         }  # fmt: skip
         assert all(" healthy " in ln for ln in lines), status.stdout
         assert "prometheus" in status.stdout and "lag-exporter" in status.stdout
         _prometheus_scrapes_every_keel_process(port["prometheus"])
+        _every_process_answers_the_one_shape(keel)
         # A second `up` reuses what runs.
         again = keel("up", "--detach")
         assert again.returncode == 0 and "already running" in again.stderr
@@ -120,3 +125,54 @@ def _prometheus_scrapes_every_keel_process(prometheus_port: int) -> None:
     named.pop("up")  # Prometheus's own, per target
     missing = {m: sorted(w) for m, w in named.items() if m not in served}
     assert not missing, missing
+
+
+KEEL_PROCESSES = {"registry", "ingest-1", "ingest-2", "streams-1", "jobs-worker",
+                  "outbox-relay", "pgsink", "archive-sink", "webhook-sink",
+                   "lag-exporter"}  # fmt: skip
+
+
+def _every_process_answers_the_one_shape(keel: Any) -> None:
+    """`keel status --json` names where each Keel process serves keel.health; each answers
+    /healthz and /readyz as {"status": "ok", "checks": {name: {"ok": true, ...}}} and serves
+    /metrics."""
+    listed = keel("status", "--json")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    found = {st["name"]: st for st in json.loads(listed.stdout)}
+    assert {name for name, st in found.items() if st["url"]} == KEEL_PROCESSES
+    for name in sorted(KEEL_PROCESSES):
+        st = found[name]
+        assert st["ready"] and st["readiness"]["status"] == "ok", st
+        for path in ("/healthz", "/readyz"):
+            status, text = http_get(st["url"] + path)
+            body = json.loads(text)
+            assert status == 200, (name, path, body)
+            assert set(body) == {"status", "checks"} and body["status"] == "ok", (name, body)
+            assert body["checks"] and all(
+                isinstance(c, dict) and c["ok"] is True for c in body["checks"].values()
+            ), (name, path, body)
+        assert http_get(st["url"] + "/metrics")[0] == 200, name
+    # A consumer's figures carry the one naming scheme.
+    metrics = http_get(found["pgsink"]["url"] + "/metrics")[1]
+    assert 'keel_consumer_consumed_total{component="pgsink"}' in metrics
+
+
+def test_down_stops_what_the_stack_started_whatever_the_settings_say_now(tmp_path: Path) -> None:
+    """A stack started with KEEL_STREAMS_WORKERS=2 and stopped from a shell without it: `keel
+    down` stops `streams-2` too (its pid file), or the next `keel up` finds its port taken."""
+    from keel.local.process import ManagedProcess
+
+    home = tmp_path / "home"
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    workers = [ManagedProcess(f"streams-{i}", home / "run", home / "logs") for i in (1, 2)]
+    for worker in workers:
+        worker.start(sleeper, die_with_parent=True)
+    assert all(w.is_running() for w in workers)
+    env = {**os.environ, "KEEL_HOME": str(home), "KEEL_STREAMS_WORKERS": "1"}
+    down = subprocess.run(
+        [KEEL, "down"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert down.returncode == 0, down.stderr
+    assert not any(w.is_running() for w in workers), down.stdout + down.stderr
+    assert "stopped streams-2 (not in the current settings)" in down.stdout + down.stderr
+    assert not list((home / "run").glob("*.pid"))

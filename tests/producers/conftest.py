@@ -93,12 +93,14 @@ def ingest_url(ingest_settings: KeelSettings) -> Iterator[str]:
 
 def post(
     url: str, body: Any, key: str | None, *, content_type: str = "application/json",
-    raw: bytes | None = None,
+    raw: bytes | None = None, headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], Any]:  # fmt: skip
     """POST to /v1/events; returns status, headers, parsed JSON body."""
     data = raw if raw is not None else json.dumps(body).encode()
     request = urllib.request.Request(f"{url}/v1/events", data=data, method="POST")
     request.add_header("Content-Type", content_type)
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
     if key:
         request.add_header("Authorization", f"Bearer {key}")
     try:

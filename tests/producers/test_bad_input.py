@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -73,6 +74,15 @@ def test_400_bad_json(url: str, key: str, raw: bytes, field: str | None) -> None
     assert body["error"]
     if field is not None:
         assert body["errors"][0]["field"] == field
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_400_body_not_in_its_content_encoding(url: str, key: str, encoding: str) -> None:
+    raw = json.dumps(order()).encode()
+    status, _, body = post(url, None, key, raw=raw, headers={"Content-Encoding": encoding})
+    assert status == 400, body
+    assert f"not valid {encoding}" in body["error"]
+    assert body["errors"] == [{"field": "Content-Encoding", "error": f"body is not {encoding}"}]
 
 
 def test_413_body_batch_and_event_size(url: str, key: str) -> None:

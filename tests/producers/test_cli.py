@@ -12,9 +12,10 @@ from typing import Any
 
 from keel.local.ports import free_port
 from keel.settings import KeelSettings
+from producers.app import build_app
 from tests.polling import wait_for
 from tests.processes import KEEL, KeelProcess, run_keel
-from tests.producers.conftest import post
+from tests.producers.conftest import post, serve_in_thread
 from tests.producers.test_http_roundtrip import order
 
 
@@ -90,3 +91,31 @@ def test_ingest_with_workers_and_demo(
     types = {v["type"] for *_, v in records if v["source"] == "demo"}
     assert {"user.signed_up", "page.viewed", "product.viewed"} <= types
     assert len(records) == 10 + stats["accepted"]
+
+
+def test_a_revoked_key_is_refused_by_every_replica(ingest_settings: KeelSettings) -> None:
+    """Two replicas read one keys file; `keel keys revoke` makes both answer 401 (each reloads
+    the file every second), and the other keys keep working."""
+    env = _env(ingest_settings)
+    doomed = run_keel("keys", "create", "doomed", env=env, check=True).stdout.strip()
+    kept = run_keel("keys", "create", "kept", env=env, check=True).stdout.strip()
+    doomed_id = doomed.split("_")[1]
+    with (
+        serve_in_thread(build_app(ingest_settings)) as one,
+        serve_in_thread(build_app(ingest_settings)) as two,
+    ):
+        for url in (one, two):
+            assert post(url, order(), doomed)[0] == 202
+        revoked = run_keel("keys", "revoke", doomed_id, env=env)
+        assert revoked.returncode == 0, revoked.stderr
+        assert f"revoked {doomed_id} (source doomed)" in revoked.stdout
+        for url in (one, two):
+            wait_for(lambda u=url: post(u, order(), doomed)[0] == 401, 10, f"401 from {url}")
+            assert post(url, order(), kept)[0] == 202
+    again = run_keel("keys", "revoke", doomed_id, env=env)
+    assert again.returncode == 1
+    assert again.stderr.strip().splitlines() == [
+        f"keel: error: no API key with id {doomed_id!r} in {ingest_settings.ingest_keys_file} "
+        f"(ids: {kept.split('_')[1]})"
+    ]
+    assert doomed not in json.dumps(run_keel("keys", "list", env=env).stdout)

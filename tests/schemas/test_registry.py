@@ -457,7 +457,7 @@ def test_listing_lookup_and_service_endpoints(schema_registry: str) -> None:
     assert requests.get(f"{schema_registry}/schemas/types", timeout=10).json() == ["AVRO"]
     assert requests.get(f"{schema_registry}/mode", timeout=10).json() == {"mode": "READWRITE"}
 
-    assert requests.get(f"{schema_registry}/readyz", timeout=10).json()["status"] == "ready"
+    assert requests.get(f"{schema_registry}/readyz", timeout=10).json()["status"] == "ok"
     metrics = requests.get(f"{schema_registry}/metrics", timeout=10).text
     assert (
         "keel_registry_schemas " in metrics

@@ -205,10 +205,10 @@ def streams_env(
             print(f"readyz: {worker.get('/readyz')}")
         print(worker.digest())
         worker.stop()
-    _delete_app_topics(admin, app_id, jobs_prefix)
+    delete_app_topics(admin, app_id, jobs_prefix)
 
 
-def _delete_app_topics(admin: Any, app_id: str, jobs_prefix: str) -> None:
+def delete_app_topics(admin: Any, app_id: str, jobs_prefix: str) -> None:
     from keel.kafka import delete_topics
 
     names = [

@@ -120,21 +120,38 @@ def test_a_run_acked_is_what_fausts_commit_takes(app: Any) -> None:
 
 
 @pytest.mark.unit
-def test_offsets_the_log_skips_are_gaps_the_commit_steps_over(app: Any) -> None:
-    consumer, tp = app.consumer, TP("t", 0)
+def test_a_guarded_topic_counts_only_applied_records_and_runs_marked_done(app: Any) -> None:
+    consumer, tp, other = app.consumer, TP("t", 0), TP("other", 0)
+    applied_below = {tp: 5}
+    consumer.guard({"t"}, lambda p, offset: offset < applied_below.get(p, 0))
 
-    class Rec:
-        def __init__(self, offset: int) -> None:
-            self.offset = offset
+    async def deliver() -> None:
+        await consumer._add_gap(tp, 5, 6)  # Faust's fetcher skipped 5..6: not done for "t"
+        await consumer._add_gap(other, 0, 1)  # another topic's gaps stay Faust's
+        await consumer._deliver_run(tp, [_Rec(o) for o in range(8)], handler)
 
-    run = [Rec(o) for o in (3, 4, 7, 8, 12)]  # e.g. compacted away, or transaction markers
+    async def handler(_tp: TP, run: Any) -> None:
+        pass  # applied 0..4 only (say 5.. arrived after a rebalance's seek)
 
-    async def note() -> None:
-        await consumer._note_gaps(tp, 0, run)  # offset 0 read before: 1 and 2 are gaps too
+    asyncio.run(deliver())
+    assert consumer._new_offset(tp) == 5  # 5..7 were handed over, not applied
+    consumer._committed_offset[tp] = 5  # Faust committed it
+    assert not consumer._gap[tp] and consumer._gap[other]  # only the other topic's noted
 
-    asyncio.run(note())
-    consumer._ack_run(tp, [0, *(r.offset for r in run)])
-    assert consumer._new_offset(tp) == 13
+    class Message:  # a stream's message of a guarded topic, not applied: released only
+        topic, offset, acked, refcount = "t", 9, False, 1
+
+    message = Message()
+    message.tp = tp  # type: ignore[attr-defined]
+    consumer._unacked_messages.add(message)
+    assert consumer.ack(message) is False
+    assert message.acked and message not in consumer._unacked_messages
+
+    applied_below[tp] = 8  # 5..7 applied after all, 5..6 read from the log
+    consumer._ack_run(tp, [7])
+    assert consumer._new_offset(tp) is None  # nothing to commit past 5 and 6
+    asyncio.run(consumer.mark_done(tp, 5, 6))
+    assert consumer._new_offset(tp) == 8
 
 
 @pytest.mark.unit

@@ -73,6 +73,7 @@ def test_duplicates_across_batches_and_poison_in_fausts_test_context(tmp_path: P
             [dead] = ctx.dead_letters()
             headers = dict(dead.headers or [])
             assert headers[H_REASON] == b"undecodable"
+            assert headers["keel.error.class"].startswith(b"schemas.errors.")
             assert dead.value == b"\x00\x00\x00\x00"
 
     asyncio.run(go())
@@ -182,6 +183,7 @@ def test_a_replayed_dead_letter_reaches_the_processor_that_raised_only(tmp_path:
             [dead] = ctx.dead_letters()
             headers = dict(dead.headers or [])
             assert (headers[H_REASON], headers[H_PROCESSOR]) == (b"processor", b"fussy")
+            assert headers["keel.error.class"] == b"builtins.ValueError"
             assert (ctx.view("fussy", "u1"), ctx.view("user_activity", "u1")["events"]) == (1, 2)
 
             fussy.broken = False

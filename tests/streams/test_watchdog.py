@@ -279,7 +279,10 @@ def test_a_partition_that_stops_moving_fails_healthz_until_it_moves_again(
     started = time.monotonic()
     while not drained(len(first)) or time.monotonic() - started < 3 * STALL_TIMEOUT_S:
         status, body = _get(url + "/healthz")
-        assert (status, body) == (200, {"status": "ok"}), body
+        assert (status, body) == (
+            200,
+            {"status": "ok", "checks": {"partitions": {"ok": True, "stalled": []}}},
+        ), body
         time.sleep(0.2)  # the polling interval of a check that must hold throughout
     assert not [r for r in caplog.records if "stalled" in r.getMessage()]
     assert app.stalls == []
@@ -298,8 +301,8 @@ def test_a_partition_that_stops_moving_fails_healthz_until_it_moves_again(
         return body if status == 503 else None
 
     body = wait_for(unhealthy, 10 * STALL_TIMEOUT_S, "/healthz to report the stall")
-    assert body["status"] == "stalled"
-    [stalled] = body["stalled"]
+    assert body["status"] == "unavailable"
+    [stalled] = body["checks"]["partitions"]["stalled"]
     assert (stalled["topic"], stalled["partition"]) == (source, tp.partition)
     assert stalled["highwater"] > stalled["position"]
     assert stalled["stuck_s"] >= STALL_TIMEOUT_S
@@ -331,7 +334,10 @@ def test_a_partition_that_stops_moving_fails_healthz_until_it_moves_again(
 
     def healthy() -> Any:
         alive()
-        return _get(url + "/healthz") == (200, {"status": "ok"})
+        return _get(url + "/healthz") == (
+            200,
+            {"status": "ok", "checks": {"partitions": {"ok": True, "stalled": []}}},
+        )
 
     wait_for(healthy, 10 * STALL_TIMEOUT_S, "/healthz healthy again")
     assert "keel_streams_stalled_partitions 0.0" in http_get(url + "/metrics")[1]
