@@ -57,6 +57,9 @@ MIRRORED = {
     "Consumer._clean_unacked_messages": "11be2587e71c9162",
     "Consumer._add_gap": "4df2573ded7c1c2c",
     "Consumer._wait_next_records": "6218e1969a636b3f",
+    # what the read offset means after a seek (the offset to read next)
+    "Consumer.seek": "b86a9fe05f956b30",
+    "Consumer.perform_seek": "0e8c130ff4b0afd8",
     "Fetcher._fetcher": "68f894f0b577d810",
     "aiokafka.Consumer._to_message": "7c24f6511b2fcef7",
     "App._new_transport": "42db531312dd776f",
@@ -231,6 +234,25 @@ def test_a_worker_takes_whole_runs_and_commits_them_through_faust(
 class _Rec:
     def __init__(self, offset: int) -> None:
         self.offset = offset
+
+
+@pytest.mark.unit
+def test_the_record_at_the_offset_sought_is_handed_over_and_those_below_are_not(app: Any) -> None:
+    consumer, tp = app.consumer, TP("t", 0)
+    handled: list[int] = []
+
+    async def handler(_tp: TP, run: Any) -> None:
+        handled.extend(r.offset for r in run)
+
+    async def deliver() -> None:
+        # What Faust's seek to the committed offset (3) leaves, Consumer.seek and
+        # perform_seek alike: the offset to read next.
+        consumer._read_offset[tp] = 3
+        await consumer._deliver_run(tp, [_Rec(o) for o in range(1, 6)], handler)
+
+    asyncio.run(deliver())
+    assert handled == [3, 4, 5]
+    assert consumer._read_offset[tp] == 5
 
 
 @pytest.mark.unit
