@@ -198,8 +198,6 @@ def worker_env(topic: str, registry: str, tmp: Path, app_id: str) -> dict[str, s
         "KEEL_STREAMS_PROCESSORS": "user_activity",
         "KEEL_STREAMS_CACHE_ENABLED": "false",
         "KEEL_STREAMS_STANDBY_REPLICAS": "0",
-        # The run path (streams.faust_adapter), opt-in until the replay tests pass with it.
-        "KEEL_STREAMS_RUN_DELIVERY": "true",
         "KEEL_LOG_LEVEL": "WARNING",
     }
 

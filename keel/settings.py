@@ -135,13 +135,10 @@ class KeelSettings(BaseSettings):
     )
     streams_batch_size: int = Field(5000, ge=1, description="Events taken per batch.")
     streams_batch_within_s: float = Field(
-        0.1, gt=0, description="Longest wait to fill a batch (latency vs. throughput)."
-    )
-    streams_run_delivery: bool = Field(
-        False,
-        description="Hand each fetched run of a partition to the engine whole (off: Faust's "
-        "per-event streams with the batch size and window above). Opt-in: the dead-letter "
-        "replay tests do not pass with it yet.",
+        0.1,
+        gt=0,
+        description="Longest wait to fill a batch in Faust's test context (a worker hands "
+        "over each fetched run at once).",
     )
     streams_dlq_topic: str = Field("events.dlq", description="Where poison messages go.")
     streams_jobs_topic_prefix: str = Field("", description="Prefix of the job topics (tests).")

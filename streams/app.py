@@ -5,14 +5,13 @@ Responsibilities:
   RocksDB through rocksdict (`rocksdb://`) backed by compacted changelog topics, and
   standby replicas (KEEL_STREAMS_STANDBY_REPLICAS);
 - name every topic it uses (`internal_topics`) so the worker creates them up front;
-- run the `Engine` over batches taken with `stream.take_events`, or with
-  KEEL_STREAMS_RUN_DELIVERY over each fetched run of an assigned partition, handed over
-  whole by Faust's consumer (`streams.faust_adapter.BatchConsumer`), one partition at a
-  time, only what `streams.offsets` says may be applied (with the runs Faust's fetcher
-  skipped read from the log), and carry out its results in the order that makes replays
-  harmless: outputs (dead letters, job events, re-keyed deltas) acknowledged first, then
-  table writes, then sinks; Faust commits the applied offsets afterwards (it flushes the
-  producer first);
+- run the `Engine` over each fetched run of an assigned partition, handed over whole by
+  Faust's consumer (`streams.faust_adapter.BatchConsumer`; batches taken with
+  `stream.take_events` in Faust's test context), one partition at a time, only what
+  `streams.offsets` says may be applied (with the runs Faust's fetcher skipped read from
+  the log), and carry out its results in the order that makes replays harmless: outputs
+  (dead letters, job events, re-keyed deltas) acknowledged first, then table writes, then
+  sinks; Faust commits the applied offsets afterwards (it flushes the producer first);
 - answer `GET /v1/views/{view}/{key}` locally when this worker owns the key's partition,
   or forward it to the owner; `/healthz`, `/readyz` (503 while rebalancing or recovering
   state from changelogs) and `/metrics`.
@@ -194,10 +193,9 @@ class StreamsApp:
         )
         claim(self.datadir)  # before anything opens it: state survives only a clean stop
         conf = faust_settings(settings, partitions, self.datadir)
-        if settings.streams_run_delivery:
-            # A fetch's runs are handled in one go: bound them as a batch is bounded, so the
-            # loop (commits, the query API) is not held longer than one batch's work.
-            conf["broker_max_poll_records"] = self.batch_size
+        # A fetch's runs are handled in one go: bound them as a batch is bounded, so the
+        # loop (commits, the query API) is not held longer than one batch's work.
+        conf["broker_max_poll_records"] = self.batch_size
         self.app = KeelFaustApp(settings.streams_app_id, **conf)
         # Table writes queue their changelog records in Faust's producer buffer; at its default
         # of 100 the consumer stalls after every batch ("producer buffer full"), profiled as
@@ -351,13 +349,13 @@ class StreamsApp:
 
         # The agents, for Faust's test context (`agent.test_context()`, see streams.testing)
         self.source_agent = source_agent
-        if self.settings.streams_run_delivery:
-            # A worker's consumer hands these topics' fetched runs straight to the engine;
-            # the agents then see nothing of them (see streams.faust_adapter).
-            handlers = self.app.run_handlers
-            handlers[self.source.get_topic_name()] = self._source_run
-            for name, topic in self.rekey_topics.items():
-                handlers[topic.get_topic_name()] = functools.partial(self._fold_run, name)
+        # A worker's consumer hands these topics' fetched runs straight to the engine; the
+        # agents then see nothing of them (see streams.faust_adapter): their per-event path
+        # runs only in Faust's test context, which has no consumer.
+        handlers = self.app.run_handlers
+        handlers[self.source.get_topic_name()] = self._source_run
+        for name, topic in self.rekey_topics.items():
+            handlers[topic.get_topic_name()] = functools.partial(self._fold_run, name)
 
         for name, topic in self.rekey_topics.items():
             self._fold_agent(name, topic)

@@ -189,7 +189,6 @@ def worker(streams_env: StreamsEnv, monkeypatch: pytest.MonkeyPatch) -> Iterator
         if name.startswith("KEEL_"):
             monkeypatch.setenv(name, value)
     monkeypatch.setenv("KEEL_STREAMS_WEB_PORT", str(free_port()))
-    monkeypatch.setenv("KEEL_STREAMS_RUN_DELIVERY", "true")
     running = InProcessWorker(KeelSettings())
     app = running.start()
     try:
