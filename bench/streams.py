@@ -14,8 +14,9 @@
    - plain: a confluent-kafka consume loop that decodes with Keel's serde into a dict.
    Each run takes them in turn, Keel first and then the other way round; Keel and its floor
    are measured per second of wall time and per second of the worker's CPU time (`Rate`).
-2. one Keel worker vs two, each on a fresh topic filled once every worker answers /readyz,
-   so neither start-up, a head start nor the rebalance when the second joins is counted.
+2. one Keel worker vs two, each on a fresh topic filled once every worker answers /readyz
+   (the workers paused meanwhile), so neither start-up, a head start, the rebalance when the
+   second joins nor the fill's own pace is counted.
 3. end-to-end latency: HTTP 202 from `keel ingest` to the value visible in the query API,
    at a fixed moderate rate.
 
@@ -34,6 +35,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -198,6 +200,8 @@ def worker_env(topic: str, registry: str, tmp: Path, app_id: str) -> dict[str, s
         "KEEL_STREAMS_PROCESSORS": "user_activity",
         "KEEL_STREAMS_CACHE_ENABLED": "false",
         "KEEL_STREAMS_STANDBY_REPLICAS": "0",
+        # Workers are paused while a scale run's topic fills: no rebalance meanwhile.
+        "KEEL_STREAMS_SESSION_TIMEOUT_S": "60",
         "KEEL_LOG_LEVEL": "WARNING",
     }
 
@@ -231,7 +235,16 @@ def run_workers(
                 if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                     raise RuntimeError(f"{kind} workers not ready; logs in {tmp}")
                 time.sleep(0.1)
-            fill_when_ready()
+            # Paused while the topic fills (a few seconds, well within the session timeout):
+            # a worker drains as fast as the fill writes, so otherwise most events were
+            # handled during the fill and the measured window was only its tail.
+            for proc in procs:
+                proc.send_signal(signal.SIGSTOP)
+            try:
+                fill_when_ready()
+            finally:
+                for proc in procs:
+                    proc.send_signal(signal.SIGCONT)
         return rate_of(ports, count, procs)
     finally:
         stop_processes(procs)
