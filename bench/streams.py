@@ -2,25 +2,27 @@
 
 1. `user_activity`-style count per key (events/s), each run with a fresh consumer group:
    - keel: a real `keel streams worker` running only the `user_activity` processor (Avro
-     decoding through the registry, dedup by event_id, RocksDB tables, changelogs);
+     decoding through the registry, dedup by event_id, RocksDB tables, changelogs), taking
+     each fetched run of a partition whole (streams.faust_adapter);
    - faust_floor: a Faust agent with the same settings that only counts messages, in
-     batches (bench/streams_floor.py): the floor Faust itself sets;
+     batches (bench/streams_floor.py): Faust's own per-event path, no decoding, no state;
    - quix: the same aggregation (count per user and event type, in its RocksDB state,
      Avro through the same registry) in Quix Streams, run from its own venv
      bench/.venv-quix (created here: its pins conflict with Keel's);
+   - bytewax: Bytewax 0.21 (a dev dependency), a keyed count in its `stateful_map` with
+     Keel's decoder in a `map`, one worker;
    - plain: a confluent-kafka consume loop that decodes with Keel's serde into a dict.
-   Keel and its floor run back to back (each run the other first); both are measured per
-   second of wall time and per second of the worker's CPU time (`Rate`).
-2. one Keel worker vs two (same topic, fresh groups), each measured once every worker
-   answers /readyz (the group has settled), so the rebalance when the second worker
-   joins is not counted against the pair.
+   Each run takes them in turn, Keel first and then the other way round; Keel and its floor
+   are measured per second of wall time and per second of the worker's CPU time (`Rate`).
+2. one Keel worker vs two, each on a fresh topic filled once every worker answers /readyz
+   (the workers paused meanwhile), so neither start-up, a head start, the rebalance when the
+   second joins nor the fill's own pace is counted.
 3. end-to-end latency: HTTP 202 from `keel ingest` to the value visible in the query API,
    at a fixed moderate rate.
 
     .venv/bin/python -m bench.streams [--quick] [--runs 3] [--events 200000]
 
-(--quick: one run of 30,000 events, about 40 s; the pair needs that many to still be busy
-once settled, and its figure is rough: use full runs for the record.)
+(--quick: one run of 60,000 events, under 3 minutes.)
 
 Figures go to stderr as they come; the last stdout line is one JSON object.
 """
@@ -33,6 +35,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -42,6 +45,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -65,6 +69,9 @@ ROOT = Path(__file__).resolve().parent.parent
 QUIX_VENV = ROOT / "bench" / ".venv-quix"
 QUIX_VERSION = "3.28.1"
 KEEL = str(Path(sys.executable).parent / "keel")
+# How often the workers' /metrics are read while they drain: each read costs a worker ~1 ms
+# of its loop (profiled), so not much more often than the figures need.
+POLL_S = 0.1
 TYPES = ["page.viewed", "product.viewed", "cart.item_added", "page.viewed"]
 
 
@@ -91,8 +98,8 @@ def event(i: int, users: int) -> dict[str, Any]:
 
 
 def fill(topic: str, count: int, users: int, registry: str) -> None:
-    """Encode a small set of distinct events once, then produce `count` copies with fresh
-    event_ids patched in (Avro strings: the uuid is a fixed 36 bytes after its length)."""
+    """Encode each distinct (type, user) event once, then produce `count` copies with fresh
+    event_ids patched in (an Avro string: the uuid's 36 bytes in place of the template's)."""
     from schemas.envelope import validate_event
     from schemas.registry.client import RegistryClient
     from schemas.serde import AvroSerde
@@ -100,10 +107,23 @@ def fill(topic: str, count: int, users: int, registry: str) -> None:
     serde = AvroSerde(RegistryClient(registry))
     producer = make_producer(**{"linger.ms": 50, "batch.size": 1_000_000})
     started = time.perf_counter()
+    templates: dict[tuple[int, int], tuple[bytes, bytes, bytes, bytes]] = {}
     for i in range(count):
-        event_type, record = validate_event(event(i, users), source="bench")
-        producer.produce(topic, key=str(record["user_id"]).encode(),
-                         value=serde.encode_with(event_type, record))  # fmt: skip
+        shape = (i % len(TYPES), i % users)
+        template = templates.get(shape)
+        if template is None:
+            event_type, record = validate_event(event(i, users), source="bench")
+            value = serde.encode_with(event_type, record)
+            head, _, tail = value.partition(str(record["event_id"]).encode())
+            template = templates[shape] = (str(record["user_id"]).encode(), head, tail, value)
+        key, head, tail, _ = template
+        value = head + str(uuid.uuid4()).encode() + tail
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:  # the client's queue is full: let it send
+                producer.poll(0.05)
         if i % 10_000 == 0:
             producer.poll(0)
     if producer.flush(120) != 0:
@@ -147,13 +167,8 @@ def cpu_seconds(procs: list[subprocess.Popen[bytes]]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def rate_of(
-    ports: list[int], count: int, procs: list[subprocess.Popen[bytes]], settled: bool = False
-) -> Rate:
-    """Events/s from the first processed event seen to the last (start-up excluded). With
-    `settled`, from the first moment every worker answers /readyz (the group has settled:
-    with two workers the first one to start takes every partition, and the rebalance when
-    the second joins would otherwise count against the pair)."""
+def rate_of(ports: list[int], count: int, procs: list[subprocess.Popen[bytes]]) -> Rate:
+    """Events/s from the first processed event seen to the last (start-up excluded)."""
     first: tuple[float, float, float] | None = None
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -162,14 +177,14 @@ def rate_of(
                 raise RuntimeError(f"worker exited with {proc.returncode}")
         done = processed(ports)
         now = time.monotonic()
-        if done > 0 and first is None and (not settled or all_ready(ports)):
+        if done > 0 and first is None:
             first = (now, processed(ports), cpu_seconds(procs))
         if done >= count:
             if first is None or now - first[0] < 1.0:
-                raise RuntimeError("drained before the workers settled; use more events")
+                raise RuntimeError("drained in under a second; use more events")
             events = count - first[1]
             return Rate(events / (now - first[0]), events / (cpu_seconds(procs) - first[2]))
-        time.sleep(0.05)
+        time.sleep(POLL_S)
     raise RuntimeError("workers did not drain the topic in 600s")
 
 
@@ -185,6 +200,8 @@ def worker_env(topic: str, registry: str, tmp: Path, app_id: str) -> dict[str, s
         "KEEL_STREAMS_PROCESSORS": "user_activity",
         "KEEL_STREAMS_CACHE_ENABLED": "false",
         "KEEL_STREAMS_STANDBY_REPLICAS": "0",
+        # Workers are paused while a scale run's topic fills: no rebalance meanwhile.
+        "KEEL_STREAMS_SESSION_TIMEOUT_S": "60",
         "KEEL_LOG_LEVEL": "WARNING",
     }
 
@@ -196,7 +213,7 @@ def run_workers(
     registry: str,
     tmp: Path,
     workers: int = 1,
-    settled: bool = False,
+    fill_when_ready: Callable[[], None] | None = None,
 ) -> Rate:
     app_id = f"bench-{kind}-{uuid.uuid4().hex[:8]}"
     env = worker_env(topic, registry, tmp, app_id)
@@ -212,7 +229,23 @@ def run_workers(
         procs.append(subprocess.Popen(argv, env={**env, "KEEL_STREAMS_WEB_PORT": str(port)},
                                       stdout=out, stderr=out, cwd=ROOT))  # fmt: skip
     try:
-        return rate_of(ports, count, procs, settled=settled)
+        if fill_when_ready is not None:
+            deadline = time.monotonic() + 180
+            while not all_ready(ports):
+                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                    raise RuntimeError(f"{kind} workers not ready; logs in {tmp}")
+                time.sleep(0.1)
+            # Paused while the topic fills (a few seconds, well within the session timeout):
+            # a worker drains as fast as the fill writes, so otherwise most events were
+            # handled during the fill and the measured window was only its tail.
+            for proc in procs:
+                proc.send_signal(signal.SIGSTOP)
+            try:
+                fill_when_ready()
+            finally:
+                for proc in procs:
+                    proc.send_signal(signal.SIGCONT)
+        return rate_of(ports, count, procs)
     finally:
         stop_processes(procs)
         admin = make_admin()
@@ -238,15 +271,16 @@ def count_per_key(value, state):
     kind = value["type"]
     state.set(kind, state.get(kind, 0) + 1)
     marks["n"] += 1
-    now = time.monotonic()
+    now, cpu = time.monotonic(), time.process_time()
     if marks["first"] is None:
-        marks["first"] = now
-    marks["last"] = now
+        marks["first"], marks["cpu_first"] = now, cpu
+    marks["last"], marks["cpu_last"] = now, cpu
     return value
 
 app.dataframe(source).apply(count_per_key, stateful=True)
 app.run(count=count, timeout=120)
-print(json.dumps({"n": marks["n"], "rate": (marks["n"] - 1) / (marks["last"] - marks["first"])}))
+print(json.dumps({"n": marks["n"], "rate": (marks["n"] - 1) / (marks["last"] - marks["first"]),
+                  "cpu_rate": (marks["n"] - 1) / (marks["cpu_last"] - marks["cpu_first"])}))
 """
 
 
@@ -260,7 +294,7 @@ def quix_python() -> Path:
     return python
 
 
-def run_quix(topic: str, count: int, registry: str, tmp: Path) -> float:
+def run_quix(topic: str, count: int, registry: str, tmp: Path) -> Rate:
     group = f"bench-quix-{uuid.uuid4().hex[:8]}"
     script = tmp / "quix_count.py"
     script.write_text(QUIX_SCRIPT)
@@ -277,11 +311,69 @@ def run_quix(topic: str, count: int, registry: str, tmp: Path) -> float:
         raise RuntimeError(f"quix counted {result['n']} of {count}")
     admin = make_admin()
     drop_topics(*[t for t in admin.list_topics(timeout=10).topics if group in t])
-    return float(result["rate"])
+    return Rate(float(result["rate"]), float(result["cpu_rate"]))
+
+
+# -- Bytewax ------------------------------------------------------------------------------
+BYTEWAX_SCRIPT = r"""
+import json, sys, time
+import bytewax.operators as op
+from bytewax.connectors.kafka import operators as kop
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, run_main
+from schemas.registry.client import RegistryClient
+from schemas.serde import AvroSerde
+
+broker, topic, registry, count = sys.argv[1:5]
+count = int(count)
+serde = AvroSerde(RegistryClient(registry))
+marks = {"n": 0, "first": None, "last": None}
+
+def decode(msg):
+    return msg.key.decode(), serde.decode_plain(msg.value)
+
+def count_per_key(state, value):
+    state = state or {}
+    kind = value["type"]
+    state[kind] = state.get(kind, 0) + 1
+    marks["n"] += 1
+    now, cpu = time.monotonic(), time.process_time()
+    if marks["first"] is None:
+        marks["first"], marks["cpu_first"] = now, cpu
+    marks["last"], marks["cpu_last"] = now, cpu
+    return state, None
+
+flow = Dataflow("keel-bench-count")
+source = kop.input("kafka", flow, brokers=[broker], topics=[topic], tail=False)
+counted = op.stateful_map("count", op.map("decode", source.oks, decode), count_per_key)
+op.output("none", op.filter("drop", counted, lambda kv: False), TestingSink([]))
+run_main(flow)
+print(json.dumps({"n": marks["n"], "rate": (marks["n"] - 1) / (marks["last"] - marks["first"]),
+                  "cpu_rate": (marks["n"] - 1) / (marks["cpu_last"] - marks["cpu_first"])}))
+"""
+
+
+def run_bytewax(topic: str, count: int, registry: str, tmp: Path) -> Rate:
+    """Bytewax 0.21 (one worker, `run_main`), a keyed count in its stateful_map with Keel's
+    decoder in a `map`; it reads the topic to its end (`tail=False`) without a group."""
+    script = tmp / "bytewax_count.py"
+    script.write_text(BYTEWAX_SCRIPT)
+    out = subprocess.run(
+        [sys.executable, str(script), get_settings().bootstrap_servers, topic, registry,
+         str(count)],
+        capture_output=True, text=True, check=False, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"bytewax run failed: {out.stderr[-2000:]}")
+    result = json.loads(lines[-1])
+    if result["n"] < count:
+        raise RuntimeError(f"bytewax counted {result['n']} of {count}")
+    return Rate(float(result["rate"]), float(result["cpu_rate"]))
 
 
 # -- plain confluent-kafka ---------------------------------------------------------------
-def run_plain(topic: str, count: int, registry: str) -> float:
+def run_plain(topic: str, count: int, registry: str) -> Rate:
     from schemas.registry.client import RegistryClient
     from schemas.serde import AvroSerde
 
@@ -290,19 +382,20 @@ def run_plain(topic: str, count: int, registry: str) -> float:
     consumer.subscribe([topic])
     counts: dict[tuple[bytes, str], int] = {}
     seen = 0
-    first = 0.0
+    first = cpu_first = 0.0
     try:
         while seen < count:
             for msg in consumer.consume(1000, 1.0):
                 if msg.error():
                     continue
                 if seen == 0:
-                    first = time.monotonic()
+                    first, cpu_first = time.monotonic(), time.process_time()
                 record = serde.decode(msg.value())
                 key = (msg.key(), record["type"])
                 counts[key] = counts.get(key, 0) + 1
                 seen += 1
-        return (seen - 1) / (time.monotonic() - first)
+        return Rate((seen - 1) / (time.monotonic() - first),
+                    (seen - 1) / (time.process_time() - cpu_first))  # fmt: skip
     finally:
         consumer.close()
 
@@ -383,52 +476,62 @@ def e2e_latency(registry: str, tmp: Path, seconds: float, rate: float) -> dict[s
         )
 
 
+def run_scaled(workers: int, args: argparse.Namespace, registry: str, tmp: Path) -> Rate:
+    """Keel's rate with `workers` workers on a fresh topic, filled once every worker answers
+    /readyz: the group has settled before the first event, so neither a worker's head start
+    (the first to start takes every partition) nor the rebalance when the next one joins
+    counts (a worker now drains most of a pre-filled topic before a second one is in)."""
+    topic = fresh_topic("streams-scale", args.partitions)
+    try:
+        return run_workers("keel", topic, args.events, registry, tmp, workers=workers,
+                           fill_when_ready=lambda: fill(topic, args.events, args.users, registry))  # fmt: skip
+    finally:
+        drop_topics(topic)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="under a minute: fewer events, 1 run")
+    parser.add_argument("--quick", action="store_true", help="under 3 minutes: 1 run of 60,000")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--partitions", type=int, default=4)
     args = parser.parse_args()
     if args.quick:
-        args.runs, args.events = 1, 30_000
+        args.runs, args.events = 1, 60_000
     tmp = Path(tempfile.mkdtemp(prefix="bench-streams-"))
     registry, registry_proc = ensure_registry(tmp / "registry.log")
     topic = fresh_topic("streams", args.partitions)
-    results: dict[str, list[float]] = {k: [] for k in ("keel", "faust_floor", "quix", "plain")}
-    per_cpu: dict[str, list[float]] = {"keel": [], "faust_floor": []}
+    names = ("keel", "faust_floor", "quix", "bytewax", "plain")
+    results: dict[str, list[float]] = {k: [] for k in names}
+    per_cpu: dict[str, list[float]] = {k: [] for k in names}
     scale: dict[str, list[float]] = {"one_worker": [], "two_workers": []}
     try:
         fill(topic, args.events, args.users, registry)
         quix_python()
         others = {
             "quix": lambda: run_quix(topic, args.events, registry, tmp),
+            "bytewax": lambda: run_bytewax(topic, args.events, registry, tmp),
             "plain": lambda: run_plain(topic, args.events, registry),
         }
         for run in range(args.runs):
-            # Keel and its floor back to back, each run the other first: the ratio is only
-            # as good as the two drains seeing the same machine.
-            for name in ("keel", "faust_floor") if run % 2 == 0 else ("faust_floor", "keel"):
-                rate = run_workers(name, topic, args.events, registry, tmp)
+            # Keel first, its floor and its peers right after it, then the other way round
+            # the next run: a ratio is only as good as both drains seeing the same machine.
+            for name in names if run % 2 == 0 else names[::-1]:
+                rate = (
+                    others[name]()
+                    if name in others
+                    else run_workers(name, topic, args.events, registry, tmp)
+                )
                 results[name].append(rate.wall)
                 per_cpu[name].append(rate.cpu)
                 log(f"run {run + 1}: {name} {rate.wall:,.0f} events/s, "
                     f"{rate.cpu:,.0f} per CPU-second")  # fmt: skip
-            for name in list(others)[run % 2 :] + list(others)[: run % 2]:
-                value = others[name]()
-                results[name].append(value)
-                log(f"run {run + 1}: {name} {value:,.0f} events/s")
             for workers, label in ((1, "one_worker"), (2, "two_workers")):
-                if args.quick and workers == 1:  # reuse the keel run (measured unsettled)
-                    scale[label].append(results["keel"][-1])
-                    continue
-                value = run_workers(
-                    "keel", topic, args.events, registry, tmp, workers=workers, settled=True
-                ).wall
+                value = run_scaled(workers, args, registry, tmp).wall
                 scale[label].append(value)
                 log(f"run {run + 1}: keel with {workers} worker(s) {value:,.0f} events/s")
-        latency = e2e_latency(registry, tmp, 3 if args.quick else 30, rate=20)
+        latency = e2e_latency(registry, tmp, 5 if args.quick else 30, rate=20)
         log(f"end-to-end latency {latency}")
     finally:
         drop_topics(topic)
@@ -436,7 +539,8 @@ def main() -> None:
             stop_processes([registry_proc])
         shutil.rmtree(tmp, ignore_errors=True)
     ratio = lambda a, b: [x / y for x, y in zip(results[a], results[b], strict=True)]  # noqa: E731
-    cpu_ratio = [k / f for k, f in zip(per_cpu["keel"], per_cpu["faust_floor"], strict=True)]
+    cpu_of = lambda a, b: [x / y for x, y in zip(per_cpu[a], per_cpu[b], strict=True)]  # noqa: E731
+    cpu_ratio = cpu_of("keel", "faust_floor")
     emit({
         "machine": machine(),
         "events": args.events,
@@ -451,6 +555,16 @@ def main() -> None:
         "vs_faust_floor_cpu": round(statistics.median(cpu_ratio), 2),
         "vs_faust_floor_cpu_runs": [round(x, 2) for x in cpu_ratio],
         "vs_quix": round(statistics.median(ratio("keel", "quix")), 2),
+        "vs_quix_runs": [round(x, 2) for x in ratio("keel", "quix")],
+        # Per CPU-second of each (Quix, Bytewax and the plain loop time their own process):
+        # what one core does, whatever the drain waited for on a shared machine.
+        "vs_quix_cpu": round(statistics.median(cpu_of("keel", "quix")), 2),
+        "vs_quix_cpu_runs": [round(x, 2) for x in cpu_of("keel", "quix")],
+        "vs_bytewax_cpu": round(statistics.median(cpu_of("keel", "bytewax")), 2),
+        "vs_bytewax": round(statistics.median(ratio("keel", "bytewax")), 2),
+        "vs_bytewax_runs": [round(x, 2) for x in ratio("keel", "bytewax")],
+        # CPU time (user + system, all threads) of the Keel worker per event it handled.
+        "cpu_us_per_event": round(1e6 / statistics.median(per_cpu["keel"]), 1),
         "vs_plain": round(statistics.median(ratio("keel", "plain")), 2),
         "scale_runs": {k: summary(v) for k, v in scale.items()},
         "scale_2_workers": round(statistics.median(

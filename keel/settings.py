@@ -143,7 +143,10 @@ class KeelSettings(BaseSettings):
     )
     streams_batch_size: int = Field(5000, ge=1, description="Events taken per batch.")
     streams_batch_within_s: float = Field(
-        0.1, gt=0, description="Longest wait to fill a batch (latency vs. throughput)."
+        0.1,
+        gt=0,
+        description="Longest wait to fill a batch in Faust's test context (a worker hands "
+        "over each fetched run at once).",
     )
     streams_dlq_topic: str = Field("events.dlq", description="Where poison messages go.")
     streams_jobs_topic_prefix: str = Field("", description="Prefix of the job topics (tests).")

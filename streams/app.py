@@ -5,10 +5,13 @@ Responsibilities:
   RocksDB through rocksdict (`rocksdb://`) backed by compacted changelog topics, and
   standby replicas (KEEL_STREAMS_STANDBY_REPLICAS);
 - name every topic it uses (`internal_topics`) so the worker creates them up front;
-- run the `Engine` over batches taken with `stream.take_events`, one partition group at a
-  time, and carry out its results in the order that makes replays harmless: outputs (dead
-  letters, job events, re-keyed deltas) acknowledged first, then table writes, then sinks;
-  Faust commits the offsets afterwards (it flushes the producer before committing);
+- run the `Engine` over each fetched run of an assigned partition, handed over whole by
+  Faust's consumer (`streams.faust_adapter.BatchConsumer`; batches taken with
+  `stream.take_events` in Faust's test context), one partition at a time, only what
+  `streams.offsets` says may be applied (with the runs Faust's fetcher skipped read from
+  the log), and carry out its results in the order that makes replays harmless: outputs
+  (dead letters, job events, re-keyed deltas) acknowledged first, then table writes, then
+  sinks; Faust commits the applied offsets afterwards (it flushes the producer first);
 - answer `GET /v1/views/{view}/{key}` locally when this worker owns the key's partition,
   or forward it to the owner; `/healthz`, `/readyz` (503 while rebalancing or recovering
   state from changelogs) and `/metrics`.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import itertools
 import json
@@ -25,9 +29,8 @@ import logging
 import socket
 import time
 import uuid
-import weakref
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -36,12 +39,10 @@ import orjson
 from aiokafka.partitioner import murmur2
 from confluent_kafka import Message
 from faust.exceptions import ConsumerNotStarted
-from faust.streams import _current_event
 from faust.types import TP, EventT
 from faust.utils import json as faust_json
 from faust.web import Request, Response, View
 from mode.utils.compat import want_bytes
-from mode.utils.futures import notify
 from prometheus_client import generate_latest
 from rocksdict import WriteBatch
 
@@ -64,6 +65,15 @@ from streams.engine import (
     user_table,
 )
 from streams.errors import BadQuery
+from streams.faust_adapter import (
+    BatchConsumer,
+    KeelFaustApp,
+    owner_url,
+    partition_context,
+    positions,
+    run_context_event,
+    table_db,
+)
 from streams.local_state import claim, mark_clean
 from streams.log_reader import LogReader
 from streams.metrics import StreamMetrics
@@ -85,18 +95,6 @@ def key_partition(key: str, partitions: int) -> int:
     """The partition of a string key: murmur2 like Kafka's Java clients, aiokafka and Keel's
     producers (librdkafka `murmur2_random`), so the owner of a key can be computed."""
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
-
-
-@contextlib.contextmanager
-def partition_context(event: EventT) -> Iterator[None]:
-    """Make `event` the current event, so table reads and writes go to its partition's
-    RocksDB and changelog partition. A batch holds several partitions; the runtime handles
-    them one group at a time inside this context."""
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 _MISSING = object()
@@ -130,7 +128,7 @@ class TableReader:
                 return value
         # Straight to the RocksDB of this partition in Faust's store: Table.get costs a
         # __contains__ plus a __getitem__ (two lookups, two decodes) per key.
-        raw = self.tables[table].data._db_for_partition(self.partition).get(encode_key(key))
+        raw = table_db(self.tables[table], self.partition).get(encode_key(key))
         return None if raw is None else json_loads(raw)
 
     def get_many(self, table: str, keys: Sequence[str]) -> list[Any]:
@@ -198,9 +196,11 @@ class StreamsApp:
             / f"{host}-{port}"
         )
         claim(self.datadir)  # before anything opens it: state survives only a clean stop
-        self.app = faust.App(
-            settings.streams_app_id, **faust_settings(settings, partitions, self.datadir)
-        )
+        conf = faust_settings(settings, partitions, self.datadir)
+        # A fetch's runs are handled in one go: bound them as a batch is bounded, so the
+        # loop (commits, the query API) is not held longer than one batch's work.
+        conf["broker_max_poll_records"] = self.batch_size
+        self.app = KeelFaustApp(settings.streams_app_id, **conf)
         # Table writes queue their changelog records in Faust's producer buffer; at its default
         # of 100 the consumer stalls after every batch ("producer buffer full"), profiled as
         # the main cost. A batch writes each key once, so the buffer is bounded by the keys
@@ -255,9 +255,7 @@ class StreamsApp:
         # toward a commit, and nothing is applied, past a record it did not apply.
         self.applied = AppliedOffsets()
         self.log_reader = LogReader(settings, settings.streams_app_id)  # reads runs Faust lost
-        # Faust's own gap marking, kept once its acks are guarded (_guard_acks): marks the
-        # runs read from the log as done for its commit.
-        self._mark_done: Any = None
+        self._acks_guarded = False
         self._chain_flush()
         self._close_on_stop()
         self._wire()
@@ -301,40 +299,24 @@ class StreamsApp:
     def _guard_acks(self) -> None:
         """Faust acks records the agent never applied (see streams.offsets) and commits the
         acked offsets; an ack of the source or a re-keyed topic now counts toward a commit
-        only for a record this worker applied. The others are released (a rebalance waits
-        for every record handed out to be acked) but never committed. The runs its fetcher
-        skips count as done only once this worker read and applied them (`_applied`)."""
-        if self._mark_done is not None:
+        only for a record this worker applied, whichever path delivered it (Faust's streams
+        or whole runs, see streams.faust_adapter). The others are released (a rebalance
+        waits for every record handed out to be acked) but never committed. The runs its
+        fetcher skips count as done only once this worker read and applied them
+        (`_applied`)."""
+        if self._acks_guarded:
             return
-        consumer = cast(Any, self.app.consumer)
-        faust_ack = consumer.ack
-        faust_add_gap = consumer._add_gap
+        consumer = cast(BatchConsumer, self.app.consumer)
         topics = {self.source.get_topic_name(), *self.rekey_topic_names()}
-        applied = self.applied
-
-        async def add_gap(tp: TP, offset_from: int, offset_to: int) -> None:
-            if tp.topic not in topics:
-                await faust_add_gap(tp, offset_from, offset_to)
-
-        consumer._add_gap = add_gap
-        self._mark_done = faust_add_gap
-
-        def ack(message: Any) -> bool:
-            if message.topic in topics and not applied.is_applied(message.tp, message.offset):
-                if not message.acked:
-                    message.acked = True
-                    consumer._unacked_messages.discard(message)
-                    notify(consumer._waiting_for_ack)
-                return False
-            return bool(faust_ack(message))
-
-        consumer.ack = ack
+        consumer.guard(topics, self.applied.is_applied)
 
         async def restart_from_committed(sender: Any, **kwargs: Any) -> None:
             # Every partition is sought back to its committed offset next.
             self.applied.clear()
 
         cast(Any, self.app.on_rebalance_complete).connect(restart_from_committed)
+
+        self._acks_guarded = True
 
     # -- topics ----------------------------------------------------------------------
     def rekey_topic_name(self, view: str) -> str:
@@ -371,6 +353,13 @@ class StreamsApp:
 
         # The agents, for Faust's test context (`agent.test_context()`, see streams.testing)
         self.source_agent = source_agent
+        # A worker's consumer hands these topics' fetched runs straight to the engine; the
+        # agents then see nothing of them (see streams.faust_adapter): their per-event path
+        # runs only in Faust's test context, which has no consumer.
+        handlers = self.app.run_handlers
+        handlers[self.source.get_topic_name()] = self._source_run
+        for name, topic in self.rekey_topics.items():
+            handlers[topic.get_topic_name()] = functools.partial(self._fold_run, name)
 
         for name, topic in self.rekey_topics.items():
             self._fold_agent(name, topic)
@@ -401,15 +390,32 @@ class StreamsApp:
 
         self.fold_agents[name] = fold_agent
 
+    async def _source_run(self, tp: TP, records: Sequence[Any]) -> None:
+        """One fetched run of a source partition (aiokafka records), from the consumer."""
+        last = run_context_event(self.app, tp, records[-1])
+        await self.handle_source_runs([(last, raws_of_records(records))])
+
+    async def _fold_run(self, name: str, tp: TP, records: Sequence[Any]) -> None:
+        """One fetched run of a re-keyed topic's partition, from the consumer."""
+        last = run_context_event(self.app, tp, records[-1])
+        await self.handle_fold_runs(name, [(last, deltas_of_records(records))])
+
     async def handle_source(self, events: Sequence[EventT]) -> None:
-        """One batch of the source topic: every partition group through the engine, then
-        outputs acknowledged, then state written and acknowledged, then sinks."""
+        """One batch of the source agent's stream (Faust's per-event path)."""
+        await self.handle_source_runs(
+            [(group[-1], raws_of_events(group)) for group in _by_partition(events)]
+        )
+
+    async def handle_source_runs(self, runs: Sequence[tuple[EventT, list[Raw]]]) -> None:
+        """Runs of the source topic as delivered, each one partition's (an event of it, its
+        records): what may be applied of each (`_plan`) through the engine, then outputs
+        acknowledged, then state written and acknowledged, then sinks."""
         started = time.perf_counter()
         self._check_generation()
         done: list[tuple[EventT, BatchResult]] = []
         try:
-            await self._source_batch(events, done, started)
-            self.handled["source"] += len(events)
+            await self._source_batch(runs, done, started)
+            self.handled["source"] += sum(len(raws) for _last, raws in runs)
         except BaseException:
             self.reader.clear()  # values may have been updated in place and not written
             raise
@@ -425,31 +431,23 @@ class StreamsApp:
             self._generation = generation
 
     async def _source_batch(
-        self, events: Sequence[EventT], done: list[tuple[EventT, BatchResult]], started: float
+        self,
+        runs: Sequence[tuple[EventT, list[Raw]]],
+        done: list[tuple[EventT, BatchResult]],
+        started: float,
     ) -> None:
         applying: list[tuple[TP, int]] = []
-        runs: list[tuple[TP, int, int]] = []
-        for last, partition_events, filled in await self._applicable(events, applying, runs):
-            raws: list[Raw] = []
-            append = raws.append
-            # Hot: positional arguments, each attribute read once. The headers are passed as
-            # the consumer gave them (an empty tuple when none, no copy): measured cheaper
-            # than testing for them here, and the engine reads only non-empty ones.
-            for e in partition_events:
-                m, value = e.message, e.value
-                append(
-                    Raw(
-                        value if type(value) is bytes else m.value,
-                        m.partition,
-                        m.offset,
-                        int(m.timestamp * 1000),
-                        m.key,
-                        m.topic,
-                        m.headers,
-                    )
-                )
+        read: list[tuple[TP, int, int]] = []
+        for last, delivered in runs:
+            raws = delivered
+            planned = await self._plan(last.message.tp, [r.offset for r in raws], applying, read)
+            if planned is None:
+                continue
+            keep, filled = planned
+            if keep is not None:
+                raws = [raws[i] for i in keep]
             if filled:  # runs Faust's fetcher skipped, read from the log: in offset order
-                raws += [_raw(record) for record in filled]
+                raws = raws + [_raw(record) for record in filled]
                 raws.sort(key=_offset)
             self.reader.partition = last.message.partition
             with partition_context(last):
@@ -457,56 +455,48 @@ class StreamsApp:
             self.metrics.events.labels(last.message.topic).inc(len(raws))
         self.metrics.stage_seconds.labels("engine").inc(time.perf_counter() - started)
         await self._commit(done)
-        await self._applied(applying, runs)
+        await self._applied(applying, read)
 
-    async def _applicable(
+    async def _plan(
         self,
-        events: Sequence[EventT],
+        tp: TP,
+        offsets: Sequence[int],
         applying: list[tuple[TP, int]],
-        runs: list[tuple[TP, int, int]],
-    ) -> list[tuple[EventT, list[EventT], list[Message]]]:
-        """Each partition's events this worker may apply (see streams.offsets), with the
-        runs before or among them that Faust's fetcher skipped, read from the log: for each
-        partition (its last event, its events, the records read). Records of a partition
-        this worker does not own any more (handed out before a rebalance) are left out.
-        Fills `applying` (partition, last offset) and `runs` (partition, start, end)."""
-        consumer = cast(Any, self.app.consumer)
-        committed = consumer._committed_offset
+        read: list[tuple[TP, int, int]],
+    ) -> tuple[Sequence[int] | None, list[Message]] | None:
+        """What this worker may apply of one partition's records as delivered (their
+        offsets, in order; see streams.offsets), whichever path delivered them: None when
+        nothing (all applied already, or the partition is not this worker's any more:
+        handed out before a rebalance), else the positions to keep (None: all of them) and
+        the runs before or among them that Faust's fetcher skipped, read from the log.
+        Fills `applying` (partition, last offset) and `read` (partition, start, end)."""
+        consumer = self.app.consumer
         owned = self._owned(consumer)
-        out: list[tuple[EventT, list[EventT], list[Message]]] = []
-        for partition_events in _by_partition(events):
-            tp = partition_events[0].message.tp
-            if owned is not None and tp not in owned:
-                continue
-            start = self.applied.next(tp)
-            if start is None:
-                start = committed.get(tp)
-            if start is None:  # nothing committed known here: ask the group's coordinator
-                start = await asyncio.to_thread(self.log_reader.start, tp.topic, tp.partition)
-            plan = self.applied.plan(tp, [e.message.offset for e in partition_events], start)
-            if not plan.keep:
-                continue
-            kept = (
-                partition_events
-                if len(plan.keep) == len(partition_events)
-                else [partition_events[i] for i in plan.keep]
+        if owned is not None and tp not in owned:
+            return None
+        start = self.applied.next(tp)
+        if start is None:
+            start = positions(consumer, tp)[0]  # the committed offset
+        if start is None:  # nothing committed known here: ask the group's coordinator
+            start = await asyncio.to_thread(self.log_reader.start, tp.topic, tp.partition)
+        plan = self.applied.plan(tp, offsets, start)
+        if not plan.keep:
+            return None
+        filled: list[Message] = []
+        for run_start, run_end in plan.missing:
+            log.warning(
+                "partition %s: records %d..%d were not delivered; reading them from the log",
+                tp,
+                run_start,
+                run_end - 1,
             )
-            filled: list[Message] = []
-            for run_start, run_end in plan.missing:
-                log.warning(
-                    "partition %s: records %d..%d were not delivered; reading them from the log",
-                    tp,
-                    run_start,
-                    run_end - 1,
-                )
-                filled += await asyncio.to_thread(
-                    self.log_reader.read, tp.topic, tp.partition, run_start, run_end
-                )
-                runs.append((tp, run_start, run_end))
-                self.metrics.runs_read.inc()
-            applying.append((tp, plan.last))
-            out.append((kept[-1], kept, filled))
-        return out
+            filled += await asyncio.to_thread(
+                self.log_reader.read, tp.topic, tp.partition, run_start, run_end
+            )
+            read.append((tp, run_start, run_end))
+            self.metrics.runs_read.inc()
+        applying.append((tp, plan.last))
+        return (None if len(plan.keep) == len(offsets) else plan.keep), filled
 
     @staticmethod
     def _owned(consumer: Any) -> Any:
@@ -518,43 +508,60 @@ class StreamsApp:
             return None
 
     async def _applied(
-        self, applying: Sequence[tuple[TP, int]], runs: Sequence[tuple[TP, int, int]]
+        self, applying: Sequence[tuple[TP, int]], read: Sequence[tuple[TP, int, int]]
     ) -> None:
         """The batch's state writes are queued (Faust flushes them before it commits): its
         records count as applied, and the runs read from the log count as done for Faust's
         commit (as its own skipped offsets do)."""
         for tp, last in applying:
             self.applied.applied(tp, last)
-        for tp, run_start, run_end in runs:
-            await self._mark_done(tp, run_start, run_end - 1)
+        consumer = cast(BatchConsumer, self.app.consumer)
+        for tp, run_start, run_end in read:
+            await consumer.mark_done(tp, run_start, run_end - 1)
 
     async def handle_fold(self, name: str, events: Sequence[EventT]) -> None:
+        """One batch of a fold agent's stream (Faust's per-event path)."""
+        runs = [
+            (group[-1], [(e.message.offset, e.key, e.value) for e in group])
+            for group in _by_partition(events)
+        ]
+        await self.handle_fold_runs(name, runs)
+
+    async def handle_fold_runs(
+        self, name: str, runs: Sequence[tuple[EventT, list[tuple[int, Any, Any]]]]
+    ) -> None:
+        """Runs of a re-keyed topic as delivered, each one partition's (an event of it, its
+        records as (offset, key, delta)): what may be applied of each (`_plan`) folded."""
         started = time.perf_counter()
         self._check_generation()
         done: list[tuple[EventT, BatchResult]] = []
         applying: list[tuple[TP, int]] = []
-        runs: list[tuple[TP, int, int]] = []
+        read: list[tuple[TP, int, int]] = []
         try:
-            for last, partition_events, filled in await self._applicable(events, applying, runs):
-                keyed = [
-                    (e.message.offset, _text(e.key), e.value)
-                    for e in partition_events
-                    if isinstance(e.value, Mapping)
-                ]
+            for last, delivered in runs:
+                deltas = delivered
+                tp = last.message.tp
+                offsets = [offset for offset, _key, _value in deltas]
+                planned = await self._plan(tp, offsets, applying, read)
+                if planned is None:
+                    continue
+                keep, filled = planned
+                if keep is not None:
+                    deltas = [deltas[i] for i in keep]
                 if filled:
-                    keyed += [
-                        (cast(int, r.offset()), _text(r.key()), value)
+                    deltas = deltas + [
+                        (cast(int, r.offset()), r.key(), delta_value(r.value(), tp, r.offset()))
                         for r in filled
-                        if isinstance(value := _json_value(r), Mapping)
                     ]
-                    keyed.sort(key=_first)
-                messages = [(key, value) for _offset_, key, value in keyed]
+                    deltas.sort(key=_first)
+                # Deltas that are not a JSON object are skipped (never written by Keel).
+                messages = [(_text(k), v) for _o, k, v in deltas if isinstance(v, Mapping)]
                 self.reader.partition = last.message.partition
                 with partition_context(last):
                     done.append((last, self.engine.fold(name, messages, self.reader)))
             await self._commit(done)
-            await self._applied(applying, runs)
-            self.handled[name] += len(events)
+            await self._applied(applying, read)
+            self.handled[name] += sum(len(deltas) for _last, deltas in runs)
         except BaseException:
             self.reader.clear()
             raise
@@ -667,7 +674,7 @@ class StreamsApp:
             produce(self._changelogs[DEDUP_TABLE], raw_value, key=raw_key, partition=partition)
             self.index.put_many(partition, seen)
         for table, batch in batches.items():
-            self.tables[table].data._db_for_partition(partition).write(batch)
+            table_db(self.tables[table], partition).write(batch)
 
     def _persist_changelog_offsets(self) -> None:
         """Tell Faust's RocksDB stores how far their changelogs were written, as Faust does
@@ -725,7 +732,7 @@ class StreamsApp:
             # message it handed to a stream; both are Faust's own bookkeeping in memory.
             # Unknown (nothing committed or read since the assignment): skipped, so a
             # partition whose messages all expired is not taken for a stuck one.
-            committed, read = consumer._committed_offset.get(tp), consumer._read_offset.get(tp)
+            committed, read = positions(consumer, tp)
             position = committed if committed is not None else None if read is None else read + 1
             if position is None:
                 continue
@@ -806,9 +813,7 @@ class StreamsApp:
         assignor = self.app.assignor
         if tp in assignor.assigned_actives():
             return True, None
-        # The cluster's assignment (TP -> worker URL), as Faust's own router reads it.
-        url = getattr(assignor, "_tps_url", {}).get(tp)
-        return False, str(url) if url else None
+        return False, owner_url(assignor, tp)
 
     def _pages(self) -> None:
         streams = self
@@ -977,6 +982,56 @@ def json_loads(raw: bytes) -> Any:
     return orjson.loads(raw)
 
 
+def raws_of_events(events: Sequence[EventT]) -> list[Raw]:
+    """A stream's events of one partition as the engine's `Raw` records."""
+    # Hot: positional arguments, each attribute read once. The headers are passed as the
+    # consumer gave them (an empty tuple when none, no copy): measured cheaper than testing
+    # for them here, and the engine reads only non-empty ones.
+    raws: list[Raw] = []
+    append = raws.append
+    for e in events:
+        m, value = e.message, e.value
+        append(
+            Raw(
+                value if type(value) is bytes else m.value,
+                m.partition,
+                m.offset,
+                int(m.timestamp * 1000),
+                m.key,
+                m.topic,
+                m.headers,
+            )
+        )
+    return raws
+
+
+def raws_of_records(records: Sequence[Any]) -> list[Raw]:
+    """One fetched run of aiokafka records (timestamps in ms) as the engine's `Raw`s."""
+    return [
+        Raw(r.value, r.partition, r.offset, r.timestamp, r.key, r.topic, r.headers) for r in records
+    ]
+
+
+def deltas_of_records(records: Sequence[Any]) -> list[tuple[int, Any, Any]]:
+    """A fetched run of a re-keyed topic's records as (offset, key, delta), every record
+    (the plan needs every offset delivered), each delta as Faust's json codec reads it."""
+    return [(r.offset, r.key, delta_value(r.value, r.topic, r.offset)) for r in records]
+
+
+def delta_value(raw: bytes | None, topic: Any, offset: Any) -> Any:
+    """A re-keyed record's value decoded (None when absent or not JSON: skipped)."""
+    if raw is None:
+        return None
+    try:
+        return json_loads(raw)
+    except (TypeError, ValueError):  # orjson refuses integers past 64 bits
+        try:
+            return json.loads(raw)
+        except (TypeError, ValueError):
+            log.warning("skipping a re-keyed record that is not JSON at %s@%s", topic, offset)
+            return None
+
+
 def _by_partition(events: Sequence[EventT]) -> list[list[EventT]]:
     groups: dict[int, list[EventT]] = defaultdict(list)
     for e in events:
@@ -1002,14 +1057,8 @@ def _offset(raw: Raw) -> int:
     return raw.offset
 
 
-def _first(item: tuple[int, str, Any]) -> int:
+def _first(item: tuple[int, Any, Any]) -> int:
     return item[0]
-
-
-def _json_value(record: Message) -> Any:
-    """A re-keyed delta read from the log, decoded as Faust decodes it (json)."""
-    value = record.value()
-    return None if value is None else orjson.loads(value)
 
 
 def _text(key: Any) -> str:
