@@ -156,6 +156,14 @@ class Rate(NamedTuple):
 
     wall: float
     cpu: float
+    host_busy: float | None = None  # the host's busy share of its cores over the drain
+
+
+def host_times() -> tuple[int, int]:
+    """(busy, total) jiffies of every core since boot, from /proc/stat's first line."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def cpu_seconds(procs: list[subprocess.Popen[bytes]]) -> float:
@@ -170,6 +178,7 @@ def cpu_seconds(procs: list[subprocess.Popen[bytes]]) -> float:
 def rate_of(ports: list[int], count: int, procs: list[subprocess.Popen[bytes]]) -> Rate:
     """Events/s from the first processed event seen to the last (start-up excluded)."""
     first: tuple[float, float, float] | None = None
+    host_first = host_times()
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         for proc in procs:
@@ -179,11 +188,14 @@ def rate_of(ports: list[int], count: int, procs: list[subprocess.Popen[bytes]]) 
         now = time.monotonic()
         if done > 0 and first is None:
             first = (now, processed(ports), cpu_seconds(procs))
+            host_first = host_times()
         if done >= count:
             if first is None or now - first[0] < 1.0:
                 raise RuntimeError("drained in under a second; use more events")
             events = count - first[1]
-            return Rate(events / (now - first[0]), events / (cpu_seconds(procs) - first[2]))
+            busy, total = (b - a for a, b in zip(host_first, host_times(), strict=True))
+            return Rate(events / (now - first[0]), events / (cpu_seconds(procs) - first[2]),
+                        round(busy / total, 2))  # fmt: skip
         time.sleep(POLL_S)
     raise RuntimeError("workers did not drain the topic in 600s")
 
@@ -506,6 +518,9 @@ def main() -> None:
     results: dict[str, list[float]] = {k: [] for k in names}
     per_cpu: dict[str, list[float]] = {k: [] for k in names}
     scale: dict[str, list[float]] = {"one_worker": [], "two_workers": []}
+    # How busy the host's cores were while one and two workers drained: two workers can only
+    # go faster than one while the host has cores to spare.
+    busy: dict[str, list[float]] = {"one_worker": [], "two_workers": []}
     try:
         fill(topic, args.events, args.users, registry)
         quix_python()
@@ -528,9 +543,11 @@ def main() -> None:
                 log(f"run {run + 1}: {name} {rate.wall:,.0f} events/s, "
                     f"{rate.cpu:,.0f} per CPU-second")  # fmt: skip
             for workers, label in ((1, "one_worker"), (2, "two_workers")):
-                value = run_scaled(workers, args, registry, tmp).wall
-                scale[label].append(value)
-                log(f"run {run + 1}: keel with {workers} worker(s) {value:,.0f} events/s")
+                rate = run_scaled(workers, args, registry, tmp)
+                scale[label].append(rate.wall)
+                busy[label].append(rate.host_busy or 0.0)
+                log(f"run {run + 1}: keel with {workers} worker(s) {rate.wall:,.0f} events/s, "
+                    f"host cores {rate.host_busy:.0%} busy")  # fmt: skip
         latency = e2e_latency(registry, tmp, 5 if args.quick else 30, rate=20)
         log(f"end-to-end latency {latency}")
     finally:
@@ -567,6 +584,7 @@ def main() -> None:
         "cpu_us_per_event": round(1e6 / statistics.median(per_cpu["keel"]), 1),
         "vs_plain": round(statistics.median(ratio("keel", "plain")), 2),
         "scale_runs": {k: summary(v) for k, v in scale.items()},
+        "scale_host_busy": {k: summary(v) for k, v in busy.items()},
         "scale_2_workers": round(statistics.median(
             [b / a for a, b in zip(scale["one_worker"], scale["two_workers"], strict=True)]), 2),
         "e2e_p50_ms": latency["p50_ms"],
