@@ -79,7 +79,6 @@ from streams.log_reader import LogReader
 from streams.metrics import StreamMetrics
 from streams.offsets import AppliedOffsets
 from streams.processor import KeyedView, Processor, Sink, Stateful
-from streams.processors.product_stats import ProductStats
 from streams.producer import BatchProducer
 from streams.scheduling import PartitionRuns
 from streams.watchdog import Stall, StallDetector
@@ -171,11 +170,8 @@ class StreamsApp:
         self.codec = codec
         self.processors = list(processors)
         for proc in self.processors:
-            if isinstance(proc, ProductStats):
-                proc.retention = settings.streams_window_retention_h
-        self.sinks = [p for p in self.processors if isinstance(p, Sink)]
-        if not settings.streams_cache_enabled:
-            self.sinks = [s for s in self.sinks if s.name != "cache_fill"]
+            proc.configure(settings)
+        self.sinks = [p for p in self.processors if isinstance(p, Sink) and p.enabled(settings)]
         self.engine = Engine(
             self.processors,
             codec.decode,
