@@ -73,7 +73,8 @@ async def _answer(request: web.Request, handler: Any) -> web.StreamResponse:
         if exc.status == 401:
             headers["WWW-Authenticate"] = 'Basic realm="keel-registry"'
     except Refused as exc:
-        status, code, message = STATUS[type(exc)], exc.code, exc.message
+        status = next((s for kind, s in STATUS.items() if isinstance(exc, kind)), 400)
+        code, message = exc.code, exc.message
     except BadRequest as exc:
         status, code, message = exc.status, exc.status, exc.message
     except StoreUnavailable as exc:
