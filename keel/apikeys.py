@@ -44,9 +44,6 @@ class ApiKey:
     rate: float | None = None  # events/s; None: the settings' default
     scopes: frozenset[str] = frozenset({"events"})
 
-    def may_send(self, event_type: str) -> bool:
-        return self.types is None or event_type in self.types
-
 
 def keys_file(settings: KeelSettings) -> Path:
     return Path(settings.ingest_keys_file or settings.home / "api-keys.json")

@@ -24,10 +24,6 @@ class ClusterDurability:
     unclean_leader_election: bool
     auto_create_topics: bool
 
-    def replication_for(self, wanted: int | None) -> int:
-        """The replication factor a topic created now gets: the operator's, else the cluster's."""
-        return wanted if wanted is not None else self.default_replication
-
 
 def durability_problems(
     replication: int, min_insync: int | None, cluster: ClusterDurability

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from producers.kafka_out import Outgoing
-from schemas.catalog import Catalog, EventType, load_catalog
+from schemas.catalog import Catalog, EventType
 from schemas.envelope import validate_event
 from schemas.errors import ValidationFailed
 from schemas.fastpath import Encoder, compile_encoder
@@ -98,7 +98,3 @@ class Pipeline:
         return Outgoing(
             self.topic_of(et), record["user_id"].encode(), value, str(record["event_id"])
         )
-
-
-def default_pipeline(topic_prefix: str = "") -> Pipeline:
-    return Pipeline(AvroSerde(catalog=load_catalog()), topic_prefix=topic_prefix)

@@ -30,9 +30,9 @@ import socket
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import faust
 import orjson
@@ -79,7 +79,6 @@ from streams.log_reader import LogReader
 from streams.metrics import StreamMetrics
 from streams.offsets import AppliedOffsets
 from streams.processor import KeyedView, Processor, Sink, Stateful
-from streams.processors.product_stats import ProductStats
 from streams.producer import BatchProducer
 from streams.scheduling import PartitionRuns
 from streams.watchdog import Stall, StallDetector
@@ -98,6 +97,7 @@ def key_partition(key: str, partitions: int) -> int:
 
 
 _MISSING = object()
+_R = TypeVar("_R")  # a record as one stage takes it: a source `Raw`, a re-keyed delta
 
 
 class TableReader:
@@ -171,11 +171,8 @@ class StreamsApp:
         self.codec = codec
         self.processors = list(processors)
         for proc in self.processors:
-            if isinstance(proc, ProductStats):
-                proc.retention = settings.streams_window_retention_h
-        self.sinks = [p for p in self.processors if isinstance(p, Sink)]
-        if not settings.streams_cache_enabled:
-            self.sinks = [s for s in self.sinks if s.name != "cache_fill"]
+            proc.configure(settings)
+        self.sinks = [p for p in self.processors if isinstance(p, Sink) and p.enabled(settings)]
         self.engine = Engine(
             self.processors,
             codec.decode,
@@ -439,16 +436,10 @@ class StreamsApp:
         applying: list[tuple[TP, int]] = []
         read: list[tuple[TP, int, int]] = []
         for last, delivered in runs:
-            raws = delivered
-            planned = await self._plan(last.message.tp, [r.offset for r in raws], applying, read)
-            if planned is None:
+            tp = last.message.tp
+            raws = await self._plan(tp, delivered, applying, read, offset_of=_offset, from_log=_raw)
+            if raws is None:
                 continue
-            keep, filled = planned
-            if keep is not None:
-                raws = [raws[i] for i in keep]
-            if filled:  # runs Faust's fetcher skipped, read from the log: in offset order
-                raws = raws + [_raw(record) for record in filled]
-                raws.sort(key=_offset)
             self.reader.partition = last.message.partition
             with partition_context(last):
                 done.append((last, self.engine.process(raws, self.reader)))
@@ -460,16 +451,19 @@ class StreamsApp:
     async def _plan(
         self,
         tp: TP,
-        offsets: Sequence[int],
+        delivered: list[_R],
         applying: list[tuple[TP, int]],
         read: list[tuple[TP, int, int]],
-    ) -> tuple[Sequence[int] | None, list[Message]] | None:
-        """What this worker may apply of one partition's records as delivered (their
-        offsets, in order; see streams.offsets), whichever path delivered them: None when
-        nothing (all applied already, or the partition is not this worker's any more:
-        handed out before a rebalance), else the positions to keep (None: all of them) and
-        the runs before or among them that Faust's fetcher skipped, read from the log.
-        Fills `applying` (partition, last offset) and `read` (partition, start, end)."""
+        *,
+        offset_of: Callable[[_R], int],
+        from_log: Callable[[Message], _R],
+    ) -> list[_R] | None:
+        """What this worker may apply of one partition's records as delivered (in offset
+        order; see streams.offsets), whichever path delivered them: None when nothing (all
+        applied already, or the partition is not this worker's any more: handed out before
+        a rebalance), else the records kept with the runs before or among them that Faust's
+        fetcher skipped, read from the log (`from_log`), in offset order. Fills `applying`
+        (partition, last offset) and `read` (partition, start, end)."""
         consumer = self.app.consumer
         owned = self._owned(consumer)
         if owned is not None and tp not in owned:
@@ -479,9 +473,10 @@ class StreamsApp:
             start = positions(consumer, tp)[0]  # the committed offset
         if start is None:  # nothing committed known here: ask the group's coordinator
             start = await asyncio.to_thread(self.log_reader.start, tp.topic, tp.partition)
-        plan = self.applied.plan(tp, offsets, start)
+        plan = self.applied.plan(tp, [offset_of(item) for item in delivered], start)
         if not plan.keep:
             return None
+        kept = delivered if len(plan.keep) == len(delivered) else [delivered[i] for i in plan.keep]
         filled: list[Message] = []
         for run_start, run_end in plan.missing:
             log.warning(
@@ -496,7 +491,10 @@ class StreamsApp:
             read.append((tp, run_start, run_end))
             self.metrics.runs_read.inc()
         applying.append((tp, plan.last))
-        return (None if len(plan.keep) == len(offsets) else plan.keep), filled
+        if filled:
+            kept = kept + [from_log(record) for record in filled]
+            kept.sort(key=offset_of)
+        return kept
 
     @staticmethod
     def _owned(consumer: Any) -> Any:
@@ -539,21 +537,13 @@ class StreamsApp:
         read: list[tuple[TP, int, int]] = []
         try:
             for last, delivered in runs:
-                deltas = delivered
                 tp = last.message.tp
-                offsets = [offset for offset, _key, _value in deltas]
-                planned = await self._plan(tp, offsets, applying, read)
-                if planned is None:
+                from_log = functools.partial(_delta, tp)
+                deltas = await self._plan(
+                    tp, delivered, applying, read, offset_of=_first, from_log=from_log
+                )
+                if deltas is None:
                     continue
-                keep, filled = planned
-                if keep is not None:
-                    deltas = [deltas[i] for i in keep]
-                if filled:
-                    deltas = deltas + [
-                        (cast(int, r.offset()), r.key(), delta_value(r.value(), tp, r.offset()))
-                        for r in filled
-                    ]
-                    deltas.sort(key=_first)
                 # Deltas that are not a JSON object are skipped (never written by Keel).
                 messages = [(_text(k), v) for _o, k, v in deltas if isinstance(v, Mapping)]
                 self.reader.partition = last.message.partition
@@ -1051,6 +1041,12 @@ def _raw(record: Message) -> Raw:
         cast(str, record.topic()),
         tuple(cast(Any, record.headers()) or ()),
     )
+
+
+def _delta(tp: TP, record: Message) -> tuple[int, Any, Any]:
+    """A re-keyed record read from the log (streams.log_reader) as (offset, key, delta)."""
+    offset = cast(int, record.offset())
+    return offset, record.key(), delta_value(record.value(), tp, offset)
 
 
 def _offset(raw: Raw) -> int:

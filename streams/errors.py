@@ -25,9 +25,5 @@ class PoisonMessage(StreamsError):
         self.error = error
 
 
-class UnknownView(StreamsError):
-    """No queryable view of that name."""
-
-
 class BadQuery(StreamsError):
     """A query parameter is invalid (e.g. a window that is not an ISO hour)."""

@@ -14,7 +14,10 @@ Kinds:
 - `Trigger`: per-user state plus `out.job(job_type, record)` to emit Avro job events.
 - `Sink`: side effects on the changes of views (e.g. Redis) and on events.
 
-Every kind may declare `types`: the event types it wants (empty: all of them).
+Every kind may declare `types`: the event types it wants (empty: all of them), and answer
+`configure(settings)` (what it reads of the worker's settings); a `Sink` answers
+`enabled(settings)` (whether a worker runs it). Both have defaults: the worker asks every
+processor the same questions and never names one.
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ class Processor:
 
     def wants(self, event_type: str) -> bool:
         return not self.types or event_type in self.types
+
+    def configure(self, settings: Any) -> None:
+        """Take what this processor reads of the worker's settings (a `KeelSettings`), once,
+        before the worker starts (default: nothing)."""
 
     def render(self, state: Any, params: Mapping[str, str]) -> Any:
         """The JSON answer of a query for one key (default: the state as it is)."""
@@ -125,6 +132,10 @@ class Sink(Processor):
     """
 
     views: ClassVar[Sequence[str]] = ()
+
+    def enabled(self, settings: Any) -> bool:
+        """Whether a worker with these settings runs this sink (default: always)."""
+        return True
 
     async def start(self, settings: Any) -> None:
         """Open connections (called once the worker starts)."""

@@ -74,7 +74,7 @@ def set_user(path: Path, name: str, role: Role, password: str) -> None:
     os.replace(partial, path)
 
 
-class Denied(Exception):
+class Denied(SchemaError):
     """A request the registry refuses: 401 (who are you?) or 403 (not allowed)."""
 
     def __init__(self, status: int, code: int, message: str) -> None:

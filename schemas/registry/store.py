@@ -8,12 +8,14 @@ replica could contradict (optimistic concurrency on the log; the loser retries).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,5 +223,8 @@ class KafkaStore:
             )
         self.wait_applied(int(result["offset"]), timeout)
 
-    def snapshot(self) -> State:
-        return self.state
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[State]:
+        """The state, held still while the block reads it (the store's reader waits meanwhile)."""
+        with self._cond:
+            yield self.state

@@ -58,6 +58,9 @@ class CacheFill(Sink):
         self._retry: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
+    def enabled(self, settings: Any) -> bool:
+        return bool(settings.streams_cache_enabled)
+
     async def start(self, settings: Any) -> None:
         import redis.asyncio as aioredis
 

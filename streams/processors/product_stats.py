@@ -41,7 +41,10 @@ def conversion(counts: Mapping[str, int]) -> float | None:
 class ProductStats(KeyedView):
     name = "product_stats"
     types = frozenset({"product.viewed", "cart.item_added", "order.placed"})
-    retention = 48  # hourly windows kept; the runtime sets it from the settings
+    retention = 48  # hourly windows kept (KEEL_STREAMS_WINDOW_RETENTION_H, see configure)
+
+    def configure(self, settings: Any) -> None:
+        self.retention = settings.streams_window_retention_h
 
     def route(self, state: Any, event: Event, out: Output) -> Any:
         counter = KIND.get(event.type, "orders")

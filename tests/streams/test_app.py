@@ -3,6 +3,7 @@ local-stack services it plugs in."""
 
 from __future__ import annotations
 
+import uuid
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ from keel.settings import KeelSettings
 from streams.app import StreamsApp, encode_key
 from streams.codec import AvroCodec
 from streams.discovery import discover
+from streams.processor import Sink
+from streams.processors.cache_fill import CacheFill
+from streams.processors.product_stats import ProductStats
 from streams.services import scaling
 
 
@@ -87,3 +91,44 @@ def test_local_stack_runs_the_configured_workers(tmp_path: Path) -> None:
     assert [w.name for w in workers] == ["streams-1", "streams-2"]
     assert [w.port for w in workers] == [9300, 9301]  # type: ignore[attr-defined]
     assert workers[0].argv[-4:] == ["streams", "worker", "--port", "9300"]  # type: ignore[attr-defined]
+
+
+class Audit(Sink):
+    """A team's sink that reads a setting of its own and can be switched off."""
+
+    name = "audit"
+    views = ("user_activity",)
+
+    def configure(self, settings: Any) -> None:
+        self.prefix = settings.streams_cache_prefix
+
+    def enabled(self, settings: Any) -> bool:
+        return settings.streams_cache_prefix != "off:"
+
+
+def test_the_worker_asks_each_processor_its_settings_and_whether_it_runs(tmp_path: Path) -> None:
+    """No processor is named by the worker: each answers `configure` and, as a sink,
+    `enabled` for itself (product_stats its retention, cache_fill KEEL_STREAMS_CACHE_ENABLED)."""
+    codec = AvroCodec(serde=None, catalog=None)
+
+    def build(**settings: Any) -> tuple[StreamsApp, ProductStats, Audit]:
+        stats, audit = ProductStats(), Audit()
+        base = KeelSettings(streams_app_id="unit", streams_data_dir=tmp_path)
+        app = StreamsApp(
+            base.model_copy(update=settings),
+            [stats, CacheFill(), audit],
+            codec,
+            partitions=1,
+            datadir=tmp_path / uuid.uuid4().hex,
+        )
+        return app, stats, audit
+
+    app, stats, audit = build(streams_window_retention_h=5, streams_cache_prefix="t:")
+    assert stats.retention == 5 and audit.prefix == "t:"
+    assert [s.name for s in app.sinks] == ["cache_fill", "audit"]
+    assert app.engine.render_views == {"user_activity", "product_stats"}
+
+    app, stats, _audit = build(streams_cache_enabled=False, streams_cache_prefix="off:")
+    assert stats.retention == 48 and app.sinks == []
+    assert app.engine.render_views == frozenset()
+    assert [p.name for p in app.processors] == ["product_stats", "cache_fill", "audit"]
