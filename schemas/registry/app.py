@@ -17,11 +17,11 @@ from typing import Any
 from aiohttp import web
 
 from keel import health
-from schemas.errors import SchemaError
-from schemas.registry.auth import Denied, RegistryUsers
-from schemas.registry.client import canonical
-from schemas.registry.compat import DEFAULT_LEVEL, LEVELS, check, parse
-from schemas.registry.store import KafkaStore, StoreUnavailable, schema_key
+from keel.schemas.errors import SchemaError
+from keel.schemas.registry.auth import Denied, RegistryUsers
+from keel.schemas.registry.client import canonical
+from keel.schemas.registry.compat import DEFAULT_LEVEL, LEVELS, check, parse
+from keel.schemas.registry.store import KafkaStore, StoreUnavailable, schema_key
 
 log = logging.getLogger(__name__)
 JSON_TYPES = {
@@ -604,7 +604,7 @@ def _compatibility_answer(
 
 def create_app(store: KafkaStore, users: RegistryUsers | None = None) -> web.Application:
     """The REST API on `store`; with `users`, every request but the probes and /metrics
-    needs HTTP basic auth (schemas.registry.auth)."""
+    needs HTTP basic auth (keel.schemas.registry.auth)."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_SCHEMA_BYTES * 4)
     app[STORE] = store
     app[USERS] = users

@@ -12,10 +12,10 @@ from faust.serializers import codecs
 
 from keel.local.stack import stack_services
 from keel.settings import KeelSettings
-from streams.app import StreamsApp, encode_key
-from streams.codec import AvroCodec
-from streams.discovery import discover
-from streams.services import scaling
+from keel.streams.app import StreamsApp, encode_key
+from keel.streams.codec import AvroCodec
+from keel.streams.discovery import discover
+from keel.streams.services import scaling
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from keel.settings import KeelSettings
-from streams.log_reader import LogReader
+from keel.streams.log_reader import LogReader
 
 pytestmark = pytest.mark.integration
 
