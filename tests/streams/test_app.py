@@ -86,4 +86,4 @@ def test_local_stack_runs_the_configured_workers(tmp_path: Path) -> None:
     workers = [s for s in stack_services(settings) if s.name.startswith("streams-")]
     assert [w.name for w in workers] == ["streams-1", "streams-2"]
     assert [w.port for w in workers] == [9300, 9301]  # type: ignore[attr-defined]
-    assert workers[0].argv[-4:] == ["streams", "worker", "--port", "9300"]  # type: ignore[attr-defined]
+    assert workers[0].argv[-4:] == ["keel.streams", "worker", "--port", "9300"]  # type: ignore[attr-defined]
