@@ -14,6 +14,7 @@ import importlib.util
 import itertools
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -185,11 +186,17 @@ def test_the_install_maps_keel_names_to_the_folders_and_no_old_name(tmp_path: Pa
 
 @pytest.mark.integration
 def test_the_wheel_holds_one_namespace(tmp_path: Path) -> None:
-    """The built wheel (pip's isolated build, as `pip install .` and the Dockerfile do) puts
-    every module under keel/ and ships every file of the packages' folders (data too).
-    Marked integration: the isolated build fetches setuptools from the package index."""
+    """The wheel built from what the Dockerfile copies (pip's isolated build, as its `pip
+    install .` does) puts every module under keel/ and ships every file of the packages'
+    folders (data too). Marked integration: the isolated build fetches setuptools."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for top in (CORE, *COMPONENTS):
+        shutil.copytree(ROOT / top, src / top, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(src)],
         check=True,
         capture_output=True,
     )
