@@ -19,7 +19,7 @@ up: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy
+	$(BIN)/python -m tests.typecheck
 
 # Two pytest-xdist workers: most of the suite waits on brokers, rebalances and processes,
 # so two at once on 2 cores nearly halve the wall time (tests/conftest.py groups the tests).

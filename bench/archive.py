@@ -30,7 +30,7 @@ PARTITIONS = 6
 
 
 def run_sink(topic: str, n: int, root: Path) -> float:
-    from connectors.archive import ArchiveSink
+    from keel.connectors.archive import ArchiveSink
     from keel.settings import get_settings
 
     settings = get_settings().model_copy(

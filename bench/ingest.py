@@ -49,12 +49,12 @@ from bench.common import (
 from keel.kafka import PRODUCER_DEFAULTS, make_producer
 from keel.local.ports import free_port
 from keel.local.system import ensure_command
+from keel.producers.auth import create_key
+from keel.producers.pipeline import Pipeline
+from keel.schemas.catalog import load_catalog
+from keel.schemas.registry.client import RegistryClient
+from keel.schemas.serde import AvroSerde
 from keel.settings import get_settings
-from producers.auth import create_key
-from producers.pipeline import Pipeline
-from schemas.catalog import load_catalog
-from schemas.registry.client import RegistryClient
-from schemas.serde import AvroSerde
 
 BATCH = 100
 
@@ -181,7 +181,7 @@ def main() -> None:
         if args.linger_ms is not None:
             env["KEEL_INGEST_LINGER_MS"] = str(args.linger_ms)
         ingest = subprocess.Popen(
-            [sys.executable, "-m", "producers", "ingest", "--port", str(port),
+            [sys.executable, "-m", "keel.producers", "ingest", "--port", str(port),
              "--workers", str(args.workers)], env=env,
         )  # fmt: skip
         stack.callback(ingest.wait, 30)
@@ -316,8 +316,8 @@ def _floor_server(port: int) -> None:
     import orjson
     from aiohttp import web
 
-    from producers.kafka_out import EventProducer
-    from producers.routes import client_context
+    from keel.producers.kafka_out import EventProducer
+    from keel.producers.routes import client_context
 
     settings = get_settings()
     pipeline = Pipeline(

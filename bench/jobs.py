@@ -26,10 +26,10 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException
 
 from bench.common import drop_topics, emit, fresh_topic, machine, summary
-from consumers.decoding import avro_decoder
-from consumers.idempotency import DoneStore, RedisDoneStore
-from consumers.job import Job, JobHandler, JobTopics
-from consumers.worker import Worker, WorkerConfig
+from keel.consumers.decoding import avro_decoder
+from keel.consumers.idempotency import DoneStore, RedisDoneStore
+from keel.consumers.job import Job, JobHandler, JobTopics
+from keel.consumers.worker import Worker, WorkerConfig
 from keel.kafka import make_producer
 from keel.settings import get_settings
 
@@ -65,8 +65,8 @@ class IdempotentNoop(Noop):
 
 
 def fill(topic: str, jobs: int) -> None:
-    from schemas.registry.client import RegistryClient
-    from schemas.serde import AvroSerde
+    from keel.schemas.registry.client import RegistryClient
+    from keel.schemas.serde import AvroSerde
 
     settings = get_settings()
     serde = AvroSerde(RegistryClient(settings.schema_registry_url))

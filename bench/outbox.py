@@ -34,9 +34,9 @@ from bench.common import (
     stop_processes,
     summary,
 )
-from connectors.outbox import OutboxRelay, OutboxTable, connect, create_outbox
+from keel.connectors.outbox import OutboxRelay, OutboxTable, connect, create_outbox
+from keel.producers.sdk import KeelProducer
 from keel.settings import KeelSettings, get_settings
-from producers.sdk import KeelProducer
 
 PARTITIONS = 3
 

@@ -39,7 +39,7 @@ from bench.common import (
     stop_processes,
     summary,
 )
-from connectors.pgsink import (
+from keel.connectors.pgsink import (
     PgSink,
     Row,
     Table,
@@ -51,11 +51,11 @@ from connectors.pgsink import (
     write_rows,
 )
 from keel.kafka import make_consumer
+from keel.producers.sdk import KeelProducer
+from keel.schemas.catalog import load_catalog
+from keel.schemas.registry.client import RegistryClient
+from keel.schemas.serde import AvroSerde
 from keel.settings import KeelSettings, get_settings
-from producers.sdk import KeelProducer
-from schemas.catalog import load_catalog
-from schemas.registry.client import RegistryClient
-from schemas.serde import AvroSerde
 
 PARTITIONS = 3
 COLUMNS = (

@@ -24,10 +24,10 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from bench.common import emit, machine, summary
+from keel.schemas.envelope import validate_event
+from keel.schemas.registry.client import RegistryClient
+from keel.schemas.serde import AvroSerde
 from keel.settings import get_settings
-from schemas.envelope import validate_event
-from schemas.registry.client import RegistryClient
-from schemas.serde import AvroSerde
 
 ORDER = {
     "type": "order.placed", "user_id": "user-42", "order_id": "order-1001", "total": "59.97", "currency": "EUR",

@@ -3,7 +3,7 @@
 1. `user_activity`-style count per key (events/s), each run with a fresh consumer group:
    - keel: a real `keel streams worker` running only the `user_activity` processor (Avro
      decoding through the registry, dedup by event_id, RocksDB tables, changelogs), taking
-     each fetched run of a partition whole (streams.faust_adapter);
+     each fetched run of a partition whole (keel.streams.faust_adapter);
    - faust_floor: a Faust agent with the same settings that only counts messages, in
      batches (bench/streams_floor.py): Faust's own per-event path, no decoding, no state;
    - quix: the same aggregation (count per user and event type, in its RocksDB state,
@@ -100,9 +100,9 @@ def event(i: int, users: int) -> dict[str, Any]:
 def fill(topic: str, count: int, users: int, registry: str) -> None:
     """Encode each distinct (type, user) event once, then produce `count` copies with fresh
     event_ids patched in (an Avro string: the uuid's 36 bytes in place of the template's)."""
-    from schemas.envelope import validate_event
-    from schemas.registry.client import RegistryClient
-    from schemas.serde import AvroSerde
+    from keel.schemas.envelope import validate_event
+    from keel.schemas.registry.client import RegistryClient
+    from keel.schemas.serde import AvroSerde
 
     serde = AvroSerde(RegistryClient(registry))
     producer = make_producer(**{"linger.ms": 50, "batch.size": 1_000_000})
@@ -333,8 +333,8 @@ import bytewax.operators as op
 from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, run_main
-from schemas.registry.client import RegistryClient
-from schemas.serde import AvroSerde
+from keel.schemas.registry.client import RegistryClient
+from keel.schemas.serde import AvroSerde
 
 broker, topic, registry, count = sys.argv[1:5]
 count = int(count)
@@ -386,8 +386,8 @@ def run_bytewax(topic: str, count: int, registry: str, tmp: Path) -> Rate:
 
 # -- plain confluent-kafka ---------------------------------------------------------------
 def run_plain(topic: str, count: int, registry: str) -> Rate:
-    from schemas.registry.client import RegistryClient
-    from schemas.serde import AvroSerde
+    from keel.schemas.registry.client import RegistryClient
+    from keel.schemas.serde import AvroSerde
 
     serde = AvroSerde(RegistryClient(registry))
     consumer = make_consumer(f"bench-plain-{uuid.uuid4().hex[:8]}")

@@ -1,5 +1,5 @@
 """Faust's own floor for the streams benchmark: a Faust agent with the settings of a Keel
-worker (`streams.app.faust_settings`: same batching with `stream.take_events`, same broker
+worker (`keel.streams.app.faust_settings`: same batching with `stream.take_events`, same broker
 and commit settings) that only counts the messages of each batch. No decoding, no state.
 
 Run by bench/streams.py: `python -m bench.streams_floor` with the KEEL_STREAMS_* settings.
@@ -15,7 +15,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from keel.settings import get_settings
-from streams.app import METRICS_CONTENT_TYPE, faust_settings, tune_gc
+from keel.streams.app import METRICS_CONTENT_TYPE, faust_settings, tune_gc
 
 
 def main() -> None:

@@ -162,7 +162,7 @@ def make_events(n: int) -> list[dict[str, Any]]:
 
 
 def publish(topic_prefix: str, registry: str, events: list[dict[str, Any]]) -> None:
-    from producers.sdk import KeelProducer
+    from keel.producers.sdk import KeelProducer
 
     with KeelProducer(source="bench", registry_url=registry, topic_prefix=topic_prefix) as p:
         p.send_many(events)
@@ -173,10 +173,10 @@ def publish(topic_prefix: str, registry: str, events: list[dict[str, Any]]) -> N
 
 def bodies_of(topic: str, registry: str, n: int) -> list[bytes]:
     """The exact bodies the sink POSTs: the topic's records decoded as the sink does."""
-    from connectors.webhooks import event_body
+    from keel.connectors.webhooks import event_body
     from keel.kafka import make_consumer
-    from schemas.registry.client import RegistryClient
-    from schemas.serde import AvroSerde
+    from keel.schemas.registry.client import RegistryClient
+    from keel.schemas.serde import AvroSerde
 
     serde = AvroSerde(RegistryClient(registry))
     consumer = make_consumer(f"bench-reader-{uuid.uuid4().hex[:8]}")

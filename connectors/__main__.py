@@ -1,4 +1,4 @@
-"""`python -m connectors outbox run ...`: the connectors' commands without the `keel` script
+"""`python -m keel.connectors outbox run ...`: the connectors' commands without the `keel` script
 (the local stack runs services this way, with the virtualenv's interpreter)."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import sys
 
 import typer
 
-from connectors.archive_cli import archive_app
-from connectors.outbox_cli import outbox_app
-from connectors.pgsink_cli import pgsink_app
-from connectors.webhooks_cli import webhooks_app
+from keel.connectors.archive_cli import archive_app
+from keel.connectors.outbox_cli import outbox_app
+from keel.connectors.pgsink_cli import pgsink_app
+from keel.connectors.webhooks_cli import webhooks_app
 from keel.errors import KeelError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)

@@ -32,7 +32,7 @@ def run(
 ) -> None:
     """Archive the topics (KEEL_ARCHIVE_TOPICS) until SIGTERM/Ctrl-C: the open files are
     finished and committed; JSON log lines, progress every KEEL_ARCHIVE_PROGRESS_INTERVAL_S."""
-    from connectors.archive import ArchiveError, ArchiveSink, health_server
+    from keel.connectors.archive import ArchiveError, ArchiveSink, health_server
     from keel.health import serving
 
     settings = get_settings()
@@ -51,7 +51,7 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array.")] = False,
 ) -> None:
     """Finished archive files: hour, partition, offsets, record count, size."""
-    from connectors.archive import archive_root, describe, list_files
+    from keel.connectors.archive import archive_root, describe, list_files
 
     base = archive_root(get_settings(), root)
     rows = describe(list_files(base, topic), base) if base.is_dir() else []
@@ -87,8 +87,8 @@ def restore(
 ) -> None:
     """Produce archived records of TOPIC (an hour range) to --to, with their original keys,
     values and headers, and `keel.archive.file` naming the file; each file once."""
-    from connectors.archive import ArchiveError, ArchiveFile, archive_root, parse_hour
-    from connectors.archive import restore as restore_records
+    from keel.connectors.archive import ArchiveError, ArchiveFile, archive_root, parse_hour
+    from keel.connectors.archive import restore as restore_records
 
     if not to:
         raise ArchiveError("--to: the target topic is required (e.g. --to events.backfill)")

@@ -22,11 +22,11 @@ from keel.deadletters import Failure
 from keel.errors import KeelError
 from keel.metrics import ConsumerMetrics
 from keel.runtime import Batch, BatchingSink, BatchRunner, RunnerConfig, Skip, Written
+from keel.schemas.catalog import load_catalog
+from keel.schemas.errors import DecodeError, RegistryError
+from keel.schemas.registry.client import RegistryClient
+from keel.schemas.serde import AvroSerde
 from keel.settings import KeelSettings
-from schemas.catalog import load_catalog
-from schemas.errors import DecodeError, RegistryError
-from schemas.registry.client import RegistryClient
-from schemas.serde import AvroSerde
 
 
 class NotAnEvent(KeelError):

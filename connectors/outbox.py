@@ -48,14 +48,14 @@ from prometheus_client import (
 from psycopg import sql
 from psycopg.types.json import set_json_loads
 
-from connectors.postgres import TableName, describe_dsn, first_line
-from connectors.postgres import connect as connect_postgres
 from keel.backoff import Backoff
+from keel.connectors.postgres import TableName, describe_dsn, first_line
+from keel.connectors.postgres import connect as connect_postgres
 from keel.errors import KeelError
 from keel.health import HealthServer, check, loop_server
+from keel.producers.sdk import KeelProducer
+from keel.schemas.errors import ValidationFailed
 from keel.settings import KeelSettings, get_settings
-from producers.sdk import KeelProducer
-from schemas.errors import ValidationFailed
 
 log = logging.getLogger(__name__)
 

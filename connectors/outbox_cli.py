@@ -20,8 +20,8 @@ outbox_app = command_group(
 @outbox_app.command("init")
 def init() -> None:
     """Create the outbox table (KEEL_OUTBOX_TABLE), its indexes and NOTIFY trigger; idempotent."""
-    from connectors.outbox import OutboxTable, connect, create_outbox, outbox_dsn
-    from connectors.postgres import describe_dsn
+    from keel.connectors.outbox import OutboxTable, connect, create_outbox, outbox_dsn
+    from keel.connectors.postgres import describe_dsn
 
     settings = get_settings()
     table = OutboxTable.of(settings.outbox_table)
@@ -45,7 +45,7 @@ def run(
     ] = False,
 ) -> None:
     """Publish committed outbox rows to Kafka until SIGTERM/Ctrl-C (JSON log lines)."""
-    from connectors.outbox import OutboxError, OutboxRelay, health_server
+    from keel.connectors.outbox import OutboxError, OutboxRelay, health_server
     from keel.health import serving
 
     settings = get_settings()
@@ -67,7 +67,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """Rows waiting to be published, the oldest one's age, and rows rejected as invalid."""
-    from connectors.outbox import OutboxTable, connect, outbox_dsn, outbox_status
+    from keel.connectors.outbox import OutboxTable, connect, outbox_dsn, outbox_status
 
     settings = get_settings()
     with connect(outbox_dsn(settings)) as conn:
@@ -85,7 +85,13 @@ def status(
 @outbox_app.command("purge")
 def purge() -> None:
     """Delete published rows older than KEEL_OUTBOX_RETENTION_H now (the relay does it too)."""
-    from connectors.outbox import OutboxTable, connect, ensure_exists, outbox_dsn, purge_published
+    from keel.connectors.outbox import (
+        OutboxTable,
+        connect,
+        ensure_exists,
+        outbox_dsn,
+        purge_published,
+    )
 
     settings = get_settings()
     table = OutboxTable.of(settings.outbox_table)

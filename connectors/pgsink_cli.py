@@ -20,8 +20,8 @@ pgsink_app = command_group(
 @pgsink_app.command("init")
 def init() -> None:
     """Create the events table (KEEL_PGSINK_TABLE) and its indexes; idempotent."""
-    from connectors.pgsink import Table, connect, create_table, pgsink_dsn
-    from connectors.postgres import describe_dsn
+    from keel.connectors.pgsink import Table, connect, create_table, pgsink_dsn
+    from keel.connectors.postgres import describe_dsn
 
     settings = get_settings()
     table = Table.of(settings.pgsink_table)
@@ -42,7 +42,7 @@ def run(
     ] = False,
 ) -> None:
     """Write events into the table until SIGTERM/Ctrl-C (JSON log lines, periodic progress)."""
-    from connectors.pgsink import PgSink, PgSinkError, health_server
+    from keel.connectors.pgsink import PgSink, PgSinkError, health_server
     from keel.health import serving
 
     settings = get_settings()
@@ -64,7 +64,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """Rows in the table, the newest occurred_at, and the sink group's consumer lag."""
-    from connectors.pgsink import SinkStatus, Table, connect, pgsink_dsn, table_figures
+    from keel.connectors.pgsink import SinkStatus, Table, connect, pgsink_dsn, table_figures
     from keel.kafka import SILENT_LOG, make_admin, naming_brokers
     from keel.lag import UnknownGroup, group_lag
 

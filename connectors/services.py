@@ -17,7 +17,7 @@ def _connector(
 ) -> ProcessService:
     return ProcessService(
         name,
-        python_module("connectors", *command, "--http-port", str(port)),
+        python_module("keel.connectors", *command, "--http-port", str(port)),
         settings,
         port=port,
         ops_url=f"http://127.0.0.1:{port}",
@@ -43,7 +43,7 @@ def services(settings: KeelSettings) -> list[Service]:
 
 def scaling(settings: KeelSettings) -> list[Scalable]:
     """The sinks' consumer groups; replica 1 is the sink `keel up` runs."""
-    from connectors.webhooks_cli import subscriptions_path
+    from keel.connectors.webhooks_cli import subscriptions_path
 
     def sink(  # noqa: PLR0917 - one row of the table below
         name: str, alias: str, port: int, group: str, topics: str, principal: str, *command: str

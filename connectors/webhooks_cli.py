@@ -41,7 +41,7 @@ def run(
 ) -> None:
     """Deliver events to the subscribers until SIGTERM/Ctrl-C (finished deliveries are
     committed; the rest is re-sent at the next start)."""
-    from connectors.webhooks import WebhookSink, load_subscriptions
+    from keel.connectors.webhooks import WebhookSink, load_subscriptions
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -62,7 +62,7 @@ def check(
     file: Annotated[Path, typer.Argument(help="Subscriptions file (.toml or .json).")],
 ) -> None:
     """Validate a subscriptions file; exit 1 naming the subscription and field at fault."""
-    from connectors.webhooks import load_subscriptions
+    from keel.connectors.webhooks import load_subscriptions
 
     settings = get_settings()
     for sub in load_subscriptions(file):
@@ -81,6 +81,6 @@ def sign(
     ] = None,
 ) -> None:
     """Print the Keel-Signature header Keel would send with BODY: for testing a receiver."""
-    from connectors.webhooks import SIGNATURE_HEADER, signature_header
+    from keel.connectors.webhooks import SIGNATURE_HEADER, signature_header
 
     typer.echo(f"{SIGNATURE_HEADER}: {signature_header(secret, body.encode(), timestamp)}")

@@ -1,11 +1,11 @@
-"""`python -m consumers worker ...`: the job commands without the `keel` script (the local
+"""`python -m keel.consumers worker ...`: the job commands without the `keel` script (the local
 stack runs services this way, with the virtualenv's interpreter)."""
 
 from __future__ import annotations
 
 import sys
 
-from consumers.cli import jobs_app
+from keel.consumers.cli import jobs_app
 from keel.errors import KeelError
 
 

@@ -34,8 +34,8 @@ def worker(
     ] = None,
 ) -> None:
     """Run job workers until SIGTERM/Ctrl-C (in-flight jobs finish, offsets are committed)."""
-    from consumers.handlers import build_handlers
-    from consumers.worker import Worker
+    from keel.consumers.handlers import build_handlers
+    from keel.consumers.worker import Worker
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -50,8 +50,8 @@ def topics(
     types: Annotated[list[str] | None, typer.Argument(help="Job types; all when none.")] = None,
 ) -> None:
     """Create the job topics (source, retry, dead letters) that do not exist yet."""
-    from consumers.handlers import build_handlers
-    from consumers.worker import Worker
+    from keel.consumers.handlers import build_handlers
+    from keel.consumers.worker import Worker
 
     settings = get_settings()
     handlers = build_handlers(types or None, settings)
@@ -72,9 +72,9 @@ def dlq(
 ) -> None:
     """List a job type's dead letters (reason, attempts, error, where the job came from), or
     replay them once the cause is fixed."""
-    from consumers.deadletters import attempts, read
-    from consumers.deadletters import replay as replay_letters
-    from consumers.handlers import build_handlers
+    from keel.consumers.deadletters import attempts, read
+    from keel.consumers.deadletters import replay as replay_letters
+    from keel.consumers.handlers import build_handlers
 
     settings = get_settings()
     [handler] = build_handlers([job_type], settings)
@@ -104,7 +104,7 @@ def smtp(
     outbox: Annotated[Path | None, typer.Option(help="Folder (KEEL_JOBS_OUTBOX_DIR).")] = None,
 ) -> None:
     """Run the local SMTP server that keeps every message it receives in the outbox folder."""
-    from consumers.mail.server import Outbox, OutboxServer
+    from keel.consumers.mail.server import Outbox, OutboxServer
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -131,7 +131,7 @@ def outbox(
     ] = None,
 ) -> None:
     """List the emails the local SMTP server received (newest last)."""
-    from consumers.mail.server import Outbox
+    from keel.consumers.mail.server import Outbox
 
     box = Outbox(folder or outbox_dir(get_settings()))
     mails = box.messages()

@@ -3,8 +3,8 @@ to its topics. Replays go back to the job's source topic as fresh jobs."""
 
 from __future__ import annotations
 
-from consumers.job import JobTopics
-from consumers.retry import H_ATTEMPT
+from keel.consumers.job import JobTopics
+from keel.consumers.retry import H_ATTEMPT
 from keel.deadletters import DeadLetter
 from keel.deadletters import read as read_topic
 from keel.deadletters import replay as replay_topic

@@ -1,11 +1,11 @@
 """How a worker turns a message's bytes into a job record: Keel's Avro (Confluent wire
-format, writer schema from the registry) through `schemas.serde.AvroSerde`."""
+format, writer schema from the registry) through `keel.schemas.serde.AvroSerde`."""
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from consumers.errors import UndecodableJob
+from keel.consumers.errors import UndecodableJob
 
 
 class JobDecoder(Protocol):
@@ -29,7 +29,7 @@ class AvroJobDecoder:
         self._names: dict[int, str | None] = {}
 
     def record_name(self, data: bytes) -> str | None:
-        from schemas.wire import unframe
+        from keel.schemas.wire import unframe
 
         try:
             schema_id, _ = unframe(data)
@@ -68,8 +68,8 @@ def _full_name(schema: Any) -> str | None:
 
 def avro_decoder(settings: Any) -> AvroJobDecoder:
     """The default decoder for these settings (the registry at KEEL_SCHEMA_REGISTRY_URL)."""
-    from schemas.registry.client import RegistryClient
-    from schemas.serde import AvroSerde
+    from keel.schemas.registry.client import RegistryClient
+    from keel.schemas.serde import AvroSerde
 
     registry = RegistryClient(settings.schema_registry_url)
     return AvroJobDecoder(AvroSerde(registry), registry)

@@ -18,11 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from consumers.errors import JobConfigError, PermanentJobError, RetriableJobError
-from consumers.job import Job, JobHandler, JobTopics
-from consumers.mail.smtp import Mailer, build_message
-from consumers.mail.templates import Templates
-from consumers.reports import FORMATS, REPORT_KINDS, ReportStore, ViewsClient, build_table
+from keel.consumers.errors import JobConfigError, PermanentJobError, RetriableJobError
+from keel.consumers.job import Job, JobHandler, JobTopics
+from keel.consumers.mail.smtp import Mailer, build_message
+from keel.consumers.mail.templates import Templates
+from keel.consumers.reports import FORMATS, REPORT_KINDS, ReportStore, ViewsClient, build_table
 from keel.kafka import make_producer
 from keel.settings import KeelSettings, get_settings
 
@@ -38,14 +38,14 @@ def derived_id(kind: str, key: str) -> str:
 
 
 def _serde(settings: KeelSettings) -> Any:
-    from schemas.registry.client import RegistryClient
-    from schemas.serde import AvroSerde
+    from keel.schemas.registry.client import RegistryClient
+    from keel.schemas.serde import AvroSerde
 
     return AvroSerde(RegistryClient(settings.schema_registry_url))
 
 
 def _topic_of(event_type: str) -> str:
-    from schemas.catalog import load_catalog
+    from keel.schemas.catalog import load_catalog
 
     return str(load_catalog().get(event_type).topic)
 

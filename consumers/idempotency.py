@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from consumers.errors import JobConfigError, StoreError
+from keel.consumers.errors import JobConfigError, StoreError
 from keel.settings import KeelSettings
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
-from consumers.retry import Origin
+from keel.consumers.retry import Origin
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from consumers.errors import PermanentJobError, RetriableJobError
+from keel.consumers.errors import PermanentJobError, RetriableJobError
 
 # Which view each report kind is built from, and what it is keyed by.
 REPORT_KINDS: dict[str, str] = {"activity": "user_activity"}

@@ -14,7 +14,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
-from consumers.errors import JobConfigError
+from keel.consumers.errors import JobConfigError
 
 # The dead-letter header contract is the core's (shared with stream processors); the last
 # error, the reason (permanent | retries_exhausted | undecodable) and the job's origin.

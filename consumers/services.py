@@ -14,7 +14,7 @@ def services(settings: KeelSettings) -> list[Service]:
         ProcessService(
             "smtp",
             python_module(
-                "consumers",
+                "keel.consumers",
                 "smtp",
                 "--port",
                 str(settings.smtp_port),
@@ -32,7 +32,7 @@ def services(settings: KeelSettings) -> list[Service]:
 def _worker(settings: KeelSettings, name: str, port: int, *types: str) -> ProcessService:
     return ProcessService(
         name,
-        python_module("consumers", "worker", *types, "--http-port", str(port)),
+        python_module("keel.consumers", "worker", *types, "--http-port", str(port)),
         settings,
         port=port,
         ops_url=f"http://127.0.0.1:{port}",
@@ -44,7 +44,7 @@ def _worker(settings: KeelSettings, name: str, port: int, *types: str) -> Proces
 def scaling(settings: KeelSettings) -> list[Scalable]:
     """A group per job type. Replica 1 is the shared `jobs-worker`; replica i of the k-th type
     (email, report, report_ready) serves on KEEL_JOBS_HTTP_PORT + 100 (i - 1) + 10 k."""
-    from consumers.handlers import JOB_TYPES
+    from keel.consumers.handlers import JOB_TYPES
 
     def replicas(kind: str, name: str, k: int) -> Scalable:
         def replica(index: int) -> ProcessService:

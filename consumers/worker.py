@@ -27,12 +27,13 @@ from typing import Any
 from confluent_kafka import Message, Producer
 from confluent_kafka.admin import AdminClient
 
-from consumers.decoding import JobDecoder
-from consumers.errors import StoreError, UndecodableJob, is_retriable
-from consumers.idempotency import DoneStore
-from consumers.job import Job, JobHandler
-from consumers.metrics import JobMetrics
-from consumers.retry import (
+from keel.backoff import Backoff
+from keel.consumers.decoding import JobDecoder
+from keel.consumers.errors import StoreError, UndecodableJob, is_retriable
+from keel.consumers.idempotency import DoneStore
+from keel.consumers.job import Job, JobHandler
+from keel.consumers.metrics import JobMetrics
+from keel.consumers.retry import (
     REASON_UNDECODABLE,
     DelayQueue,
     HeaderList,
@@ -44,7 +45,6 @@ from consumers.retry import (
     header_map,
     retry_headers,
 )
-from keel.backoff import Backoff
 from keel.deadletters import Failure
 from keel.health import Check, Checks, HealthServer, beating, check, metrics_text
 from keel.kafka import TopicSpec, ensure_topics, make_admin, make_producer
@@ -466,8 +466,8 @@ class Worker:
 
     def run(self) -> None:
         """Run until `stop()` (or SIGTERM through the CLI); raise what stopped a runner."""
-        from consumers.decoding import avro_decoder
-        from consumers.idempotency import open_store
+        from keel.consumers.decoding import avro_decoder
+        from keel.consumers.idempotency import open_store
 
         self.ensure_topics()
         decoder = self._decoder or avro_decoder(self.settings)

@@ -1,10 +1,10 @@
-"""`python -m producers ...`: the same commands as `keel ingest|keys|demo`."""
+"""`python -m keel.producers ...`: the same commands as `keel ingest|keys|demo`."""
 
 from __future__ import annotations
 
 import typer
 
-from producers.cli import demo, ingest, keys_app
+from keel.producers.cli import demo, ingest, keys_app
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
 app.command("ingest")(ingest)

@@ -18,18 +18,18 @@ from multiprocessing.process import BaseProcess
 from aiohttp import web
 
 from keel.logging import configure_logging
+from keel.producers.auth import KeyStore, keys_file
+from keel.producers.context import INGEST, Ingest
+from keel.producers.kafka_out import EventProducer
+from keel.producers.limits import RateLimiter
+from keel.producers.metrics import MULTIPROC_ENV
+from keel.producers.models import openapi
+from keel.producers.pipeline import Pipeline
+from keel.producers.routes import add_routes
+from keel.schemas.catalog import load_catalog
+from keel.schemas.registry.client import RegistryClient
+from keel.schemas.serde import AvroSerde
 from keel.settings import KeelSettings, get_settings
-from producers.auth import KeyStore, keys_file
-from producers.context import INGEST, Ingest
-from producers.kafka_out import EventProducer
-from producers.limits import RateLimiter
-from producers.metrics import MULTIPROC_ENV
-from producers.models import openapi
-from producers.pipeline import Pipeline
-from producers.routes import add_routes
-from schemas.catalog import load_catalog
-from schemas.registry.client import RegistryClient
-from schemas.serde import AvroSerde
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ def ingest(
 ) -> None:
     """Serve the HTTP events API (POST /v1/events) until SIGTERM/Ctrl-C."""
     from keel.logging import configure_logging
-    from producers.app import serve, worker_count
+    from keel.producers.app import serve, worker_count
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -50,8 +50,8 @@ def create(
     ] = None,
 ) -> None:
     """Create an API key and print it (it is stored hashed: this is the only time it shows)."""
-    from producers.auth import create_key, keys_file
-    from schemas.catalog import load_catalog
+    from keel.producers.auth import create_key, keys_file
+    from keel.schemas.catalog import load_catalog
 
     wanted = [t for item in types or [] for t in item.split(",") if t]
     catalog = load_catalog()
@@ -72,7 +72,7 @@ def create(
 @keys_app.command("list")
 def list_() -> None:
     """The keys on file (ids, sources, types; never the keys)."""
-    from producers.auth import keys_file, list_keys
+    from keel.producers.auth import keys_file, list_keys
 
     for entry in list_keys(keys_file(get_settings())):
         typer.echo(json.dumps(entry))
@@ -83,7 +83,7 @@ def revoke(
     key_id: Annotated[str, typer.Argument(help="The key's id (`keel keys list`).")],
 ) -> None:
     """Revoke an API key: every replica refuses it (401) within about a second."""
-    from producers.auth import keys_file, revoke_key
+    from keel.producers.auth import keys_file, revoke_key
 
     entry = revoke_key(keys_file(get_settings()), key_id)
     typer.echo(f"revoked {entry['id']} (source {entry['source']})")
@@ -101,7 +101,7 @@ def demo(
     """Simulate user sessions (sign-ups, views, carts, orders, reports) through the API."""
     import asyncio
 
-    from producers.demo import dev_key, run_demo
+    from keel.producers.demo import dev_key, run_demo
 
     settings = get_settings()
     api_key = key or (

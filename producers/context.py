@@ -11,13 +11,13 @@ from typing import Any
 
 from aiohttp import web
 
+from keel.producers.auth import KeyStore
+from keel.producers.kafka_out import EventProducer
+from keel.producers.limits import RateLimiter
+from keel.producers.pipeline import Pipeline
+from keel.schemas.catalog import DEFAULT_TOPIC
+from keel.schemas.errors import SchemaError
 from keel.settings import KeelSettings
-from producers.auth import KeyStore
-from producers.kafka_out import EventProducer
-from producers.limits import RateLimiter
-from producers.pipeline import Pipeline
-from schemas.catalog import DEFAULT_TOPIC
-from schemas.errors import SchemaError
 
 log = logging.getLogger(__name__)
 READY_CACHE_S = 1.0

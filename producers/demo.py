@@ -20,9 +20,9 @@ from typing import Any
 
 import aiohttp
 
+from keel.producers.auth import create_key, keys_file
+from keel.producers.errors import IngestError
 from keel.settings import KeelSettings
-from producers.auth import create_key, keys_file
-from producers.errors import IngestError
 
 PRODUCTS = [
     ("p-100", "books", Decimal("12.50")),

@@ -25,8 +25,8 @@ from typing import Any, NamedTuple
 from confluent_kafka import KafkaError, Producer
 
 from keel.kafka import PRODUCER_DEFAULTS, security_cause
+from keel.producers.errors import Backpressure, DeliveryFailed
 from keel.settings import KeelSettings, get_settings
-from producers.errors import Backpressure, DeliveryFailed
 
 log = logging.getLogger(__name__)
 

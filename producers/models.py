@@ -1,4 +1,4 @@
-"""Pydantic models of the API's answers; with `schemas.envelope`'s request models they make
+"""Pydantic models of the API's answers; with `keel.schemas.envelope`'s request models they make
 /openapi.json."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from schemas.envelope import EventBatchIn, EventIn
+from keel.schemas.envelope import EventBatchIn, EventIn
 
 
 class FieldError(BaseModel):

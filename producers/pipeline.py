@@ -3,7 +3,7 @@
 Shared by the HTTP API and the SDK so both accept and refuse exactly the same events.
 Pure apart from the serde's registry lookups (done once per event type at warm-up).
 
-Hot path: each event type's compiled encoder (`schemas.fastpath`) checks and encodes a
+Hot path: each event type's compiled encoder (`keel.schemas.fastpath`) checks and encodes a
 plainly valid event in one pass; anything else takes the reference path, `validate_event`
 plus fastavro, which names every bad field and rule. Both give the same bytes."""
 
@@ -13,12 +13,12 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from producers.kafka_out import Outgoing
-from schemas.catalog import Catalog, EventType
-from schemas.envelope import validate_event
-from schemas.errors import ValidationFailed
-from schemas.fastpath import Encoder, compile_encoder
-from schemas.serde import AvroSerde
+from keel.producers.kafka_out import Outgoing
+from keel.schemas.catalog import Catalog, EventType
+from keel.schemas.envelope import validate_event
+from keel.schemas.errors import ValidationFailed
+from keel.schemas.fastpath import Encoder, compile_encoder
+from keel.schemas.serde import AvroSerde
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)

@@ -20,11 +20,11 @@ from aiohttp.http_exceptions import PayloadEncodingError
 
 from keel.health import Checks, check
 from keel.health import routes as health_routes
-from producers.context import Ingest, ingest_of
-from producers.errors import AuthError, Backpressure
-from producers.kafka_out import Delivery, Outgoing
-from producers.limits import retry_after_header
-from producers.metrics import (
+from keel.producers.context import Ingest, ingest_of
+from keel.producers.errors import AuthError, Backpressure
+from keel.producers.kafka_out import Delivery, Outgoing
+from keel.producers.limits import retry_after_header
+from keel.producers.metrics import (
     IN_FLIGHT,
     PRODUCE_LATENCY,
     accepted_counter,
@@ -32,7 +32,7 @@ from producers.metrics import (
     rejected_counter,
     requests_counter,
 )
-from schemas.errors import RegistryError, ValidationFailed
+from keel.schemas.errors import RegistryError, ValidationFailed
 
 log = logging.getLogger(__name__)
 JSON_TYPES = frozenset({"application/json"})
@@ -343,7 +343,7 @@ async def readyz(app: web.Application) -> Checks:
 
 
 async def metrics(app: web.Application) -> bytes:
-    from producers.metrics import QUEUED
+    from keel.producers.metrics import QUEUED
 
     QUEUED.set(ingest_of(app).producer.queued())
     payload, _ = await asyncio.get_running_loop().run_in_executor(None, exposition)

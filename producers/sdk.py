@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from keel.producers.kafka_out import Delivery, EventProducer, Outgoing
+from keel.producers.pipeline import Pipeline
+from keel.schemas.catalog import load_catalog
+from keel.schemas.registry.client import RegistryClient
+from keel.schemas.serde import AvroSerde
 from keel.settings import KeelSettings, get_settings
-from producers.kafka_out import Delivery, EventProducer, Outgoing
-from producers.pipeline import Pipeline
-from schemas.catalog import load_catalog
-from schemas.registry.client import RegistryClient
-from schemas.serde import AvroSerde
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from keel.local.services import ProcessService, Progress, Service, python_module
 from keel.local.system import ensure_command
+from keel.producers.auth import keys_file
+from keel.producers.demo import ensure_dev_key
 from keel.settings import KeelSettings
-from producers.auth import keys_file
-from producers.demo import ensure_dev_key
 
 NGINX_CONF = Path(__file__).resolve().parents[1] / "deploy" / "nginx" / "nginx.conf.template"
 
@@ -20,7 +20,7 @@ def replica_ports(settings: KeelSettings) -> list[int]:
 
 class IngestReplica(ProcessService):
     def __init__(self, settings: KeelSettings, index: int, port: int) -> None:
-        argv = python_module("producers", "ingest", "--port", str(port), "--workers", "1")
+        argv = python_module("keel.producers", "ingest", "--port", str(port), "--workers", "1")
         super().__init__(
             f"ingest-{index}", argv, settings, port=port,
             ops_url=f"http://127.0.0.1:{port}", order=60, principal="keel-ingest",

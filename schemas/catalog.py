@@ -14,7 +14,7 @@ from typing import Any
 
 import fastavro
 
-from schemas.errors import InvalidSchema, UnknownEventType
+from keel.schemas.errors import InvalidSchema, UnknownEventType
 
 CATALOG_DIR = Path(__file__).with_name("catalog")
 DEFAULT_TOPIC = "events"

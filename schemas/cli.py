@@ -10,10 +10,10 @@ import typer
 
 from keel.command_group import command_group
 from keel.logging import configure_logging
+from keel.schemas.catalog import CATALOG_DIR, load_catalog
+from keel.schemas.errors import InvalidSchema, RegistryError
+from keel.schemas.registry.client import RegistryClient
 from keel.settings import get_settings
-from schemas.catalog import CATALOG_DIR, load_catalog
-from schemas.errors import InvalidSchema, RegistryError
-from schemas.registry.client import RegistryClient
 
 schemas_app = command_group("schemas", "The Avro event catalog: check, register, list.")
 
@@ -23,7 +23,7 @@ def registry(
     port: int | None = typer.Option(None, help="Port [default: KEEL_REGISTRY_PORT, 8081]."),
 ) -> None:
     """Serve Keel's Confluent-compatible schema registry (state in a compacted Kafka topic)."""
-    from schemas.registry.server import serve
+    from keel.schemas.registry.server import serve
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)

@@ -1,4 +1,4 @@
-"""What the schema compilers share (`schemas.fastpath` encodes, `schemas.fastread` decodes):
+"""What the schema compilers share (`keel.schemas.fastpath` encodes, `keel.schemas.fastread` decodes):
 generated Python source built line by line, with named constants, then compiled once."""
 
 from __future__ import annotations

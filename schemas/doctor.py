@@ -5,11 +5,11 @@ judges: registered as is, a new subject, or compatible with the latest version).
 from __future__ import annotations
 
 from keel.doctor import Check
+from keel.schemas.catalog import load_catalog
+from keel.schemas.cli import compare_with_registry
+from keel.schemas.errors import RegistryError
+from keel.schemas.registry.client import RegistryClient
 from keel.settings import KeelSettings
-from schemas.catalog import load_catalog
-from schemas.cli import compare_with_registry
-from schemas.errors import RegistryError
-from schemas.registry.client import RegistryClient
 
 
 def checks(settings: KeelSettings) -> list[Check]:

@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.catalog import Catalog, EventType, load_catalog
-from schemas.errors import ValidationFailed
+from keel.schemas.catalog import Catalog, EventType, load_catalog
+from keel.schemas.errors import ValidationFailed
 
 # Envelope fields in the order every event record starts with them (checked by a test
 # against each .avsc, so the model and the schemas cannot drift apart).

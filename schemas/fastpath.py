@@ -28,8 +28,8 @@ from typing import Any
 
 import fastavro
 
-from schemas.catalog import EventType
-from schemas.codegen import Source, Unsupported
+from keel.schemas.catalog import EventType
+from keel.schemas.codegen import Source, Unsupported
 
 # (payload buffer, event, source, server context, now in µs since the epoch) ->
 # (key, event_id) with the Avro binary appended to the buffer, or None: take the

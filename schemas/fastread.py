@@ -24,7 +24,7 @@ from typing import Any
 
 from fastavro.read import LOGICAL_READERS
 
-from schemas.codegen import Source, Unsupported
+from keel.schemas.codegen import Source, Unsupported
 
 # (payload, position of the record's first byte) -> the record
 Decoder = Callable[[bytes, int], dict[str, Any]]

@@ -12,11 +12,11 @@ from typing import Any
 
 import fastavro
 
-from schemas.catalog import Catalog, EventType, load_catalog
-from schemas.errors import DecodeError, RegistryError
-from schemas.fastread import Decoder, compile_decoder
-from schemas.registry.client import RegistryClient, canonical
-from schemas.wire import HEADER_SIZE, frame, schema_id_of, unframe
+from keel.schemas.catalog import Catalog, EventType, load_catalog
+from keel.schemas.errors import DecodeError, RegistryError
+from keel.schemas.fastread import Decoder, compile_decoder
+from keel.schemas.registry.client import RegistryClient, canonical
+from keel.schemas.wire import HEADER_SIZE, frame, schema_id_of, unframe
 
 PLAIN_LOGICAL_TYPES = frozenset({"uuid", "timestamp-micros"})
 
@@ -109,7 +109,7 @@ class AvroSerde:
         return parsed
 
     def _decoder(self, schema_id: int, plain: bool) -> Decoder:
-        """The compiled decoder of a writer schema (`schemas.fastread`), plain (`uuid` and
+        """The compiled decoder of a writer schema (`keel.schemas.fastread`), plain (`uuid` and
         `timestamp-micros` as written) or full (every logical type as fastavro makes it), or
         fastavro's reader for a schema it does not compile."""
         cache = self._plain_decoders if plain else self._full_decoders

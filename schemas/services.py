@@ -14,7 +14,7 @@ class RegistryService(ProcessService):
         """On a secured stack, its users (each principal acls.toml gives a registry role)
         written into the users file the registry reads (KEEL_REGISTRY_USERS_FILE)."""
         from keel.local.secured import running_secured
-        from schemas.registry.auth import set_user
+        from keel.schemas.registry.auth import set_user
 
         found = running_secured(self.settings)
         if found is None:

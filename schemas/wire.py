@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 
-from schemas.errors import DecodeError
+from keel.schemas.errors import DecodeError
 
 MAGIC = 0
 _HEADER = struct.Struct(">bI")

@@ -1,5 +1,5 @@
-"""`python -m streams worker` (the local stack runs workers this way)."""
+"""`python -m keel.streams worker` (the local stack runs workers this way)."""
 
-from streams.cli import main
+from keel.streams.cli import main
 
 main()

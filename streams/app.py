@@ -6,9 +6,9 @@ Responsibilities:
   standby replicas (KEEL_STREAMS_STANDBY_REPLICAS);
 - name every topic it uses (`internal_topics`) so the worker creates them up front;
 - run the `Engine` over each fetched run of an assigned partition, handed over whole by
-  Faust's consumer (`streams.faust_adapter.BatchConsumer`; batches taken with
+  Faust's consumer (`keel.streams.faust_adapter.BatchConsumer`; batches taken with
   `stream.take_events` in Faust's test context), one partition at a time, only what
-  `streams.offsets` says may be applied (with the runs Faust's fetcher skipped read from
+  `keel.streams.offsets` says may be applied (with the runs Faust's fetcher skipped read from
   the log), and carry out its results in the order that makes replays harmless: outputs
   (dead letters, job events, re-keyed deltas) acknowledged first, then table writes, then
   sinks; Faust commits the applied offsets afterwards (it flushes the producer first);
@@ -51,9 +51,9 @@ from keel.apikeys import KeyRefused, KeyStore, keys_file
 from keel.deadletters import H_PROCESSOR, Failure, Origin, letter_headers
 from keel.kafka import TopicSpec, faust_credentials
 from keel.settings import KeelSettings
-from streams.codec import AvroCodec
-from streams.dedup_index import DedupIndex, batch_record_key
-from streams.engine import (
+from keel.streams.codec import AvroCodec
+from keel.streams.dedup_index import DedupIndex, batch_record_key
+from keel.streams.engine import (
     DEDUP_TABLE,
     BatchResult,
     Engine,
@@ -64,8 +64,8 @@ from streams.engine import (
     unwrap_user_state,
     user_table,
 )
-from streams.errors import BadQuery
-from streams.faust_adapter import (
+from keel.streams.errors import BadQuery
+from keel.streams.faust_adapter import (
     BatchConsumer,
     KeelFaustApp,
     owner_url,
@@ -74,14 +74,14 @@ from streams.faust_adapter import (
     run_context_event,
     table_db,
 )
-from streams.local_state import claim, mark_clean
-from streams.log_reader import LogReader
-from streams.metrics import StreamMetrics
-from streams.offsets import AppliedOffsets
-from streams.processor import KeyedView, Processor, Sink, Stateful
-from streams.producer import BatchProducer
-from streams.scheduling import PartitionRuns
-from streams.watchdog import Stall, StallDetector
+from keel.streams.local_state import claim, mark_clean
+from keel.streams.log_reader import LogReader
+from keel.streams.metrics import StreamMetrics
+from keel.streams.offsets import AppliedOffsets
+from keel.streams.processor import KeyedView, Processor, Sink, Stateful
+from keel.streams.producer import BatchProducer
+from keel.streams.scheduling import PartitionRuns
+from keel.streams.watchdog import Stall, StallDetector
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ class StreamsApp:
             try:
                 await faust_on_stop()
             finally:
-                # Within the worker's own deadline (streams.shutdown), which ends it anyway.
+                # Within the worker's own deadline (keel.streams.shutdown), which ends it anyway.
                 dropped = self.kafka.close(self.settings.streams_shutdown_timeout_s / 2)
                 self.log_reader.close()
                 if dropped:
@@ -294,10 +294,10 @@ class StreamsApp:
         producer.on_stop = on_stop
 
     def _guard_acks(self) -> None:
-        """Faust acks records the agent never applied (see streams.offsets) and commits the
+        """Faust acks records the agent never applied (see keel.streams.offsets) and commits the
         acked offsets; an ack of the source or a re-keyed topic now counts toward a commit
         only for a record this worker applied, whichever path delivered it (Faust's streams
-        or whole runs, see streams.faust_adapter). The others are released (a rebalance
+        or whole runs, see keel.streams.faust_adapter). The others are released (a rebalance
         waits for every record handed out to be acked) but never committed. The runs its
         fetcher skips count as done only once this worker read and applied them
         (`_applied`)."""
@@ -348,10 +348,10 @@ class StreamsApp:
             ):
                 await self.handle_source(events)
 
-        # The agents, for Faust's test context (`agent.test_context()`, see streams.testing)
+        # The agents, for Faust's test context (`agent.test_context()`, see keel.streams.testing)
         self.source_agent = source_agent
         # A worker's consumer hands these topics' fetched runs straight to the engine; the
-        # agents then see nothing of them (see streams.faust_adapter): their per-event path
+        # agents then see nothing of them (see keel.streams.faust_adapter): their per-event path
         # runs only in Faust's test context, which has no consumer.
         handlers = self.app.run_handlers
         handlers[self.source.get_topic_name()] = self._source_run
@@ -459,7 +459,7 @@ class StreamsApp:
         from_log: Callable[[Message], _R],
     ) -> list[_R] | None:
         """What this worker may apply of one partition's records as delivered (in offset
-        order; see streams.offsets), whichever path delivered them: None when nothing (all
+        order; see keel.streams.offsets), whichever path delivered them: None when nothing (all
         applied already, or the partition is not this worker's any more: handed out before
         a rebalance), else the records kept with the runs before or among them that Faust's
         fetcher skipped, read from the log (`from_log`), in offset order. Fills `applying`
@@ -499,7 +499,7 @@ class StreamsApp:
     @staticmethod
     def _owned(consumer: Any) -> Any:
         """The partitions assigned to this worker (None in Faust's test context, which runs
-        agents without a consumer, see streams.testing)."""
+        agents without a consumer, see keel.streams.testing)."""
         try:
             return consumer.assignment()
         except ConsumerNotStarted:
@@ -912,7 +912,7 @@ def faust_settings(settings: KeelSettings, partitions: int, datadir: Path) -> di
         "datadir": str(datadir),
         "topic_partitions": partitions,
         # For a topic Faust would create itself (Keel creates them all first: internal_topics).
-        # Faust takes no -1, so streams.cli resolves the cluster's default into the settings.
+        # Faust takes no -1, so keel.streams.cli resolves the cluster's default into the settings.
         **(
             {"topic_replication_factor": settings.replication_factor}
             if settings.replication_factor is not None
@@ -935,7 +935,7 @@ def faust_settings(settings: KeelSettings, partitions: int, datadir: Path) -> di
         "canonical_url": f"http://{host}:{port}",
         "web_in_thread": False,
         "autodiscover": False,
-        # Each partition's fetched records in one run (see streams.scheduling).
+        # Each partition's fetched records in one run (see keel.streams.scheduling).
         "ConsumerScheduler": PartitionRuns,
         # Faust's own pages (graph, stats, tables) are off: Keel's are served instead.
         "web_stats_enabled": False,
@@ -1030,7 +1030,7 @@ def _by_partition(events: Sequence[EventT]) -> list[list[EventT]]:
 
 
 def _raw(record: Message) -> Raw:
-    """A record read from the log (streams.log_reader), as the engine takes it."""
+    """A record read from the log (keel.streams.log_reader), as the engine takes it."""
     _kind, timestamp = record.timestamp()
     return Raw(
         record.value(),
@@ -1044,7 +1044,7 @@ def _raw(record: Message) -> Raw:
 
 
 def _delta(tp: TP, record: Message) -> tuple[int, Any, Any]:
-    """A re-keyed record read from the log (streams.log_reader) as (offset, key, delta)."""
+    """A re-keyed record read from the log (keel.streams.log_reader) as (offset, key, delta)."""
     offset = cast(int, record.offset())
     return offset, record.key(), delta_value(record.value(), tp, offset)
 

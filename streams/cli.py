@@ -21,7 +21,7 @@ from keel.kafka import (
 )
 from keel.logging import configure_logging
 from keel.settings import KeelSettings, get_settings
-from streams.errors import StreamsError
+from keel.streams.errors import StreamsError
 
 streams_app = command_group(
     "streams", "Stream processors: materialized views, job triggers, cache fill (Faust)."
@@ -53,9 +53,9 @@ def source_partitions(settings: KeelSettings) -> int:
 
 def build(settings: KeelSettings) -> object:
     """The worker's StreamsApp, with every topic it writes to created up front."""
-    from streams.app import StreamsApp
-    from streams.codec import AvroCodec
-    from streams.discovery import discover
+    from keel.streams.app import StreamsApp
+    from keel.streams.codec import AvroCodec
+    from keel.streams.discovery import discover
 
     partitions = source_partitions(settings)
     # Faust's settings take a number, not the brokers' default: read it once.
@@ -95,7 +95,7 @@ def worker(
     if update:
         settings = settings.model_copy(update=update)
     configure_logging(settings.log_level, settings.log_format)
-    from streams.app import StreamsApp, tune_gc
+    from keel.streams.app import StreamsApp, tune_gc
 
     app = build(settings)
     if not isinstance(app, StreamsApp):  # pragma: no cover - build's return type
@@ -108,7 +108,7 @@ def worker(
         ",".join(p.name for p in app.processors),
     )
     tune_gc()
-    from streams.shutdown import BoundedWorker
+    from keel.streams.shutdown import BoundedWorker
 
     BoundedWorker(
         app.app,
@@ -130,7 +130,7 @@ def new(
     ] = Path("."),
 ) -> None:
     """Scaffold a processor module under streams/processors/ and its tests under tests/streams/."""
-    from streams.scaffold import scaffold
+    from keel.streams.scaffold import scaffold
 
     for path in scaffold(name, kind, root):
         typer.echo(f"created {path}")
@@ -139,8 +139,8 @@ def new(
 @streams_app.command("list")
 def list_processors() -> None:
     """The processors a worker would run."""
-    from streams.discovery import discover
-    from streams.processor import KeyedView, Sink, Trigger, View
+    from keel.streams.discovery import discover
+    from keel.streams.processor import KeyedView, Sink, Trigger, View
 
     for proc in discover():
         kind = (
@@ -158,7 +158,7 @@ def list_processors() -> None:
         typer.echo(f"{proc.name}\t{kind}\t{types}")
 
 
-def main() -> None:  # pragma: no cover - `python -m streams`
+def main() -> None:  # pragma: no cover - `python -m keel.streams`
     try:
         streams_app()
     except KeelError as exc:

@@ -1,10 +1,10 @@
 """Keel's Confluent-framed Avro in and out of the stream processors, through
-`schemas.serde.AvroSerde` (writer schemas fetched from the registry by id, cached).
+`keel.schemas.serde.AvroSerde` (writer schemas fetched from the registry by id, cached).
 
 - `AvroCodec.decode(bytes) -> record` for the source topic, in plain values: a `uuid` is
   its string and a `timestamp-micros` its integer microseconds, as written
   (`AvroSerde.decode_plain`: no `UUID` and `datetime` objects built only for
-  `streams.events` to turn them back). A `schemas.errors.DecodeError` (undecodable bytes,
+  `keel.streams.events` to turn them back). A `keel.schemas.errors.DecodeError` (undecodable bytes,
   unknown schema id) marks the message as poison.
 - `AvroCodec.encode_job(job_type, record, topic)` encodes a job event with its catalog
   schema under the subject of the topic it is really produced to.
@@ -33,9 +33,9 @@ class AvroCodec:
 
     @classmethod
     def from_settings(cls, settings: KeelSettings) -> AvroCodec:
-        from schemas.catalog import load_catalog
-        from schemas.registry.client import RegistryClient
-        from schemas.serde import AvroSerde
+        from keel.schemas.catalog import load_catalog
+        from keel.schemas.registry.client import RegistryClient
+        from keel.schemas.serde import AvroSerde
 
         catalog = load_catalog()
         return cls(AvroSerde(RegistryClient(settings.schema_registry_url), catalog), catalog)

@@ -10,7 +10,7 @@ seen by a worker that died is still known to the one that takes its partition ov
 
 An entry is a fact about the log ("event_id was first seen at offset o"), so an entry
 whose batch record never reached Kafka (crash) does no harm: the replayed message has the
-same offset and `streams.dedup.is_duplicate` treats it as itself, not as a duplicate.
+same offset and `keel.streams.dedup.is_duplicate` treats it as itself, not as a duplicate.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Find processors: every module under `streams.processors` (or another package), each
+"""Find processors: every module under `keel.streams.processors` (or another package), each
 module-level instance of a processor kind. Adding a processor is adding a module."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import importlib
 import pkgutil
 from collections.abc import Iterable
 
-from streams.errors import ProcessorError
-from streams.processor import Processor, unique_names
+from keel.streams.errors import ProcessorError
+from keel.streams.processor import Processor, unique_names
 
-DEFAULT_PACKAGE = "streams.processors"
+DEFAULT_PACKAGE = "keel.streams.processors"
 
 
 def discover(package: str = DEFAULT_PACKAGE, only: Iterable[str] = ()) -> list[Processor]:

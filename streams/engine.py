@@ -4,7 +4,7 @@ Pure: state is read through a `StateReader` (Faust tables in a worker, a dict in
 tests) and every effect is returned in a `BatchResult` for the runtime to carry out in a
 safe order: first the outputs (job events, re-keyed deltas, dead letters) are delivered,
 then the state is written, then sinks run, then offsets are committed. A crash at any
-point therefore replays the batch, and the watermarks in `streams.dedup` skip what was
+point therefore replays the batch, and the watermarks in `keel.streams.dedup` skip what was
 already applied, so views count every event exactly once.
 
 Why batches: per-event overhead dominates stream processing in Python, so each key is
@@ -15,7 +15,7 @@ processor, see `keel.deadletters.replayed_for`) goes to that processor only, pas
 by `event_id`: the others applied the event the first time, and the dedup entry is the
 original's. Its new offset is above the processor's watermark, so it is applied once, and a
 crash replay of it is skipped like any other. Once the processor has applied it without
-raising, a `streams.dedup.replay_key` entry (processor, event_id) in the dedup index skips
+raising, a `keel.streams.dedup.replay_key` entry (processor, event_id) in the dedup index skips
 any further replay of the event for that processor within the window: the same letter
 replayed again (another replay group or tool) arrives at a new offset the watermark cannot
 tell apart. A replay that raised again records nothing: its new letter stays replayable.
@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from keel.deadletters import Headers, replayed_for
-from streams import dedup
-from streams.events import Event
-from streams.processor import KeyedView, Output, Processor, Stateful, View, fresh
+from keel.streams import dedup
+from keel.streams.events import Event
+from keel.streams.processor import KeyedView, Output, Processor, Stateful, View, fresh
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class Poison:
     error: str
     processor: str = ""
     key: str = ""  # the user whose state the processor was updating
-    error_class: str = "streams.errors.PoisonMessage"  # the exception's, when one was raised
+    error_class: str = "keel.streams.errors.PoisonMessage"  # the exception's, when one was raised
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 Pure: no Kafka, no Faust. Timestamps are normalised to integer epoch microseconds and UUIDs
 to strings, so processors work on plain values whether the record came from the worker's
 codec (which decodes uuid and timestamp-micros fields to exactly those plain values, see
-`streams.codec`), from fastavro with every logical type (datetime, UUID, Decimal) or from
+`keel.streams.codec`), from fastavro with every logical type (datetime, UUID, Decimal) or from
 a test.
 """
 

@@ -15,7 +15,7 @@ fetch brought for an assigned partition of a topic with a run handler go to that
 whole, in one call, with no per-event asyncio hand-off. After the handler returns, every
 offset of the run it applied (`guard`) is acked into Faust's own offset bookkeeping, and
 the runs it read from the log are marked done (`mark_done`), so Faust's commit (which
-flushes the producer first, see `streams.app`) commits them as it would a stream's acks;
+flushes the producer first, see `keel.streams.app`) commits them as it would a stream's acks;
 while a run is being handled it counts as an unacked message, so a rebalance waits for it
 (`Consumer.wait_empty`) as for a stream's event in flight.
 """

@@ -1,7 +1,7 @@
 """Reads runs of a partition straight from the log, beside Faust's consumer.
 
 Faust's fetcher can hand the agent a partition's records with a run missing (see
-streams.offsets). Seeking its consumer back to the hole was tried first: the seek races the
+keel.streams.offsets). Seeking its consumer back to the hole was tried first: the seek races the
 fetch already in flight, whose records move the fetcher's read offset past the hole again,
 so the refetched run is dropped once more, and a hole met again and again had to be taken
 for offsets the log lacks at last: the very loss it meant to prevent. Reading the run here

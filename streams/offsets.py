@@ -20,7 +20,7 @@ and commits past them. Found by tests/faults:
 
 So the runtime asks `plan` before it applies a partition's part of a batch: records it
 applied already are left out, and every run missing before or among the rest is named, to
-be read from the log itself and applied in its place (streams.log_reader) before anything
+be read from the log itself and applied in its place (keel.streams.log_reader) before anything
 after it. `applied` is recorded once the state writes are queued (Faust flushes them
 before it commits); Faust's ack only counts an applied record, and its fetcher's gaps are
 ignored for Keel's topics (see `StreamsApp._guard_acks`). The committed offset therefore

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from streams.events import Event
+from keel.streams.events import Event
 
 
 @dataclass
@@ -156,7 +156,7 @@ def fresh(value: Any) -> Any:
 
 
 def unique_names(processors: Iterable[Processor]) -> dict[str, Processor]:
-    from streams.errors import ProcessorError
+    from keel.streams.errors import ProcessorError
 
     by_name: dict[str, Processor] = {}
     for proc in processors:

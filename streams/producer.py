@@ -18,7 +18,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from keel.kafka import make_producer
 from keel.settings import KeelSettings
-from streams.errors import StreamsError
+from keel.streams.errors import StreamsError
 
 Headers = Sequence[tuple[str, bytes]]
 

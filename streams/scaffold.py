@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from streams.errors import ProcessorError
+from keel.streams.errors import ProcessorError
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.events import Event
-from streams.processor import View
+from keel.streams.events import Event
+from keel.streams.processor import View
 
 
 class {cls}(View):
@@ -41,8 +41,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from streams.events import Event
-from streams.processor import KeyedView, Output
+from keel.streams.events import Event
+from keel.streams.processor import KeyedView, Output
 
 
 class {cls}(KeyedView):
@@ -73,9 +73,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from streams.events import Event
-from streams.processor import Output, Trigger
-from streams.processors.job_triggers import job_id, now_us
+from keel.streams.events import Event
+from keel.streams.processor import Output, Trigger
+from keel.streams.processors.job_triggers import job_id, now_us
 
 
 class {cls}(Trigger):
@@ -109,9 +109,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from streams.events import Event
-from streams.processors.{name} import processor
-from streams.testing import event, faust_run, run
+from keel.streams.events import Event
+from keel.streams.processors.{name} import processor
+from keel.streams.testing import event, faust_run, run
 
 
 def make_events() -> list[Event]:
@@ -160,9 +160,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from streams.events import Event
-from streams.processors.{name} import processor
-from streams.testing import event, faust_run, run
+from keel.streams.events import Event
+from keel.streams.processors.{name} import processor
+from keel.streams.testing import event, faust_run, run
 
 
 def make_events() -> list[Event]:

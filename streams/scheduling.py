@@ -5,7 +5,7 @@ topic round-robin between partitions. Keel keeps the round-robin between topics 
 source and the re-keyed topics stay fair to each other) but hands over each partition's
 fetched records as one run, the way Kafka's own consumer returns them from `poll()`.
 
-Why: the engine reads and writes each (partition, key) once per batch (`streams.engine`),
+Why: the engine reads and writes each (partition, key) once per batch (`keel.streams.engine`),
 so a batch's cost grows with the partitions it spans. Interleaved, a batch of the
 benchmark's 1,250 events over 4 partitions held ~180 of each partition's 250 users, ~720
 state writes; in runs, each partition's part of a batch holds several events per user.

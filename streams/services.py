@@ -14,7 +14,7 @@ def worker(settings: KeelSettings, index: int) -> ProcessService:
     port = settings.streams_web_port + index - 1
     return ProcessService(
         f"streams-{index}",
-        python_module("streams", "worker", "--port", str(port)),
+        python_module("keel.streams", "worker", "--port", str(port)),
         settings,
         port=port,
         ops_url=f"http://127.0.0.1:{port}",

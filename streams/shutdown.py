@@ -3,7 +3,7 @@
 Faust's graceful stop waits for the consumer's last commit, which aiokafka retries for as
 long as the group coordinator does not answer: with the brokers gone a worker told to stop
 lived on for minutes. Past the timeout it now exits without finishing, as a crash would:
-nothing it did not commit is lost (offsets never pass the effects, see streams.offsets),
+nothing it did not commit is lost (offsets never pass the effects, see keel.streams.offsets),
 the next owner of its partitions replays it.
 """
 

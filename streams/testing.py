@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from streams.engine import (
+from keel.streams.engine import (
     BatchResult,
     Engine,
     Job,
@@ -38,8 +38,8 @@ from streams.engine import (
     unwrap_user_state,
     user_table,
 )
-from streams.events import Event
-from streams.processor import KeyedView, Processor, Stateful
+from keel.streams.events import Event
+from keel.streams.processor import KeyedView, Processor, Stateful
 
 
 def event(
@@ -190,7 +190,7 @@ class LocalRegistry:
         return schema_id
 
     def get_schema(self, schema_id: int) -> Any:
-        from schemas.errors import RegistryError
+        from keel.schemas.errors import RegistryError
 
         try:
             return self._schemas[schema_id]
@@ -203,9 +203,9 @@ class LocalRegistry:
 def local_codec() -> Any:
     """An `AvroCodec` over the catalog with a `LocalRegistry`: encodes and decodes without a
     registry server."""
-    from schemas.catalog import load_catalog
-    from schemas.serde import AvroSerde
-    from streams.codec import AvroCodec
+    from keel.schemas.catalog import load_catalog
+    from keel.schemas.serde import AvroSerde
+    from keel.streams.codec import AvroCodec
 
     catalog = load_catalog()
     return AvroCodec(AvroSerde(cast(Any, LocalRegistry()), catalog), catalog)
@@ -215,7 +215,7 @@ def local_codec() -> Any:
 class FaustRun:
     """A `StreamsApp` inside Faust's test context (see `faust_context`)."""
 
-    app: Any  # streams.app.StreamsApp
+    app: Any  # keel.streams.app.StreamsApp
     source: Any  # the source agent's AgentTestWrapper
     folds: dict[str, Any]  # keyed view -> its fold agent's AgentTestWrapper
     codec: Any
@@ -236,7 +236,7 @@ class FaustRun:
         """Put events (or raw bytes, keyed by `key`) into the source agent's stream, each to
         its user's partition and with `headers` (e.g. a replayed dead letter's), and wait
         until the worker has handled them, keyed views' deltas included."""
-        from streams.app import key_partition
+        from keel.streams.app import key_partition
 
         target = self.app.handled["source"] + len(events)
         sent = len(self.producer.records)
@@ -322,7 +322,7 @@ async def faust_context(
     from faust import Schema
 
     from keel.settings import KeelSettings
-    from streams.app import StreamsApp
+    from keel.streams.app import StreamsApp
 
     settings = settings or KeelSettings(
         streams_app_id=f"test-{uuid.uuid4().hex[:8]}",

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from streams.errors import BadQuery
+from keel.streams.errors import BadQuery
 
 SECOND_US = 1_000_000
 MINUTE_US = 60 * SECOND_US

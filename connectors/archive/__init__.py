@@ -34,7 +34,7 @@ file holds and commits past them, so no record is in two files and none is missi
 whatever the roll points of the two runs.
 """
 
-from connectors.archive.fileformat import (
+from keel.connectors.archive.fileformat import (
     ArchivedRecord,
     FileStats,
     decode_line,
@@ -43,7 +43,7 @@ from connectors.archive.fileformat import (
     read_file,
     stats_path,
 )
-from connectors.archive.layout import (
+from keel.connectors.archive.layout import (
     ArchiveError,
     ArchiveFile,
     archive_path,
@@ -54,9 +54,9 @@ from connectors.archive.layout import (
     parse_hour,
     parse_path,
 )
-from connectors.archive.restore import H_ARCHIVE_FILE, RestoreResult, describe, restore
-from connectors.archive.sink import ArchiveSink, archive_root, check_root, health_server
-from connectors.archive.writer import OpenFile, RollPolicy
+from keel.connectors.archive.restore import H_ARCHIVE_FILE, RestoreResult, describe, restore
+from keel.connectors.archive.sink import ArchiveSink, archive_root, check_root, health_server
+from keel.connectors.archive.writer import OpenFile, RollPolicy
 
 __all__ = [
     "H_ARCHIVE_FILE",

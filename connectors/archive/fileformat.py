@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Message
 
-from connectors.archive.layout import TMP_SUFFIX
+from keel.connectors.archive.layout import TMP_SUFFIX
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from typing import Any
 
 from confluent_kafka import KafkaError
 
-from connectors.archive.fileformat import file_stats, read_file
-from connectors.archive.layout import ArchiveError, ArchiveFile, format_hour, list_files
-from connectors.archive.sink import check_brokers
+from keel.connectors.archive.fileformat import file_stats, read_file
+from keel.connectors.archive.layout import ArchiveError, ArchiveFile, format_hour, list_files
+from keel.connectors.archive.sink import check_brokers
 from keel.kafka import (
     SILENT_LOG,
     make_producer,

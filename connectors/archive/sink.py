@@ -21,8 +21,8 @@ from prometheus_client import (
     Gauge,
 )
 
-from connectors.archive.fileformat import _headers, encode_fields, file_stats
-from connectors.archive.layout import (
+from keel.connectors.archive.fileformat import _headers, encode_fields, file_stats
+from keel.connectors.archive.layout import (
     EXT,
     HOUR_MS,
     TMP_SUFFIX,
@@ -30,7 +30,7 @@ from connectors.archive.layout import (
     archive_path,
     hour_of,
 )
-from connectors.archive.writer import OpenFile, RollPolicy
+from keel.connectors.archive.writer import OpenFile, RollPolicy
 from keel.health import HealthServer, check, loop_server
 from keel.kafka import (
     SILENT_LOG,

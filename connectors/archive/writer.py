@@ -12,8 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-from connectors.archive.fileformat import FileStats, stats_path, write_stats
-from connectors.archive.layout import HOUR_MS, TMP_SUFFIX, archive_path
+from keel.connectors.archive.fileformat import FileStats, stats_path, write_stats
+from keel.connectors.archive.layout import HOUR_MS, TMP_SUFFIX, archive_path
 from keel.settings import KeelSettings
 
 log = logging.getLogger(__name__)

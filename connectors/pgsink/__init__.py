@@ -26,7 +26,7 @@ down the sink pauses its partitions, keeps its place in the group, and retries w
 backoff: memory holds one batch at most.
 """
 
-from connectors.pgsink.rows import (
+from keel.connectors.pgsink.rows import (
     PgSinkError,
     Row,
     Unwritable,
@@ -36,8 +36,8 @@ from connectors.pgsink.rows import (
     parse_types,
     wanted,
 )
-from connectors.pgsink.sink import REASON_REJECTED, PgSink, SinkMetrics, health_server
-from connectors.pgsink.table import (
+from keel.connectors.pgsink.sink import REASON_REJECTED, PgSink, SinkMetrics, health_server
+from keel.connectors.pgsink.table import (
     SinkStatus,
     Table,
     connect,

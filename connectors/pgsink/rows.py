@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from keel.errors import KeelError
-from schemas.catalog import load_catalog
+from keel.schemas.catalog import load_catalog
 
 # timestamptz holds years 4713 BC..294276 AD; Python's datetime 1..9999, which is plenty.
 _MIN_US = int((datetime(1, 1, 1, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds())

@@ -16,7 +16,7 @@ import psycopg
 from confluent_kafka import Message
 from prometheus_client import CollectorRegistry, Histogram
 
-from connectors.pgsink.rows import (
+from keel.connectors.pgsink.rows import (
     PgSinkError,
     Row,
     Unwritable,
@@ -25,7 +25,7 @@ from connectors.pgsink.rows import (
     parse_types,
     wanted,
 )
-from connectors.pgsink.table import (
+from keel.connectors.pgsink.table import (
     Table,
     connect,
     ensure_exists,
@@ -34,7 +34,7 @@ from connectors.pgsink.table import (
     prepare_load,
     write_rows,
 )
-from connectors.postgres import describe_dsn, first_line
+from keel.connectors.postgres import describe_dsn, first_line
 from keel.deadletters import Failure
 from keel.health import HealthServer, check, loop_server
 from keel.kafka import (
@@ -47,11 +47,11 @@ from keel.kafka import (
 )
 from keel.metrics import ConsumerMetrics
 from keel.runtime import Batch, BatchingSink, BatchRunner, Letter, RunnerConfig, Skip, Written
+from keel.schemas.catalog import load_catalog
+from keel.schemas.errors import DecodeError, RegistryError
+from keel.schemas.registry.client import RegistryClient
+from keel.schemas.serde import AvroSerde
 from keel.settings import KeelSettings
-from schemas.catalog import load_catalog
-from schemas.errors import DecodeError, RegistryError
-from schemas.registry.client import RegistryClient
-from schemas.serde import AvroSerde
 
 log = logging.getLogger(__name__)
 

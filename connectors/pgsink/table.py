@@ -10,10 +10,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from connectors.pgsink.rows import PgSinkError, Row
-from connectors.postgres import TableName as Table
-from connectors.postgres import connect as connect_postgres
-from connectors.postgres import first_line
+from keel.connectors.pgsink.rows import PgSinkError, Row
+from keel.connectors.postgres import TableName as Table
+from keel.connectors.postgres import connect as connect_postgres
+from keel.connectors.postgres import first_line
 from keel.settings import KeelSettings
 
 

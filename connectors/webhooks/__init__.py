@@ -8,13 +8,13 @@ A package split at the pure/I-O seam:
   states the guarantees (at least once, in order per subscriber and partition).
 """
 
-from connectors.webhooks.errors import (
+from keel.connectors.webhooks.errors import (
     DeliveryRefused,
     SignatureError,
     SubscriptionError,
     WebhookError,
 )
-from connectors.webhooks.policy import (
+from keel.connectors.webhooks.policy import (
     REASON_EXHAUSTED,
     REASON_EXPIRED,
     REASON_PERMANENT,
@@ -26,7 +26,7 @@ from connectors.webhooks.policy import (
     classify_status,
     parse_retry_after,
 )
-from connectors.webhooks.signing import (
+from keel.connectors.webhooks.signing import (
     DEFAULT_TOLERANCE_S,
     SIGNATURE_HEADER,
     delivery_id,
@@ -35,8 +35,8 @@ from connectors.webhooks.signing import (
     signature_header,
     verify,
 )
-from connectors.webhooks.sink import H_ATTEMPTS, H_EVENT_ID, H_SUBSCRIBER, WebhookSink
-from connectors.webhooks.subscriptions import (
+from keel.connectors.webhooks.sink import H_ATTEMPTS, H_EVENT_ID, H_SUBSCRIBER, WebhookSink
+from keel.connectors.webhooks.subscriptions import (
     Subscription,
     load_subscriptions,
     parse_subscriptions,

@@ -16,7 +16,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from connectors.webhooks.errors import SignatureError
+from keel.connectors.webhooks.errors import SignatureError
 
 SIGNATURE_HEADER = "Keel-Signature"
 DEFAULT_TOLERANCE_S = 300  # how old a signed timestamp a receiver should accept

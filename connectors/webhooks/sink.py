@@ -37,8 +37,9 @@ from aiohttp import web
 from confluent_kafka import Message, Producer
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from connectors.webhooks.errors import WebhookError
-from connectors.webhooks.policy import (
+from keel.backoff import Backoff
+from keel.connectors.webhooks.errors import WebhookError
+from keel.connectors.webhooks.policy import (
     REASON_PERMANENT,
     REASON_UNDECODABLE,
     Outcome,
@@ -47,9 +48,13 @@ from connectors.webhooks.policy import (
     classify_error,
     classify_status,
 )
-from connectors.webhooks.signing import SIGNATURE_HEADER, delivery_id, event_body, signature_header
-from connectors.webhooks.subscriptions import Subscription
-from keel.backoff import Backoff
+from keel.connectors.webhooks.signing import (
+    SIGNATURE_HEADER,
+    delivery_id,
+    event_body,
+    signature_header,
+)
+from keel.connectors.webhooks.subscriptions import Subscription
 from keel.deadletters import H_REPLAYED_FROM, Failure, Origin, header_map, letter_headers
 from keel.health import Checks, beating, check, routes
 from keel.kafka import TopicSpec, ensure_topics, make_admin, make_producer
@@ -63,11 +68,11 @@ from keel.runtime import (
     decode_with_retry,
     hand_off,
 )
+from keel.schemas.catalog import load_catalog
+from keel.schemas.errors import DecodeError, RegistryError
+from keel.schemas.registry.client import RegistryClient
+from keel.schemas.serde import AvroSerde
 from keel.settings import KeelSettings
-from schemas.catalog import load_catalog
-from schemas.errors import DecodeError, RegistryError
-from schemas.registry.client import RegistryClient
-from schemas.serde import AvroSerde
 
 log = logging.getLogger(__name__)
 

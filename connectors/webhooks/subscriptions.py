@@ -20,8 +20,8 @@ from pydantic import (
     field_validator,
 )
 
-from connectors.webhooks.errors import SubscriptionError
-from schemas.catalog import load_catalog
+from keel.connectors.webhooks.errors import SubscriptionError
+from keel.schemas.catalog import load_catalog
 
 MIN_SECRET_LENGTH = 16  # a guessable key makes the signature worthless
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"

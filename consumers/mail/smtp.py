@@ -8,8 +8,8 @@ import ssl
 from email.message import EmailMessage
 from email.utils import formatdate
 
-from consumers.errors import PermanentJobError, RetriableJobError
-from consumers.mail.templates import RenderedEmail
+from keel.consumers.errors import PermanentJobError, RetriableJobError
+from keel.consumers.mail.templates import RenderedEmail
 from keel.settings import KeelSettings
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import jinja2
 
-from consumers.errors import PermanentJobError
+from keel.consumers.errors import PermanentJobError
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 

@@ -1,6 +1,6 @@
 """The registry's REST API, as Confluent Schema Registry serves it (the subset clients use).
 
-Each handler parses its request, calls the registry's service (schemas.registry.service,
+Each handler parses its request, calls the registry's service (keel.schemas.registry.service,
 where the state is read and written) and answers. Errors answer with Confluent's body
 `{"error_code": N, "message": "..."}`: the service's refusals with their code (404 for
 not found, 409 incompatible, 422 invalid), 415 unsupported content type, 400 malformed
@@ -17,9 +17,9 @@ from typing import Any
 from aiohttp import web
 
 from keel import health
-from schemas.errors import SchemaError
-from schemas.registry.auth import Denied, RegistryUsers
-from schemas.registry.service import (
+from keel.schemas.errors import SchemaError
+from keel.schemas.registry.auth import Denied, RegistryUsers
+from keel.schemas.registry.service import (
     Incompatible,
     Invalid,
     NotFound,
@@ -27,7 +27,7 @@ from schemas.registry.service import (
     Registry,
     submitted_schema,
 )
-from schemas.registry.store import KafkaStore, StoreUnavailable
+from keel.schemas.registry.store import KafkaStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 JSON_TYPES = {
@@ -315,7 +315,7 @@ async def compatibility(request: web.Request) -> web.Response:
 
 def create_app(store: KafkaStore, users: RegistryUsers | None = None) -> web.Application:
     """The REST API on `store`; with `users`, every request but the probes and /metrics
-    needs HTTP basic auth (schemas.registry.auth)."""
+    needs HTTP basic auth (keel.schemas.registry.auth)."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_SCHEMA_BYTES * 4)
     app[REGISTRY] = Registry(store)
     app[USERS] = users

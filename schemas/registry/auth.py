@@ -24,7 +24,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Literal
 
-from schemas.errors import SchemaError
+from keel.schemas.errors import SchemaError
 
 Role = Literal["reader", "writer"]
 ROLES: tuple[Role, ...] = ("reader", "writer")

@@ -10,8 +10,8 @@ from urllib.parse import quote
 
 import requests
 
+from keel.schemas.errors import RegistryError
 from keel.settings import get_settings
-from schemas.errors import RegistryError
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 

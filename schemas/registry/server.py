@@ -6,10 +6,10 @@ import logging
 
 from aiohttp import web
 
+from keel.schemas.registry.app import create_app
+from keel.schemas.registry.auth import RegistryUsers
+from keel.schemas.registry.store import KafkaStore
 from keel.settings import KeelSettings
-from schemas.registry.app import create_app
-from schemas.registry.auth import RegistryUsers
-from schemas.registry.store import KafkaStore
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """What the registry does, apart from HTTP: reading subjects, versions, ids and levels from
 the store's state, registering a schema, deleting versions, changing levels.
 
-No aiohttp here: the REST layer (schemas.registry.app) parses a request, calls one method
+No aiohttp here: the REST layer (keel.schemas.registry.app) parses a request, calls one method
 and maps a `Refused` to its HTTP status. Refusals carry Confluent's error code, which
 clients read: 40401 subject not found, 40402 version not found, 40403 schema not found,
 40404 subject soft-deleted, 40405 subject not soft-deleted, 40406 version soft-deleted,
@@ -9,7 +9,7 @@ clients read: 40401 subject not found, 40402 version not found, 40403 schema not
 42203 invalid level. A store that cannot be written or read in time raises
 `StoreUnavailable`.
 
-Registration is optimistic concurrency on the store's log (see schemas.registry.store):
+Registration is optimistic concurrency on the store's log (see keel.schemas.registry.store):
 `plan` decides on this replica's state, the record is written and read back, and a record
 another replica wrote first for the same version or id makes this one withdraw and try
 again. The methods that write block until the store has applied the write: call them from
@@ -23,10 +23,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.errors import SchemaError
-from schemas.registry.client import canonical
-from schemas.registry.compat import DEFAULT_LEVEL, LEVELS, check, parse
-from schemas.registry.store import KafkaStore, State, StoreUnavailable, Version, schema_key
+from keel.schemas.errors import SchemaError
+from keel.schemas.registry.client import canonical
+from keel.schemas.registry.compat import DEFAULT_LEVEL, LEVELS, check, parse
+from keel.schemas.registry.store import KafkaStore, State, StoreUnavailable, Version, schema_key
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 10  # registrations that lose a race with another replica retry this often

@@ -22,8 +22,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from keel.kafka import TopicSpec, ensure_topics, make_admin, wait_for_topics
+from keel.schemas.errors import SchemaError
 from keel.settings import KeelSettings
-from schemas.errors import SchemaError
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from streams.events import Event
-from streams.processor import KeyedView, Output
-from streams.windows import (
+from keel.streams.events import Event
+from keel.streams.processor import KeyedView, Output
+from keel.streams.windows import (
     DAY_US,
     HOUR_US,
     MINUTE_US,

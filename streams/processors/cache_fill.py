@@ -22,8 +22,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from streams.events import Event
-from streams.processor import Sink
+from keel.streams.events import Event
+from keel.streams.processor import Sink
 
 log = logging.getLogger(__name__)
 PENDING_MAX = 100_000  # keys whose latest value Redis has not taken yet

@@ -15,9 +15,9 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from streams.events import Event, to_micros
-from streams.processor import Output, Trigger
-from streams.processors.user_activity import order_total
+from keel.streams.events import Event, to_micros
+from keel.streams.processor import Output, Trigger
+from keel.streams.processors.user_activity import order_total
 
 JOB_NAMESPACE = uuid.UUID("6f1c1a52-5b0e-4f53-9a56-3c9d7f0c2b11")
 ADDRESS_FIELDS = ("email", "to", "address")

@@ -12,9 +12,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from streams.events import Event
-from streams.processor import KeyedView, Output
-from streams.windows import HOUR_US, expire, is_expired, iso, newest, parse_window, window_start
+from keel.streams.events import Event
+from keel.streams.processor import KeyedView, Output
+from keel.streams.windows import (
+    HOUR_US,
+    expire,
+    is_expired,
+    iso,
+    newest,
+    parse_window,
+    window_start,
+)
 
 COUNTERS = ("views", "cart_adds", "orders")
 KIND = {"product.viewed": "views", "cart.item_added": "cart_adds"}

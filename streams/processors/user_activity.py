@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from streams.events import Event
-from streams.processor import View
-from streams.windows import iso
+from keel.streams.events import Event
+from keel.streams.processor import View
+from keel.streams.windows import iso
 
 
 def order_total(event: Event) -> tuple[Decimal, str] | None:

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-from connectors.outbox import BatchResult, OutboxRelay
+from keel.connectors.outbox import BatchResult, OutboxRelay
 
 
 def die_before_commit(result: BatchResult) -> None:

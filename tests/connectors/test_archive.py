@@ -17,7 +17,7 @@ import pytest
 from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from connectors.archive import (
+from keel.connectors.archive import (
     H_ARCHIVE_FILE,
     ArchivedRecord,
     format_hour,
@@ -27,9 +27,9 @@ from connectors.archive import (
 )
 from keel.kafka import TopicSpec, delete_topics, ensure_topics, make_consumer, wait_for_topics
 from keel.local.ports import free_port
-from schemas.catalog import load_catalog
-from schemas.registry.client import RegistryClient
-from schemas.serde import AvroSerde
+from keel.schemas.catalog import load_catalog
+from keel.schemas.registry.client import RegistryClient
+from keel.schemas.serde import AvroSerde
 from tests.polling import wait_for
 from tests.processes import KEEL, KeelProcess, run_keel
 
@@ -65,7 +65,7 @@ class ArchiveEnv:
         return run_keel(*args, env=self.env, timeout=120)
 
     def send(self, n: int) -> None:
-        from producers.sdk import KeelProducer
+        from keel.producers.sdk import KeelProducer
 
         with KeelProducer(source="test", registry_url=self.registry, topic_prefix=self.prefix) as p:
             for i in range(n):

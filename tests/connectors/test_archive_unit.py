@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.archive import (
+from keel.connectors.archive import (
     ArchivedRecord,
     ArchiveError,
     FileStats,
@@ -239,7 +239,7 @@ def test_a_file_rewritten_under_its_name_never_meets_the_old_figures(
     def crash(_path: Path, _stats: FileStats) -> None:
         raise OSError("disk gone")
 
-    monkeypatch.setattr("connectors.archive.writer.write_stats", crash)
+    monkeypatch.setattr("keel.connectors.archive.writer.write_stats", crash)
     _finished(tmp_path, range(10, 11))
     stats = file_stats(old.path)
     assert (stats.records, stats.first_offset, stats.last_offset) == (1, 10, 10)

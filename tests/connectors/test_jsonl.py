@@ -14,7 +14,7 @@ import orjson
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from connectors.jsonl import JsonLinesSink
+from keel.connectors.jsonl import JsonLinesSink
 from keel.deadletters import H_ERROR_CLASS, H_REASON, read
 from keel.kafka import (
     TopicSpec,
@@ -24,9 +24,9 @@ from keel.kafka import (
     make_producer,
     wait_for_topics,
 )
+from keel.producers.sdk import KeelProducer
 from keel.runtime import RunnerConfig
 from keel.settings import KeelSettings
-from producers.sdk import KeelProducer
 from tests.polling import wait_for
 
 
@@ -97,5 +97,5 @@ def test_events_become_lines_and_garbage_a_dead_letter(
     [letter] = read(settings, dlq)
     assert letter.value == b"not keel avro" and letter.key == b"junk"
     assert letter.headers[H_REASON] == "undecodable"
-    assert letter.headers[H_ERROR_CLASS].startswith("schemas.errors.")
+    assert letter.headers[H_ERROR_CLASS].startswith("keel.schemas.errors.")
     delete_topics(admin, [source, dlq])

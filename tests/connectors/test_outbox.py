@@ -26,7 +26,7 @@ import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from connectors.outbox import (
+from keel.connectors.outbox import (
     BatchResult,
     OutboxRelay,
     OutboxTable,
@@ -356,7 +356,7 @@ def test_broker_unreachable_leaves_rows_unpublished_and_marks_nothing(
     try:
         with pytest.raises(OutboxUnavailable):
             relay.publish_batch()
-        caplog.set_level(logging.WARNING, logger="connectors.outbox")
+        caplog.set_level(logging.WARNING, logger="keel.connectors.outbox")
         with Running(relay):  # backs off and retries, marking nothing
             wait_for(
                 lambda: sum("retrying in" in r.getMessage() for r in caplog.records) >= 2,

@@ -25,7 +25,7 @@ from confluent_kafka.admin import AdminClient
 from psycopg import sql
 from pydantic import SecretStr
 
-from connectors.pgsink import Batch, PgSink, Table, connect, create_table
+from keel.connectors.pgsink import Batch, PgSink, Table, connect, create_table
 from keel.deadletters import H_ORIG_OFFSET, H_ORIG_PARTITION, H_ORIG_TOPIC, H_REASON, read
 from keel.kafka import (
     TopicSpec,
@@ -36,8 +36,8 @@ from keel.kafka import (
     wait_for_topics,
 )
 from keel.local.ports import free_port
+from keel.producers.sdk import KeelProducer
 from keel.settings import KeelSettings
-from producers.sdk import KeelProducer
 from tests.polling import wait_for
 from tests.processes import KEEL, KeelProcess, run_keel
 
@@ -241,7 +241,7 @@ def test_the_type_filter_keeps_only_wanted_types(pg: PgEnv) -> None:
 
 
 def test_a_type_filter_that_matches_no_catalog_type_names_the_setting(pg: PgEnv) -> None:
-    from connectors.pgsink import PgSinkError
+    from keel.connectors.pgsink import PgSinkError
 
     with pytest.raises(PgSinkError, match=r"KEEL_PGSINK_TYPES: 'nope\.\*' matches no event type"):
         PgSink(pg.settings.model_copy(update={"pgsink_types": "page.viewed, nope.*"}))
@@ -263,7 +263,7 @@ def test_an_undecodable_record_is_dead_lettered_and_later_events_still_land(pg: 
     assert letters[0].headers[H_ORIG_TOPIC] == pg.source
     assert letters[0].headers[H_ORIG_PARTITION] == "0"
     assert letters[0].headers[H_ORIG_OFFSET] == "0"
-    assert letters[0].headers["keel.error.class"].startswith("schemas.errors.")
+    assert letters[0].headers["keel.error.class"].startswith("keel.schemas.errors.")
     # keel dlq reads the same topic.
     shown = run_keel("dlq", "list", pg.settings.pgsink_dlq_topic, env=pg.env())
     assert shown.returncode == 0, shown.stderr

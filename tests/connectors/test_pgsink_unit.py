@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from connectors.pgsink import (
+from keel.connectors.pgsink import (
     PgSinkError,
     Unwritable,
     event_json,
@@ -130,7 +130,7 @@ def test_topics_must_name_one() -> None:
 
 
 def test_nan_is_kept_for_types_whose_schema_has_doubles_and_unknown_types() -> None:
-    from connectors.pgsink.rows import _may_hold_floats
+    from keel.connectors.pgsink.rows import _may_hold_floats
 
     assert _may_hold_floats("track") and _may_hold_floats("not.in.catalog")
     assert not _may_hold_floats("page.viewed")

@@ -20,7 +20,7 @@ from aiohttp import web
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from connectors.webhooks import H_ATTEMPTS, H_EVENT_ID, H_SUBSCRIBER, verify
+from keel.connectors.webhooks import H_ATTEMPTS, H_EVENT_ID, H_SUBSCRIBER, verify
 from keel.deadletters import (
     H_ERROR,
     H_ORIG_OFFSET,
@@ -149,7 +149,7 @@ class HooksEnv:
         return sink
 
     def send(self, events: Sequence[Mapping[str, Any]]) -> None:
-        from producers.sdk import KeelProducer
+        from keel.producers.sdk import KeelProducer
 
         with KeelProducer(source="test", registry_url=self.registry, topic_prefix=self.prefix) as p:
             for event in events:
@@ -328,7 +328,7 @@ def test_a_400_goes_straight_to_the_dead_letter_topic_and_keel_dlq_reads_it(
     h = letters[0].headers
     assert h[H_REASON] == "permanent"
     assert h[H_ERROR] == "HTTP 400: answer 400"
-    assert h["keel.error.class"] == "connectors.webhooks.DeliveryRefused"
+    assert h["keel.error.class"] == "keel.connectors.webhooks.DeliveryRefused"
     assert h[H_ORIG_TOPIC] == hooks.source
     assert h[H_SUBSCRIBER] == "all" and h[H_ATTEMPTS] == "1" and h[H_EVENT_ID] == event["event_id"]
     delivered = hooks.receiver.at("/users")[0]  # the other subscriber got it all the same

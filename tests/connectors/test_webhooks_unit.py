@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from aiohttp import ClientConnectionError, InvalidURL, ServerTimeoutError
 
-from connectors.webhooks import (
+from keel.connectors.webhooks import (
     REASON_EXHAUSTED,
     REASON_EXPIRED,
     RetryPolicy,

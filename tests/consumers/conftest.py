@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from consumers.errors import UndecodableJob
-from consumers.idempotency import RedisDoneStore
-from consumers.job import JobTopics
-from consumers.mail.server import Outbox, OutboxHandler, OutboxServer
-from consumers.worker import Worker
+from keel.consumers.errors import UndecodableJob
+from keel.consumers.idempotency import RedisDoneStore
+from keel.consumers.job import JobTopics
+from keel.consumers.mail.server import Outbox, OutboxHandler, OutboxServer
+from keel.consumers.worker import Worker
 from tests.polling import wait_for
 
 

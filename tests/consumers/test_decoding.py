@@ -7,13 +7,13 @@ import threading
 
 import pytest
 
-from consumers.decoding import avro_decoder
-from consumers.errors import UndecodableJob
 from keel.backoff import Backoff
+from keel.consumers.decoding import avro_decoder
+from keel.consumers.errors import UndecodableJob
 from keel.deadletters import Failure
 from keel.runtime import decode_with_retry
+from keel.schemas.wire import frame
 from keel.settings import KeelSettings
-from schemas.wire import frame
 
 JOB = frame(987_654, b"\x00")  # Keel's wire format; no registry knows schema 987654
 
@@ -37,4 +37,4 @@ def test_an_unknown_schema_id_is_a_dead_letter(schema_registry: str) -> None:
     )
     assert isinstance(got, Failure)
     assert "unknown schema id 987654" in got.message
-    assert got.error_class == "consumers.errors.UndecodableJob"
+    assert got.error_class == "keel.consumers.errors.UndecodableJob"

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from consumers.errors import PermanentJobError
-from consumers.handlers import EmailJob, Emitter, ReportJob, derived_id
-from consumers.job import Job
-from consumers.mail.server import OutboxServer
-from consumers.mail.smtp import Mailer
-from consumers.reports import ReportStore, ViewsClient
+from keel.consumers.errors import PermanentJobError
+from keel.consumers.handlers import EmailJob, Emitter, ReportJob, derived_id
+from keel.consumers.job import Job
+from keel.consumers.mail.server import OutboxServer
+from keel.consumers.mail.smtp import Mailer
+from keel.consumers.reports import ReportStore, ViewsClient
 from keel.settings import KeelSettings
 
 

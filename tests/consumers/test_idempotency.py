@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from consumers.errors import StoreError
-from consumers.idempotency import DoneStore, PostgresDoneStore, RedisDoneStore, open_store
+from keel.consumers.errors import StoreError
+from keel.consumers.idempotency import DoneStore, PostgresDoneStore, RedisDoneStore, open_store
 from keel.settings import KeelSettings
 
 

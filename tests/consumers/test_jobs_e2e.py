@@ -21,15 +21,15 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from consumers.decoding import avro_decoder
-from consumers.handlers import EmailJob, Emitter, ReportJob, ReportReadyTrigger
-from consumers.idempotency import RedisDoneStore
-from consumers.job import JobHandler, JobTopics
-from consumers.mail.server import Outbox, OutboxServer
-from consumers.mail.smtp import Mailer
-from consumers.reports import ReportStore, ViewsClient
-from consumers.retry import H_REASON, RetryPolicy, header_map
-from consumers.worker import Worker, WorkerConfig
+from keel.consumers.decoding import avro_decoder
+from keel.consumers.handlers import EmailJob, Emitter, ReportJob, ReportReadyTrigger
+from keel.consumers.idempotency import RedisDoneStore
+from keel.consumers.job import JobHandler, JobTopics
+from keel.consumers.mail.server import Outbox, OutboxServer
+from keel.consumers.mail.smtp import Mailer
+from keel.consumers.reports import ReportStore, ViewsClient
+from keel.consumers.retry import H_REASON, RetryPolicy, header_map
+from keel.consumers.worker import Worker, WorkerConfig
 from keel.local.ports import free_port as _free_port
 from keel.settings import KeelSettings
 from tests.consumers.conftest import RefusingHandler, RunningWorker, drained, read_all
@@ -48,8 +48,8 @@ def settings(kafka_bootstrap: str, schema_registry: str, redis_url: str) -> Keel
 
 @pytest.fixture
 def serde(settings: KeelSettings) -> Any:
-    from schemas.registry.client import RegistryClient
-    from schemas.serde import AvroSerde
+    from keel.schemas.registry.client import RegistryClient
+    from keel.schemas.serde import AvroSerde
 
     return AvroSerde(RegistryClient(settings.schema_registry_url))
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from consumers.errors import PermanentJobError, RetriableJobError
-from consumers.mail.server import Outbox, OutboxServer
-from consumers.mail.smtp import Mailer, build_message
-from consumers.mail.templates import Templates
+from keel.consumers.errors import PermanentJobError, RetriableJobError
+from keel.consumers.mail.server import Outbox, OutboxServer
+from keel.consumers.mail.smtp import Mailer, build_message
+from keel.consumers.mail.templates import Templates
 from tests.consumers.conftest import RefusingHandler
 
 ORDER = {

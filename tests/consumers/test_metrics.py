@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumers.metrics import JobMetrics
+from keel.consumers.metrics import JobMetrics
 
 
 def test_latency_histogram_counts_and_sums() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from consumers.errors import PermanentJobError, RetriableJobError
-from consumers.reports import ReportStore, ViewsClient, build_table, flatten_numbers
+from keel.consumers.errors import PermanentJobError, RetriableJobError
+from keel.consumers.reports import ReportStore, ViewsClient, build_table, flatten_numbers
 
 PERIOD = (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC))
 VIEW = {

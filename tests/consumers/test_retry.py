@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from consumers.errors import (
+from keel.consumers.errors import (
     JobConfigError,
     PermanentJobError,
     RetriableJobError,
     UndecodableJob,
     is_retriable,
 )
-from consumers.retry import (
+from keel.consumers.retry import (
     H_ATTEMPT,
     H_DUE_AT,
     H_ERROR,

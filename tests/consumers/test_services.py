@@ -1,14 +1,14 @@
 """The job component's part of the local stack: the SMTP server runs as its own process
-(`python -m consumers smtp`, as `keel up` starts it) and keeps what it receives."""
+(`python -m keel.consumers smtp`, as `keel up` starts it) and keeps what it receives."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from consumers.mail.server import Outbox
-from consumers.mail.smtp import Mailer, build_message
-from consumers.mail.templates import Templates
-from consumers.services import services
+from keel.consumers.mail.server import Outbox
+from keel.consumers.mail.smtp import Mailer, build_message
+from keel.consumers.mail.templates import Templates
+from keel.consumers.services import services
 from keel.local.ports import free_port as _free_port
 from keel.local.services import ProcessService
 from keel.settings import KeelSettings
@@ -19,7 +19,7 @@ def test_stack_declares_smtp_and_worker(tmp_path: Path) -> None:
     assert set(found) == {"smtp", "jobs-worker"}
     worker = found["jobs-worker"]
     assert isinstance(worker, ProcessService)
-    assert worker.argv[-4:] == ["consumers", "worker", "--http-port", "8095"]
+    assert worker.argv[-4:] == ["keel.consumers", "worker", "--http-port", "8095"]
     assert worker.health_url == "http://127.0.0.1:8095/healthz"
     assert found["smtp"].order < worker.order
 

@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from consumers.handlers import EmailJob, Emitter, ReportJob, ReportReadyTrigger
-from consumers.idempotency import RedisDoneStore
-from consumers.job import JobHandler, JobTopics
-from consumers.mail.server import OutboxServer
-from consumers.mail.smtp import Mailer
-from consumers.reports import ReportStore, ViewsClient
-from consumers.worker import Worker, WorkerConfig
+from keel.consumers.handlers import EmailJob, Emitter, ReportJob, ReportReadyTrigger
+from keel.consumers.idempotency import RedisDoneStore
+from keel.consumers.job import JobHandler, JobTopics
+from keel.consumers.mail.server import OutboxServer
+from keel.consumers.mail.smtp import Mailer
+from keel.consumers.reports import ReportStore, ViewsClient
+from keel.consumers.worker import Worker, WorkerConfig
 from keel.kafka import TopicSpec, delete_topics, ensure_topics, wait_for_topics
 from keel.local.ports import free_port as _free_port
 from keel.settings import KeelSettings
@@ -43,7 +43,7 @@ class Chain:
     streams: KeelProcess
 
     def send(self, producer: Producer, data: dict[str, Any]) -> None:
-        from schemas.envelope import validate_event
+        from keel.schemas.envelope import validate_event
 
         event_type, record = validate_event(data, source="test")
         value = self.serde.encode_with(event_type, record)
@@ -59,8 +59,8 @@ class Chain:
 def chain(
     kafka_bootstrap: str, schema_registry: str, redis_url: str, admin: Any, tmp_path: Path
 ) -> Iterator[Chain]:
-    from schemas.registry.client import RegistryClient
-    from schemas.serde import AvroSerde
+    from keel.schemas.registry.client import RegistryClient
+    from keel.schemas.serde import AvroSerde
 
     prefix = f"test-{uuid.uuid4().hex[:8]}."
     events = f"{prefix}events"

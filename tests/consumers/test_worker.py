@@ -18,10 +18,10 @@ from typing import Any, ClassVar
 import pytest
 from confluent_kafka import Producer
 
-from consumers.errors import PermanentJobError, RetriableJobError
-from consumers.idempotency import DoneStore, PostgresDoneStore, RedisDoneStore
-from consumers.job import Job, JobHandler, JobTopics
-from consumers.retry import (
+from keel.consumers.errors import PermanentJobError, RetriableJobError
+from keel.consumers.idempotency import DoneStore, PostgresDoneStore, RedisDoneStore
+from keel.consumers.job import Job, JobHandler, JobTopics
+from keel.consumers.retry import (
     H_ATTEMPT,
     H_ERROR,
     H_ORIG_OFFSET,
@@ -31,7 +31,7 @@ from consumers.retry import (
     RetryPolicy,
     header_map,
 )
-from consumers.worker import Worker, WorkerConfig
+from keel.consumers.worker import Worker, WorkerConfig
 from keel.offsets import slot_for
 from keel.settings import KeelSettings
 from tests.consumers.conftest import JsonDecoder, RunningWorker, drained, produce_json, read_all

@@ -218,7 +218,7 @@ def test_stream_workers_keep_their_tables_on_a_volume() -> None:
 
 def _consumer(workload: dict[str, Any], settings: KeelSettings) -> list[tuple[str, str]]:
     """(group, topic) pairs the workload's process consumes, from Keel's own code."""
-    from consumers.handlers import build_handlers
+    from keel.consumers.handlers import build_handlers
 
     [container] = pod_spec(workload)["containers"]
     args = container["args"]

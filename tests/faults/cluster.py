@@ -35,8 +35,8 @@ from keel.errors import LocalStackError
 from keel.kafka import TopicSpec, delete_topics, ensure_topics, wait_for_topics
 from keel.local.broker import HOST, BrokerNode, LocalKafka
 from keel.local.ports import free_base_port, free_port
+from keel.producers.services import services
 from keel.settings import KeelSettings, get_settings
-from producers.services import services
 from tests.harness import start_registry
 from tests.polling import wait_for
 

@@ -83,7 +83,7 @@ class Sender:
         assert not self.failures, self.failures[:3]
 
     def _run(self) -> None:
-        from producers.sdk import KeelProducer
+        from keel.producers.sdk import KeelProducer
 
         rng = random.Random(self.seed)
         pace = self.batch / self.rate

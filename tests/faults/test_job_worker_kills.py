@@ -22,13 +22,13 @@ from typing import Any
 
 import pytest
 
-from consumers.idempotency import RedisDoneStore
-from consumers.job import JobTopics
-from consumers.mail.server import Outbox, OutboxServer
+from keel.consumers.idempotency import RedisDoneStore
+from keel.consumers.job import JobTopics
+from keel.consumers.mail.server import Outbox, OutboxServer
 from keel.kafka import delete_topics, make_producer
 from keel.local.ports import free_port
-from schemas.registry.client import RegistryClient
-from schemas.serde import AvroSerde
+from keel.schemas.registry.client import RegistryClient
+from keel.schemas.serde import AvroSerde
 from tests.consumers.conftest import drained
 from tests.faults.cluster import FaultCluster, FaultRow, repetitions
 from tests.polling import wait_for

@@ -91,7 +91,7 @@ def test_killed_workers_lose_no_event(
     restarts: list[int] = []
 
     def drained() -> bool:
-        # A stalled worker (/healthz 503, Faust's known stuck fetch, see streams.watchdog) is
+        # A stalled worker (/healthz 503, Faust's known stuck fetch, see keel.streams.watchdog) is
         # restarted, as compose or Kubernetes would on its health check.
         for i, worker in enumerate(pool):
             if worker.get("/healthz")[0] == 503:
@@ -101,7 +101,7 @@ def test_killed_workers_lose_no_event(
         return source_lag(fault_env, admin) == 0
 
     # A restarted worker restores its tables from the changelogs (a killed worker's local
-    # state is discarded, see streams.local_state): on a loaded machine that takes minutes.
+    # state is discarded, see keel.streams.local_state): on a loaded machine that takes minutes.
     wait_for(drained, 900, "the group's lag on the source 0", interval=2.0)
     truth = distinct_on_kafka(fault_env, "page.viewed")
     # Every event the broker acknowledged to the sender is on the topic (the truth is whole).

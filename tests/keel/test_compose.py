@@ -37,7 +37,7 @@ def test_compose_uses_the_same_keel_settings() -> None:
 
 
 def test_compose_runs_the_connectors_as_the_local_stack_does(tmp_path: Path) -> None:
-    from connectors.services import services
+    from keel.connectors.services import services
     from keel.settings import KeelSettings
 
     doc = yaml.safe_load(COMPOSE.read_text())
@@ -46,9 +46,9 @@ def test_compose_runs_the_connectors_as_the_local_stack_does(tmp_path: Path) -> 
     defaults = KeelSettings(home=tmp_path)
     for stacked in services(defaults):
         service = doc["services"][stacked.name]
-        # The same command as `keel up` runs (python -m connectors <command> ...)
+        # The same command as `keel up` runs (python -m keel.connectors <command> ...)
         argv = stacked.argv  # type: ignore[attr-defined]
-        command = argv[argv.index("connectors") + 1 : argv.index("--http-port")]
+        command = argv[argv.index("keel.connectors") + 1 : argv.index("--http-port")]
         if "--subscriptions" in command:  # a host path here, the container's path there
             at = command.index("--subscriptions") + 1
             command[at] = service["command"][at]
@@ -58,7 +58,7 @@ def test_compose_runs_the_connectors_as_the_local_stack_does(tmp_path: Path) -> 
 
 
 def test_the_webhook_sink_joins_the_stack_only_with_subscriptions(tmp_path: Path) -> None:
-    from connectors.services import services
+    from keel.connectors.services import services
     from keel.settings import KeelSettings
 
     def names(settings: KeelSettings) -> set[str]:

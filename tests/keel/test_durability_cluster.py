@@ -16,8 +16,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from keel.kafka import wait_for_topics
 from keel.local.broker import LocalKafka
 from keel.local.ports import free_port
+from keel.producers.auth import create_key
 from keel.topics import is_kafka_internal
-from producers.auth import create_key
 from tests.harness import start_registry
 from tests.keel.conftest import replication
 from tests.polling import wait_for

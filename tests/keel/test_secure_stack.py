@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from consumers.mail.server import Outbox
+from keel.consumers.mail.server import Outbox
 from tests.keel.test_stack import KEEL, stack_env
 from tests.polling import wait_for
 from tests.processes import http_get

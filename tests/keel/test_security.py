@@ -36,11 +36,11 @@ from keel.kafka import (
 from keel.local.broker import LocalKafka
 from keel.local.ports import free_base_port, free_port
 from keel.local.security import ADMIN, LocalSecurity
+from keel.producers.auth import create_key
+from keel.schemas.errors import RegistryError
+from keel.schemas.registry.auth import set_user
+from keel.schemas.registry.client import RegistryClient
 from keel.settings import KeelSettings, get_settings
-from producers.auth import create_key
-from schemas.errors import RegistryError
-from schemas.registry.auth import set_user
-from schemas.registry.client import RegistryClient
 from tests.harness import start_registry
 from tests.polling import wait_for
 from tests.processes import KeelProcess, run_keel

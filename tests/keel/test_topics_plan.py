@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from consumers.job import JobTopics
+from keel.consumers.job import JobTopics
 from keel.durability import ClusterDurability
 from keel.kafka import TopicSpec
+from keel.schemas.catalog import load_catalog
 from keel.settings import KeelSettings
 from keel.topics import (
     ClusterState,
@@ -22,7 +23,6 @@ from keel.topics import (
     load_topics,
     parse_topics,
 )
-from schemas.catalog import load_catalog
 
 REPO_FILE = Path(__file__).resolve().parents[2] / "topics.toml"
 

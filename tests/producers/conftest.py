@@ -24,9 +24,9 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from keel.kafka import TopicSpec, delete_topics, ensure_topics, wait_for_topics
 from keel.local.ports import free_port
+from keel.producers.app import build_app
+from keel.producers.auth import create_key
 from keel.settings import KeelSettings
-from producers.app import build_app
-from producers.auth import create_key
 from tests.polling import wait_for
 from tests.processes import http_get
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from keel.producers.app import build_app
+from keel.producers.auth import create_key
 from keel.settings import KeelSettings
-from producers.app import build_app
-from producers.auth import create_key
 from tests.producers.conftest import post, serve_in_thread
 from tests.producers.test_http_roundtrip import order
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from keel.local.ports import free_port
+from keel.producers.app import build_app
 from keel.settings import KeelSettings
-from producers.app import build_app
 from tests.polling import wait_for
 from tests.processes import KEEL, KeelProcess, run_keel
 from tests.producers.conftest import post, serve_in_thread

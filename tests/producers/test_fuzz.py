@@ -13,8 +13,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.catalog import load_catalog
-from schemas.envelope import validate_event
+from keel.schemas.catalog import load_catalog
+from keel.schemas.envelope import validate_event
 from tests.producers.conftest import post
 from tests.producers.test_http_roundtrip import order
 

@@ -21,9 +21,9 @@ import pytest
 from keel.kafka import TopicSpec, ensure_topics, make_admin, wait_for_topics
 from keel.local.broker import LocalKafka
 from keel.local.ports import free_base_port
+from keel.producers.app import build_app
+from keel.producers.auth import create_key
 from keel.settings import KeelSettings, get_settings
-from producers.app import build_app
-from producers.auth import create_key
 from tests.harness import start_registry
 from tests.producers.conftest import free_port, post, read_topic, serve_in_thread
 

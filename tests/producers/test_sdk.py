@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from keel.producers import AsyncKeelProducer, DeliveryResult, KeelProducer
+from keel.schemas.errors import ValidationFailed
 from keel.settings import KeelSettings
-from producers import AsyncKeelProducer, DeliveryResult, KeelProducer
-from schemas.errors import ValidationFailed
 from tests.producers.test_http_roundtrip import order
 
 

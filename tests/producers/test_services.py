@@ -21,8 +21,8 @@ import pytest
 from keel.apikeys import create_key, keys_file
 from keel.local.security import LocalSecurity
 from keel.local.services import Service
+from keel.producers.services import render_nginx_conf, services
 from keel.settings import KeelSettings
-from producers.services import render_nginx_conf, services
 from tests.polling import wait_for
 from tests.producers.conftest import free_port, post
 from tests.producers.test_http_roundtrip import order

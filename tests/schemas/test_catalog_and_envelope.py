@@ -12,10 +12,10 @@ from pathlib import Path
 import fastavro
 import pytest
 
-from schemas.catalog import CATALOG_DIR, load_catalog
-from schemas.envelope import ENVELOPE_FIELDS, Context, EventIn, validate_event
-from schemas.errors import DecodeError, InvalidSchema, UnknownEventType, ValidationFailed
-from schemas.wire import frame, unframe
+from keel.schemas.catalog import CATALOG_DIR, load_catalog
+from keel.schemas.envelope import ENVELOPE_FIELDS, Context, EventIn, validate_event
+from keel.schemas.errors import DecodeError, InvalidSchema, UnknownEventType, ValidationFailed
+from keel.schemas.wire import frame, unframe
 
 STARTER = {"user.signed_up", "user.profile_updated", "page.viewed", "product.viewed",
            "cart.item_added", "order.placed", "report.requested", "track"}  # fmt: skip

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from schemas.catalog import CATALOG_DIR
+from keel.schemas.catalog import CATALOG_DIR
 
 KEEL = str(Path(sys.executable).parent / "keel")
 

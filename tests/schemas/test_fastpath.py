@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.catalog import EventType, load_catalog
-from schemas.envelope import ENVELOPE_FIELDS, validate_event
-from schemas.errors import ValidationFailed
-from schemas.fastpath import compile_encoder
+from keel.schemas.catalog import EventType, load_catalog
+from keel.schemas.envelope import ENVELOPE_FIELDS, validate_event
+from keel.schemas.errors import ValidationFailed
+from keel.schemas.fastpath import compile_encoder
 
 CATALOG = load_catalog()
 EVENT_TYPES = [

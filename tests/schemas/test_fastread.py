@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.catalog import load_catalog
-from schemas.fastread import compile_decoder
-from schemas.serde import strip_logical_types
+from keel.schemas.catalog import load_catalog
+from keel.schemas.fastread import compile_decoder
+from keel.schemas.serde import strip_logical_types
 
 CATALOG = load_catalog()
 

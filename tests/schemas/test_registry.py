@@ -26,11 +26,11 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from keel.local.ports import free_base_port
 from keel.local.process import ManagedProcess
-from schemas.envelope import validate_event
-from schemas.errors import DecodeError, RegistryError
-from schemas.registry.client import RegistryClient
-from schemas.serde import AvroSerde
-from schemas.wire import frame
+from keel.schemas.envelope import validate_event
+from keel.schemas.errors import DecodeError, RegistryError
+from keel.schemas.registry.client import RegistryClient
+from keel.schemas.serde import AvroSerde
+from keel.schemas.wire import frame
 
 CT = {"Content-Type": "application/vnd.schemaregistry.v1+json"}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.registry.auth import Denied, RegistryUsers, UsersFileError, is_write, set_user
+from keel.schemas.registry.auth import Denied, RegistryUsers, UsersFileError, is_write, set_user
 
 
 def basic(user: str, password: str) -> str:

@@ -9,9 +9,8 @@ import json
 
 import pytest
 
-from keel.settings import KeelSettings
-from schemas.registry.client import canonical
-from schemas.registry.service import (
+from keel.schemas.registry.client import canonical
+from keel.schemas.registry.service import (
     Incompatible,
     Invalid,
     NotFound,
@@ -22,7 +21,8 @@ from schemas.registry.service import (
     valid_level,
     version_number,
 )
-from schemas.registry.store import KafkaStore, State, schema_key
+from keel.schemas.registry.store import KafkaStore, State, schema_key
+from keel.settings import KeelSettings
 
 
 def record(name: str, *fields: dict[str, object]) -> str:

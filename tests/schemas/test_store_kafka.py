@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from keel.schemas.registry.store import KafkaStore, schema_key
 from keel.settings import get_settings
-from schemas.registry.store import KafkaStore, schema_key
 
 
 def test_store_starts_on_a_log_ending_in_an_unreadable_offset(

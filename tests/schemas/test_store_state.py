@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from schemas.registry.store import State, schema_key
+from keel.schemas.registry.store import State, schema_key
 
 Record = tuple[dict[str, Any], dict[str, Any] | None]
 

@@ -98,15 +98,15 @@ class StreamsEnv:
     @property
     def serde(self) -> Any:
         if self._serde is None:
-            from schemas.registry.client import RegistryClient
-            from schemas.serde import AvroSerde
+            from keel.schemas.registry.client import RegistryClient
+            from keel.schemas.serde import AvroSerde
 
             self._serde = AvroSerde(RegistryClient(self.env["KEEL_SCHEMA_REGISTRY_URL"]))
         return self._serde
 
     def send(self, events: Sequence[Mapping[str, Any]], poison: Sequence[bytes] = ()) -> None:
         """Events through Keel's producer SDK (the HTTP API's pipeline); poison as raw bytes."""
-        from producers.sdk import KeelProducer
+        from keel.producers.sdk import KeelProducer
 
         with KeelProducer(
             source="test",

@@ -13,13 +13,13 @@ from faust.serializers import codecs
 
 from keel.local.stack import stack_services
 from keel.settings import KeelSettings
-from streams.app import StreamsApp, encode_key
-from streams.codec import AvroCodec
-from streams.discovery import discover
-from streams.processor import Sink
-from streams.processors.cache_fill import CacheFill
-from streams.processors.product_stats import ProductStats
-from streams.services import scaling
+from keel.streams.app import StreamsApp, encode_key
+from keel.streams.codec import AvroCodec
+from keel.streams.discovery import discover
+from keel.streams.processor import Sink
+from keel.streams.processors.cache_fill import CacheFill
+from keel.streams.processors.product_stats import ProductStats
+from keel.streams.services import scaling
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_local_stack_runs_the_configured_workers(tmp_path: Path) -> None:
     workers = [s for s in stack_services(settings) if s.name.startswith("streams-")]
     assert [w.name for w in workers] == ["streams-1", "streams-2"]
     assert [w.port for w in workers] == [9300, 9301]  # type: ignore[attr-defined]
-    assert workers[0].argv[-4:] == ["streams", "worker", "--port", "9300"]  # type: ignore[attr-defined]
+    assert workers[0].argv[-4:] == ["keel.streams", "worker", "--port", "9300"]  # type: ignore[attr-defined]
 
 
 class Audit(Sink):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from streams.dedup_index import DedupIndex, batch_record_key
+from keel.streams.dedup_index import DedupIndex, batch_record_key
 
 
 def test_two_records_starting_at_one_offset_both_survive_compaction(tmp_path: Path) -> None:

@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 
 from keel.deadletters import H_PROCESSOR, H_REPLAY_PROCESSOR, H_REPLAYED_FROM
-from streams.engine import Engine, Raw
-from streams.events import Event
-from streams.processor import KeyedView, Output, Trigger, View
-from streams.processors.job_triggers import JobTriggers
-from streams.processors.product_stats import ProductStats
-from streams.processors.user_activity import UserActivity
-from streams.testing import DictState, event, run
+from keel.streams.engine import Engine, Raw
+from keel.streams.events import Event
+from keel.streams.processor import KeyedView, Output, Trigger, View
+from keel.streams.processors.job_triggers import JobTriggers
+from keel.streams.processors.product_stats import ProductStats
+from keel.streams.processors.user_activity import UserActivity
+from keel.streams.testing import DictState, event, run
 
 HOUR = 3_600_000_000
 T0 = 1_764_316_800_000_000  # 2025-11-28T08:00:00Z
@@ -199,7 +199,7 @@ def test_rekeyed_deltas_delivered_twice_are_folded_once() -> None:
 
 
 def test_active_users_distinct_per_minute_hour_day() -> None:
-    from streams.processors.active_users import ActiveUsers
+    from keel.streams.processors.active_users import ActiveUsers
 
     events = [
         event("page.viewed", user_id="u1", occurred_at=T0 + 1),

@@ -1,4 +1,4 @@
-"""What `streams.faust_adapter` takes from faust-streaming past its public API, checked
+"""What `keel.streams.faust_adapter` takes from faust-streaming past its public API, checked
 against the installed version: these fail on the day an upgrade changes any of it.
 
 A failure here means: read the new faust-streaming's code behind the failing check, bring
@@ -26,10 +26,10 @@ from faust.types import TP
 from packaging.specifiers import SpecifierSet
 
 from keel.settings import KeelSettings
-from streams.app import StreamsApp
-from streams.codec import AvroCodec
-from streams.discovery import discover
-from streams.faust_adapter import (
+from keel.streams.app import StreamsApp
+from keel.streams.codec import AvroCodec
+from keel.streams.discovery import discover
+from keel.streams.faust_adapter import (
     FAUST_TESTED,
     BatchConsumer,
     KeelFaustApp,

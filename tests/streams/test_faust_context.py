@@ -1,5 +1,5 @@
 """Processors through a worker's real Faust agents, in Faust's own test context (no broker):
-the same views, jobs, dedup and dead letters as the engine alone (`streams.testing.run`)."""
+the same views, jobs, dedup and dead letters as the engine alone (`keel.streams.testing.run`)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from decimal import Decimal
 from pathlib import Path
 
 from keel.deadletters import H_PROCESSOR, H_REASON, DeadLetter, replay_headers
-from streams.events import Event
-from streams.processor import View
-from streams.processors.job_triggers import JobTriggers
-from streams.processors.product_stats import ProductStats
-from streams.processors.user_activity import UserActivity
-from streams.testing import event, faust_context, faust_run, run
+from keel.streams.events import Event
+from keel.streams.processor import View
+from keel.streams.processors.job_triggers import JobTriggers
+from keel.streams.processors.product_stats import ProductStats
+from keel.streams.processors.user_activity import UserActivity
+from keel.streams.testing import event, faust_context, faust_run, run
 
 HOUR = 3_600_000_000
 T0 = 1_764_316_800_000_000  # 2025-11-28T08:00:00Z
@@ -73,7 +73,7 @@ def test_duplicates_across_batches_and_poison_in_fausts_test_context(tmp_path: P
             [dead] = ctx.dead_letters()
             headers = dict(dead.headers or [])
             assert headers[H_REASON] == b"undecodable"
-            assert headers["keel.error.class"].startswith(b"schemas.errors.")
+            assert headers["keel.error.class"].startswith(b"keel.schemas.errors.")
             assert dead.value == b"\x00\x00\x00\x00"
 
     asyncio.run(go())

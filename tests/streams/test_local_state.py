@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streams.local_state import CLEAN_MARK, claim, mark_clean
+from keel.streams.local_state import CLEAN_MARK, claim, mark_clean
 
 
 def _state(datadir: Path) -> Path:

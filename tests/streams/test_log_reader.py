@@ -14,11 +14,11 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from faust.types import TP
 
 from keel.settings import KeelSettings
-from streams.app import _delta, _first, _offset, _raw
-from streams.engine import Raw
-from streams.log_reader import LogReader
-from streams.processors.user_activity import UserActivity
-from streams.testing import faust_context
+from keel.streams.app import _delta, _first, _offset, _raw
+from keel.streams.engine import Raw
+from keel.streams.log_reader import LogReader
+from keel.streams.processors.user_activity import UserActivity
+from keel.streams.testing import faust_context
 
 pytestmark = pytest.mark.integration
 

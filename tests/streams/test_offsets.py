@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.offsets import AppliedOffsets, Plan
+from keel.streams.offsets import AppliedOffsets, Plan
 
 
 def test_a_partition_starts_where_it_is_told_and_takes_the_next_run_whole() -> None:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from streams import dedup
-from streams.app import key_partition
-from streams.discovery import discover
-from streams.errors import BadQuery, ProcessorError
-from streams.scaffold import scaffold
-from streams.windows import HOUR_US, expire, iso, parse_window, window_start
+from keel.streams import dedup
+from keel.streams.app import key_partition
+from keel.streams.discovery import discover
+from keel.streams.errors import BadQuery, ProcessorError
+from keel.streams.scaffold import scaffold
+from keel.streams.windows import HOUR_US, expire, iso, parse_window, window_start
 
 
 def test_window_start_and_iso() -> None:
@@ -68,7 +69,7 @@ def test_discovery_rejects_two_processors_with_one_name(tmp_path: Path) -> None:
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     body = (
-        "from streams.processor import View\n"
+        "from keel.streams.processor import View\n"
         "class V(View):\n    name = 'same'\n    def apply(self, s, e): return s\n"
         "processor = V()\n"
     )
@@ -90,13 +91,15 @@ def test_scaffolded_processor_is_discovered_and_its_test_passes(tmp_path: Path, 
     name = f"my_{kind.replace('-', '_')}"
     created = scaffold(name, kind, root)
     assert [p.name for p in created] == [f"{name}.py", f"test_processor_{name}.py"]
-    # Run the generated test against a copy of the real package plus the new module.
+    # Run the generated test against a copy of the real packages plus the new module, laid
+    # out as installed (`keel.streams` in keel/streams/; the other components come from the
+    # install): the module is found only if it imports and is discovered as `keel.streams.*`.
     repo = Path(__file__).resolve().parents[2]
     target = tmp_path / "run"
-    subprocess.run(["cp", "-r", str(repo / "streams"), str(target / "streams")], check=False)
-    (target).mkdir(exist_ok=True)
-    subprocess.run(["cp", "-r", str(repo / "streams"), str(target)], check=True)
-    (target / "streams" / "processors" / f"{name}.py").write_text(created[0].read_text())
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(repo / "keel", target / "keel", ignore=skip)
+    shutil.copytree(repo / "streams", target / "keel" / "streams", ignore=skip)
+    (target / "keel" / "streams" / "processors" / f"{name}.py").write_text(created[0].read_text())
     (target / f"test_processor_{name}.py").write_text(created[1].read_text())
     result = subprocess.run(
         [
@@ -121,7 +124,7 @@ def test_scaffolded_processor_is_discovered_and_its_test_passes(tmp_path: Path, 
         [
             sys.executable,
             "-c",
-            "from streams.discovery import discover; print([p.name for p in discover()])",
+            "from keel.streams.discovery import discover; print([p.name for p in discover()])",
         ],
         cwd=target,
         capture_output=True,

@@ -20,12 +20,12 @@ from tests.polling import wait_for
 from tests.streams.conftest import StreamsEnv, Worker
 
 # A processor the workers load beside the real ones: the test's own module, put on the
-# path of `streams.processors` by a sitecustomize (the worker discovers every module on it).
+# path of `keel.streams.processors` by a sitecustomize (the worker discovers every module on it).
 # It raises on one path while the file `broken` exists: deleting it is the fix.
 FLAKY = """
 from pathlib import Path
 
-from streams.processor import View
+from keel.streams.processor import View
 
 BROKEN = Path({broken!r})
 
@@ -48,9 +48,9 @@ processor = Flaky()
 """
 
 SITECUSTOMIZE = """
-import streams.processors
+import keel.streams.processors
 
-streams.processors.__path__.append({processors!r})
+keel.streams.processors.__path__.append({processors!r})
 """
 
 

@@ -4,11 +4,11 @@ applied, so the letter stays replayable. Pure engine on a dict state."""
 
 from __future__ import annotations
 
-from streams.dedup import replay_key
-from streams.engine import Engine
-from streams.events import Event
-from streams.processors.user_activity import UserActivity
-from streams.testing import DictState, event
+from keel.streams.dedup import replay_key
+from keel.streams.engine import Engine
+from keel.streams.events import Event
+from keel.streams.processors.user_activity import UserActivity
+from keel.streams.testing import DictState, event
 from tests.streams.test_engine import Flaky, Stream, replay_of
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from faust.types import TP
 
-from streams.scheduling import PartitionRuns
+from keel.streams.scheduling import PartitionRuns
 
 
 def test_partitions_come_in_runs_and_topics_take_turns() -> None:

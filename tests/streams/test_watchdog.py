@@ -19,9 +19,9 @@ from aiokafka.structs import TopicPartition
 from keel.lag import group_lag
 from keel.local.ports import free_port
 from keel.settings import KeelSettings
-from streams.app import StreamsApp
-from streams.cli import build
-from streams.watchdog import Stall, StallDetector
+from keel.streams.app import StreamsApp
+from keel.streams.cli import build
+from keel.streams.watchdog import Stall, StallDetector
 from tests.polling import wait_for
 from tests.processes import http_get
 from tests.streams.conftest import StreamsEnv
@@ -254,7 +254,7 @@ def test_a_partition_that_stops_moving_fails_healthz_until_it_moves_again(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     running, app, url = worker
-    caplog.set_level(logging.INFO, logger="streams.app")
+    caplog.set_level(logging.INFO, logger="keel.streams.app")
 
     def alive() -> None:
         if running.failed is not None:

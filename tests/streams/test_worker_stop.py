@@ -59,7 +59,7 @@ def test_a_stopped_worker_exits_in_time_with_the_brokers_gone(
             [KEEL, "streams", "worker"], env, tmp_path / "worker.log", port=port, name="worker"
         )
         wait_for(worker.ready, 120, "the worker ready")
-        from producers.sdk import KeelProducer
+        from keel.producers.sdk import KeelProducer
 
         user = f"u-{uuid.uuid4().hex[:6]}"
         with KeelProducer(
