@@ -123,9 +123,10 @@ def emit(result: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def private_postgres(home: Path, given_by: str) -> Iterator[str]:
+def private_postgres(home: Path, given_by: str, options: Sequence[str] = ()) -> Iterator[str]:
     """The DSN in the environment variable `given_by` when set, else a PostgreSQL of the
-    project's own (Debian's package) on a free port under `home`, stopped afterwards."""
+    project's own (Debian's package) on a free port under `home`, stopped afterwards;
+    `options` are its extra server settings (`wal_level=logical`)."""
     given = os.environ.get(given_by)
     if given:
         yield given
@@ -133,7 +134,7 @@ def private_postgres(home: Path, given_by: str) -> Iterator[str]:
     from keel.local.services import PostgresService
 
     dsn = f"postgresql://keel:keel@127.0.0.1:{free_port()}/keel"
-    service = PostgresService(KeelSettings(home=home, postgres_dsn=dsn))  # type: ignore[arg-type]
+    service = PostgresService(KeelSettings(home=home, postgres_dsn=dsn), options=options)  # type: ignore[arg-type]
     service.start(progress=lambda _m: None)
     try:
         yield dsn
