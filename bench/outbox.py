@@ -200,7 +200,7 @@ def warm(dsn: str, table: OutboxTable, watch: TopicWatch, who: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="20k rows, 3 runs, 5 s trickles")
+    parser.add_argument("--quick", action="store_true", help="15k rows, 3 runs, 5 s trickles")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=500)
@@ -218,7 +218,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="keep logs here (default: a temp folder)")
     args = parser.parse_args()
     if args.quick:
-        args.rows, args.runs, args.latency_seconds = 20_000, 3, 5.0
+        args.rows, args.runs, args.latency_seconds = 15_000, 3, 5.0
 
     base = get_settings()
     started = time.monotonic()
