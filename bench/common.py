@@ -117,6 +117,16 @@ def stop_processes(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 30
             proc.kill()
 
 
+def cpu_seconds(procs: Sequence[subprocess.Popen[bytes]]) -> float:
+    """CPU time (user + system) the processes have used so far."""
+    total = 0
+    for proc in procs:
+        # /proc/<pid>/stat after the command's ")": state is field 3, utime 14, stime 15.
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def emit(result: dict[str, Any]) -> None:
     """The figures as one JSON object on the last line, for anyone to rerun and compare."""
     print(json.dumps(result, sort_keys=True))

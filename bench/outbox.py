@@ -46,6 +46,7 @@ from pydantic import SecretStr
 from bench import debezium
 from bench.commit_to_topic import Decode, Latency, TopicWatch, burst, trickle
 from bench.common import (
+    cpu_seconds,
     drop_topics,
     emit,
     ensure_registry,
@@ -189,13 +190,21 @@ def relay_process(
         stop_processes([proc])
 
 
-def warm(dsn: str, table: OutboxTable, watch: TopicWatch, who: str) -> None:
-    """A first small burst, not counted: connections made, the slot streaming, schema ids
-    cached, the JIT started; it fails here, in one line, if `who` does not publish."""
+def warm(dsn: str, table: OutboxTable, watch: TopicWatch, who: str, rows: int) -> list[float]:
+    """Bursts of `rows`, not counted, until two in a row agree within 15% (at most 8): the
+    connections made, the slot streaming, schema ids cached, and the JVM's JIT done with
+    Debezium's path (after one 200-row burst its first measured runs were a third and then
+    two thirds of its later ones). Fails here, in one line, if `who` does not publish."""
+    rates: list[float] = []
     try:
-        burst(dsn, table, events(200), watch, timeout=120)
+        while len(rates) < 8:
+            rates.append(burst(dsn, table, events(rows), watch, timeout=300))
+            if len(rates) >= 2 and abs(rates[-1] / rates[-2] - 1) <= 0.15:
+                break
     except TimeoutError as exc:
-        raise SystemExit(f"bench.outbox: {who} did not publish a first burst: {exc}") from exc
+        raise SystemExit(f"bench.outbox: {who} did not publish a warm-up burst: {exc}") from exc
+    print(f"warm-up {who}: {', '.join(f'{r:,.0f}' for r in rates)} rows/s", flush=True)
+    return rates
 
 
 def main() -> None:
@@ -248,35 +257,48 @@ def main() -> None:
             with connect(dsn) as conn:
                 create_outbox(conn, table)
             tables = [table]
+            stack.callback(drop_tables, dsn, tables)  # the list as it is by then
             contenders = ["relay", "sdk_batched", "sdk"]
             if args.debezium:
                 ready_for_debezium(dsn, private)
                 relay_table, dbz_table = new_table(dsn, "relayproc"), new_table(dsn, "debezium")
                 tables += [relay_table, dbz_table]
                 contenders += ["relay_process", "debezium"]
-                stack.enter_context(relay_process(settings, dsn, relay_table, home / "relay.log"))
+                relay = stack.enter_context(
+                    relay_process(settings, dsn, relay_table, home / "relay.log")
+                )
                 worker = start_debezium(settings, dsn, dbz_table, dbz_topic, home, args, stack)
+                assert worker.proc is not None
+                procs = {"relay_process": relay, "debezium": worker.proc}
                 watches = {
                     "relay_process": TopicWatch(topic, PARTITIONS),
                     "debezium": TopicWatch(dbz_topic, PARTITIONS),
                 }
                 for watch in watches.values():
                     stack.callback(watch.close)
-                warm(dsn, relay_table, watches["relay_process"], "the relay (keel outbox run)")
-                warm(dsn, dbz_table, watches["debezium"], f"Debezium (log: {worker.log_file})")
-            stack.callback(drop_tables, dsn, tables)
+                warm_rows = max(1000, min(args.rows // 5, 20_000))
+                warmups = {
+                    "relay_process": warm(
+                        dsn, relay_table, watches["relay_process"], "relay", warm_rows
+                    ),
+                    "debezium": warm(dsn, dbz_table, watches["debezium"], "debezium", warm_rows),
+                }
 
             figures: dict[str, list[float]] = {name: [] for name in contenders}
+            per_cpu: dict[str, list[float]] = {"relay_process": [], "debezium": []}
             for run in range(args.runs):
                 rows = events(args.rows)
                 order = contenders if run % 2 == 0 else contenders[::-1]
                 for name in order:
                     if name == "relay":
                         rate = run_relay(settings, dsn, table, rows)
-                    elif name == "relay_process":
-                        rate = burst(dsn, relay_table, rows, watches[name])
-                    elif name == "debezium":
-                        rate = burst(dsn, dbz_table, rows, watches[name])
+                    elif name in per_cpu:
+                        cpu = cpu_seconds([procs[name]])
+                        tbl = relay_table if name == "relay_process" else dbz_table
+                        rate = burst(dsn, tbl, rows, watches[name])
+                        # The process's own CPU only: PostgreSQL's share (the relay's queries,
+                        # Debezium's walsender decoding) is not in it.
+                        per_cpu[name].append(len(rows) / (cpu_seconds([procs[name]]) - cpu))
                     else:
                         batch = args.batch if name == "sdk_batched" else None
                         rate = run_sdk(settings, rows, batch)
@@ -328,8 +350,12 @@ def main() -> None:
                     "settings": {**debezium.DEFAULTS, **key_values(args.debezium_set)},
                     "connect_settings": key_values(args.connect_set),
                 },
+                "warm_up_rows": warm_rows,
+                "warm_up_rows_per_s": {k: [round(r) for r in v] for k, v in warmups.items()},
                 "relay_process_rows_per_s": summary(figures["relay_process"]),
                 "debezium_rows_per_s": summary(figures["debezium"]),
+                "relay_process_rows_per_cpu_s": summary(per_cpu["relay_process"]),
+                "debezium_rows_per_cpu_s": summary(per_cpu["debezium"]),
                 "vs_debezium": summary(vs),
                 "latency_rate_per_s": args.latency_rate,
                 "latency_seconds": args.latency_seconds,
