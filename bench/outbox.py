@@ -226,6 +226,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--workdir", type=Path, help="keep logs here (default: a temp folder)")
     args = parser.parse_args()
+    key_values(args.debezium_set + args.connect_set)  # a malformed one ends here, before any start
     if args.quick:
         args.rows, args.runs, args.latency_seconds = 15_000, 3, 5.0
 
