@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -150,3 +151,6 @@ def private_postgres(home: Path, given_by: str, options: Sequence[str] = ()) -> 
         yield dsn
     finally:
         service.stop(progress=lambda _m: None)
+        # As root its data lives outside `home` (/var/lib/postgresql/keel-<port>): a bench
+        # run left up to 1 GB of tables and WAL there each time.
+        shutil.rmtree(service.data_dir, ignore_errors=True)
