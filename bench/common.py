@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -117,15 +118,26 @@ def stop_processes(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 30
             proc.kill()
 
 
+def cpu_seconds(procs: Sequence[subprocess.Popen[bytes]]) -> float:
+    """CPU time (user + system) the processes have used so far."""
+    total = 0
+    for proc in procs:
+        # /proc/<pid>/stat after the command's ")": state is field 3, utime 14, stime 15.
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def emit(result: dict[str, Any]) -> None:
     """The figures as one JSON object on the last line, for anyone to rerun and compare."""
     print(json.dumps(result, sort_keys=True))
 
 
 @contextlib.contextmanager
-def private_postgres(home: Path, given_by: str) -> Iterator[str]:
+def private_postgres(home: Path, given_by: str, options: Sequence[str] = ()) -> Iterator[str]:
     """The DSN in the environment variable `given_by` when set, else a PostgreSQL of the
-    project's own (Debian's package) on a free port under `home`, stopped afterwards."""
+    project's own (Debian's package) on a free port under `home`, stopped afterwards;
+    `options` are its extra server settings (`wal_level=logical`)."""
     given = os.environ.get(given_by)
     if given:
         yield given
@@ -133,9 +145,12 @@ def private_postgres(home: Path, given_by: str) -> Iterator[str]:
     from keel.local.services import PostgresService
 
     dsn = f"postgresql://keel:keel@127.0.0.1:{free_port()}/keel"
-    service = PostgresService(KeelSettings(home=home, postgres_dsn=dsn))  # type: ignore[arg-type]
+    service = PostgresService(KeelSettings(home=home, postgres_dsn=dsn), options=options)  # type: ignore[arg-type]
     service.start(progress=lambda _m: None)
     try:
         yield dsn
     finally:
         service.stop(progress=lambda _m: None)
+        # As root its data lives outside `home` (/var/lib/postgresql/keel-<port>): a bench
+        # run left up to 1 GB of tables and WAL there each time.
+        shutil.rmtree(service.data_dir, ignore_errors=True)

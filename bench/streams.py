@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from bench.common import (
+    cpu_seconds,
     drop_topics,
     emit,
     ensure_registry,
@@ -164,15 +165,6 @@ def host_times() -> tuple[int, int]:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
     return sum(fields) - idle, sum(fields)
-
-
-def cpu_seconds(procs: list[subprocess.Popen[bytes]]) -> float:
-    total = 0
-    for proc in procs:
-        # /proc/<pid>/stat after the command's ")": state is field 3, utime 14, stime 15.
-        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def rate_of(ports: list[int], count: int, procs: list[subprocess.Popen[bytes]]) -> Rate:

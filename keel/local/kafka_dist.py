@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 
@@ -48,18 +48,40 @@ def kafka_libs(
     home: Path, version: str, progress: Progress = print, maven_settings: Path | None = None
 ) -> Path:
     """The folder of jars for this Kafka version, fetching them on first use."""
-    libs = home / "kafka" / version / "libs"
+    return maven_jars(
+        _resource("pom.xml"),
+        home / "kafka" / version / "libs",
+        what=f"Kafka {version}",
+        must_have=f"kafka_2.13-{version}.jar",
+        properties={"kafka.version": version},
+        progress=progress,
+        maven_settings=maven_settings,
+    )
+
+
+def maven_jars(
+    pom: Path,
+    libs: Path,
+    *,
+    what: str,
+    must_have: str,
+    properties: Mapping[str, str] | None = None,
+    progress: Progress = print,
+    maven_settings: Path | None = None,
+) -> Path:
+    """`pom`'s runtime dependencies copied into `libs` by Maven, once: a marker file says the
+    folder is complete, so a second call fetches nothing; a failed fetch leaves no folder."""
     marker = libs / ".complete"
     if marker.exists():
         return libs
     mvn = shutil.which("mvn")
     if mvn is None:
         raise LocalStackError(
-            "Maven (`mvn`) is needed once to fetch Kafka's jars and is not on PATH "
+            f"Maven (`mvn`) is needed once to fetch the jars of {what} and is not on PATH "
             "(apt-get install maven)"
         )
-    progress(f"fetching Apache Kafka {version} jars from Maven Central into {libs} ...")
-    staging = libs.with_name("libs.partial")
+    progress(f"fetching {what} jars from Maven Central into {libs} ...")
+    staging = libs.with_name(libs.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     cmd = [
         mvn,
@@ -67,21 +89,19 @@ def kafka_libs(
         "-B",
         "-q",
         "-f",
-        str(_resource("pom.xml")),
+        str(pom),
         "dependency:copy-dependencies",
         f"-DoutputDirectory={staging}",
         "-DincludeScope=runtime",
-        f"-Dkafka.version={version}",
+        *(f"-D{key}={value}" for key, value in (properties or {}).items()),
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise LocalStackError(
-            f"could not fetch Kafka {version} from Maven Central: {_mvn_reason(result.stdout + result.stderr)}"
+            f"could not fetch {what} from Maven Central: {_mvn_reason(result.stdout + result.stderr)}"
         )
-    if not any(staging.glob(f"kafka_2.13-{version}.jar")):
-        raise LocalStackError(
-            f"Maven finished but kafka_2.13-{version}.jar is missing in {staging}"
-        )
+    if not (staging / must_have).exists():
+        raise LocalStackError(f"Maven finished but {must_have} is missing in {staging}")
     shutil.rmtree(libs, ignore_errors=True)
     staging.rename(libs)
     marker.touch()

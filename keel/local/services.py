@@ -315,7 +315,15 @@ class PostgresService(ProcessService):
     # killed test run, its orphaned subprocesses) would hold it until a SIGKILL.
     stop_signal = signal.SIGINT
 
-    def __init__(self, settings: KeelSettings, *, die_with_parent: bool = False) -> None:
+    def __init__(
+        self,
+        settings: KeelSettings,
+        *,
+        die_with_parent: bool = False,
+        options: Sequence[str] = (),
+    ) -> None:
+        """`options`: extra `name=value` server settings (`-c`), e.g. `wal_level=logical`."""
+        self.options = tuple(options)
         dsn = urlparse(settings.postgres_dsn.get_secret_value())
         self.db_user = dsn.username or "keel"
         self.db_password = dsn.password or "keel"
@@ -385,6 +393,7 @@ class PostgresService(ProcessService):
             "listen_addresses=127.0.0.1",
             "-c",
             "unix_socket_directories=/tmp",
+            *(arg for option in self.options for arg in ("-c", option)),
         ]
 
     def after_start(self, progress: Progress) -> None:

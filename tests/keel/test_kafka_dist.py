@@ -68,3 +68,23 @@ def test_unreachable_maven_central_is_named(tmp_path: Path) -> None:
     assert len(lines) == 1
     assert "could not fetch Kafka" in lines[0] and "Maven Central" in lines[0]
     assert not (tmp_path / "home" / "kafka" / "4.4.0" / "libs").exists()
+
+
+def test_cached_jars_are_not_fetched_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The marker of a complete fetch is all it takes: no Maven is even looked for.
+    libs = tmp_path / "plugin"
+    libs.mkdir()
+    (libs / ".complete").touch()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    got = kafka_dist.maven_jars(tmp_path / "pom.xml", libs, what="x", must_have="x.jar")
+    assert got == libs
+
+
+def test_missing_maven_names_what_it_was_fetching(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(LocalStackError, match=r"jars of Debezium 3\.6\.1\.Final"):
+        kafka_dist.maven_jars(
+            tmp_path / "pom.xml", tmp_path / "p", what="Debezium 3.6.1.Final", must_have="d.jar"
+        )
