@@ -181,7 +181,8 @@ def verdict(
     also_sent: frozenset[str] | set[str] = frozenset(),
 ) -> Verdict:
     """`also_sent`: events that reached the topic another way (at least once) than `load`."""
-    records = read_topic(bootstrap, registry_url, topic, timeout=120)
+    # The soak acknowledges over a million events: a loaded host reads ~4k a second.
+    records = read_topic(bootstrap, registry_url, topic, timeout=max(120, len(load.acked) / 2000))
     on_kafka = Counter(str(v["event_id"]) for *_, v in records)
     twice = {e for e, n in on_kafka.items() if n > 1}
     return Verdict(

@@ -153,6 +153,15 @@ def read_topic(
             value = deserializer(msg.value(), SerializationContext(topic, MessageField.VALUE))
             out.append((msg.partition(), msg.offset(), msg.key(), value))
             positions[msg.partition()] = msg.offset() + 1
+        else:
+            # The deadline, not the log's end, stopped the read: what was not read is not
+            # missing from Kafka, so a caller must not take this partial read for the topic.
+            behind = {p: (positions[p], ends[p]) for p in partitions if positions[p] < ends[p]}
+            if expect is None and behind:
+                raise TimeoutError(
+                    f"read {len(out)} records of {topic} in {timeout:g} s and stopped short of "
+                    f"the end: (position, end) of each partition behind {behind}"
+                )
     finally:
         consumer.close()
     return out
