@@ -9,7 +9,8 @@ commits. This module owns:
   LOCKED` (replicas share the queue without waiting on each other), publish them through the
   producer SDK (the HTTP API's validation, Avro encoding, keying and routing), wait for the
   broker's acks, then mark them published (or rejected, with the validation message) in the
-  transaction that claimed them, and commit;
+  transaction that claimed them, and commit (with `outbox_retention_h` 0 a published row is
+  deleted there instead);
 - `outbox_status` (what is waiting, for how long, what was rejected) and `purge_published`.
 
 Delivery is at least once: a relay that dies between the acks and the commit leaves its rows
@@ -316,8 +317,12 @@ class OutboxRelay:
             "UPDATE {t} SET event = jsonb_set(event, '{{event_id}}', to_jsonb(v.event_id))"
             " FROM unnest(%s::bigint[], %s::text[]) AS v(id, event_id) WHERE {t}.id = v.id"
         ).format(t=t)
+        # Retention 0: a published row is deleted in its claiming transaction, after its acks,
+        # instead of being written a second time (a third of the relay's PostgreSQL time).
         self._mark_published = sql.SQL(
-            "UPDATE {} SET published_at = now() WHERE id = ANY(%s)"
+            "DELETE FROM {} WHERE id = ANY(%s)"
+            if self.settings.outbox_retention_h == 0
+            else "UPDATE {} SET published_at = now() WHERE id = ANY(%s)"
         ).format(t)
         self._mark_rejected = sql.SQL(
             "UPDATE {t} SET error = v.error FROM unnest(%s::bigint[], %s::text[])"
@@ -519,7 +524,7 @@ class OutboxRelay:
                 self.drain(stop)
                 backoff.reset()
                 self.ready = True
-                if time.monotonic() >= next_purge:
+                if s.outbox_retention_h and time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + s.outbox_purge_interval_s
                     purged = purge_published(
                         self.connection(), self.table, s.outbox_retention_h * 3600

@@ -232,7 +232,9 @@ class KeelSettings(BaseSettings):
         30.0, gt=0, description="Longest pause between retries while Kafka or PostgreSQL is down."
     )
     outbox_retention_h: float = Field(
-        168.0, gt=0, description="Published rows older than this are deleted."
+        168.0,
+        ge=0,
+        description="Published rows older than this are deleted (0: deleted when published).",
     )
     outbox_purge_interval_s: float = Field(
         600.0, gt=0, description="How often the relay deletes expired published rows."

@@ -341,6 +341,30 @@ def test_relay_killed_between_acks_and_commit_resends_same_event_ids(outbox: Out
     assert all(r["published_at"] is not None for r in outbox.rows().values())
 
 
+def test_retention_zero_deletes_rows_once_acked_and_keeps_rejected_ones(outbox: Outbox) -> None:
+    good = [page_view(f"u-{i}") for i in range(5)]
+    ids = outbox.insert(*good[:2], {"type": "page.viewed"}, *good[2:])
+    settings = outbox.settings.model_copy(
+        update={"outbox_retention_h": 0.0, "outbox_batch_size": 2}
+    )
+    seen: list[tuple[int, int]] = []
+
+    def still_there(result: BatchResult) -> None:  # after the acks, before the commit
+        seen.append((len(result.published), len(set(result.published) & set(outbox.rows()))))
+
+    relay = OutboxRelay(settings, before_commit=still_there)
+    try:
+        assert relay.drain() == 5
+    finally:
+        relay.close()
+    # Each batch's rows were still there for other sessions until its commit deleted them.
+    assert seen == [(2, 2), (1, 1), (2, 2)]
+    rows = outbox.rows()
+    assert list(rows) == [ids[2]] and rows[ids[2]]["error"].startswith("invalid event: ")
+    assert outbox.status().pending == 0
+    assert {str(v["event_id"]) for *_, v in outbox.read(expect=5)} == {e["event_id"] for e in good}
+
+
 def test_broker_unreachable_leaves_rows_unpublished_and_marks_nothing(
     outbox: Outbox, caplog: pytest.LogCaptureFixture, refused_port: int
 ) -> None:
