@@ -1,8 +1,9 @@
 """The processor API: what a team writes to add a view, a job trigger or a cache filler.
 
 Pure: no Kafka, no Faust. A processor is plain Python over plain values; the runtime
-(`keel.streams.app` with `keel.streams.engine`) feeds it batches, keeps its state in Faust tables backed by RocksDB and
-changelog topics, makes its updates idempotent and delivers what it emits.
+(`keel.streams.app` with `keel.streams.engine`) feeds it batches, keeps its state in Faust
+tables backed by RocksDB and changelog topics, makes its updates idempotent and delivers
+what it emits.
 
 Kinds:
 - `View`: state per user (the source's partition key, so no re-partitioning); queryable
