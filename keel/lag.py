@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 from confluent_kafka import (
@@ -25,6 +26,8 @@ from confluent_kafka import (
     ConsumerGroupState,
     ConsumerGroupTopicPartitions,
     IsolationLevel,
+    KafkaError,
+    KafkaException,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec
@@ -116,8 +119,18 @@ class GroupLag:
 
 
 def list_groups(admin: AdminClient, timeout: float = 10.0) -> list[str]:
+    """Every consumer group the brokers know. Raises KafkaEdgeError when no broker answered:
+    librdkafka reports that as an empty list beside its errors, which must not read as
+    "no consumer groups"."""
     with kafka_call("listing consumer groups", timeout):
-        result = admin.list_consumer_groups(request_timeout=timeout).result(timeout=timeout)
+        # librdkafka's own timeout ends the call; the future waits a second longer, since
+        # equal timeouts race and pick at random how an unreachable cluster is reported.
+        result = admin.list_consumer_groups(request_timeout=timeout).result(timeout=timeout + 1)
+        if result.errors and not result.valid:
+            first = result.errors[0]
+            if first.code() == KafkaError._TIMED_OUT:
+                raise FutureTimeout
+            raise KafkaException(first)
     return sorted(g.group_id for g in result.valid)
 
 
