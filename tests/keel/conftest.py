@@ -57,6 +57,8 @@ def _replication(admin: AdminClient, topics: list[str]) -> dict[str, tuple[int, 
     out = {}
     for resource, future in admin.describe_configs(resources, request_timeout=10).items():
         min_isr = int(future.result(10)["min.insync.replicas"].value)
+        if resource.name not in metadata:  # the metadata came from a broker that lags behind
+            raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
         partitions = metadata[resource.name].partitions.values()
         out[resource.name] = (min(len(p.replicas) for p in partitions), min_isr)
     return out
