@@ -128,7 +128,7 @@ def test_redis_restarted_under_load(
             sender.wait_sent(300)
     finally:
         sender.stop()
-    wait_for(lambda: source_lag(fault_env, admin) == 0, 120, "the worker caught up")
+    wait_for(lambda: source_lag(fault_env, admin)[0] == 0, 120, "the worker caught up")
     truth = distinct_on_kafka(fault_env, "page.viewed")
     users = steady + outage_only
     expected = {u: len(truth[u]) for u in users}

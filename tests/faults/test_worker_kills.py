@@ -32,13 +32,15 @@ USERS = 60
 PER_ROUND = 1200  # events sent between two kills (~5 s of traffic)
 
 
-def source_lag(env: FaultEnv, admin: Any) -> int | None:
-    """The group's lag on the source topic (None while it has not committed everywhere)."""
+def source_lag(env: FaultEnv, admin: Any) -> tuple[int | None, dict[int, str]]:
+    """The group's lag on the source topic (None while it has not committed everywhere), and
+    each partition's committed/end offsets, for the message of a drain that never ends."""
     lag = group_lag(admin, env.env["KEEL_STREAMS_APP_ID"])
     parts = [p for p in lag.partitions if p.topic == env.source]
+    seen = {p.partition: f"{p.committed}/{p.end}" for p in parts}
     if len(parts) < 8 or any(p.committed is None for p in parts):
-        return None
-    return sum(p.lag for p in parts)
+        return None, seen
+    return sum(p.lag for p in parts), seen
 
 
 def assert_replicated(env: FaultEnv, admin: Any) -> None:
@@ -89,20 +91,30 @@ def test_killed_workers_lose_no_event(
         sender.stop()
 
     restarts: list[int] = []
+    state: dict[str, Any] = {}
 
     def drained() -> bool:
         # A stalled worker (/healthz 503, Faust's known stuck fetch, see keel.streams.watchdog) is
         # restarted, as compose or Kubernetes would on its health check.
         for i, worker in enumerate(pool):
-            if worker.get("/healthz")[0] == 503:
+            health = worker.get("/healthz")
+            state[f"{worker.name} /healthz"] = health
+            state[f"{worker.name} /readyz"] = worker.get("/readyz")
+            if health[0] == 503:
                 worker.stop()
                 pool[i] = fault_env.restart(worker)
                 restarts.append(worker.port)
-        return source_lag(fault_env, admin) == 0
+        lag, state["committed/end per partition"] = source_lag(fault_env, admin)
+        state["lag"] = lag
+        return lag == 0
 
     # A restarted worker restores its tables from the changelogs (a killed worker's local
     # state is discarded, see keel.streams.local_state): on a loaded machine that takes minutes.
-    wait_for(drained, 900, "the group's lag on the source 0", interval=2.0)
+    # The wait ends before the test's own timeout, so a drain that never ends says where it is.
+    try:
+        wait_for(drained, 600 + 120 * (fault_iterations - 2), "the source drained", interval=2.0)
+    except AssertionError:
+        raise AssertionError(f"the group's lag on the source never reached 0: {state}") from None
     truth = distinct_on_kafka(fault_env, "page.viewed")
     # Every event the broker acknowledged to the sender is on the topic (the truth is whole).
     missing = {u: ids - truth.get(u, set()) for u, ids in sender.acked.items()}
