@@ -11,7 +11,6 @@ import typer
 from keel.command_group import command_group
 from keel.logging import configure_logging
 from keel.settings import get_settings
-from keel.signals import stop_on_signals
 
 archive_app = command_group(
     "archive", "Archive sink: events from Kafka into files by hour and partition, and back."
@@ -33,15 +32,18 @@ def run(
     """Archive the topics (KEEL_ARCHIVE_TOPICS) until SIGTERM/Ctrl-C: the open files are
     finished and committed; JSON log lines, progress every KEEL_ARCHIVE_PROGRESS_INTERVAL_S."""
     from keel.connectors.archive import ArchiveError, ArchiveSink, health_server
-    from keel.health import serving
+    from keel.health import run_serving
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    sink = ArchiveSink(settings, root=root)
-    sink.check()  # an unwritable root or unreachable brokers end here, in one line
     port = settings.archive_http_port if http_port is None else http_port
-    with serving(lambda p: health_server(sink, p), port, "KEEL_ARCHIVE_HTTP_PORT", ArchiveError):
-        sink.run(stop_on_signals())
+    run_serving(
+        ArchiveSink(settings, root=root),
+        health_server,
+        port,
+        "KEEL_ARCHIVE_HTTP_PORT",
+        ArchiveError,
+    )
 
 
 @archive_app.command("list")

@@ -10,7 +10,6 @@ import typer
 from keel.command_group import command_group
 from keel.logging import configure_logging
 from keel.settings import get_settings
-from keel.signals import stop_on_signals
 
 outbox_app = command_group(
     "outbox", "Transactional outbox source: events written in a PostgreSQL transaction, to Kafka."
@@ -46,20 +45,14 @@ def run(
 ) -> None:
     """Publish committed outbox rows to Kafka until SIGTERM/Ctrl-C (JSON log lines)."""
     from keel.connectors.outbox import OutboxError, OutboxRelay, health_server
-    from keel.health import serving
+    from keel.health import run_serving
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     if create:
         init()
-    relay = OutboxRelay(settings)
-    try:
-        relay.check()  # a bad DSN or a missing table ends here, in one line
-        port = settings.outbox_http_port if http_port is None else http_port
-        with serving(lambda p: health_server(relay, p), port, "KEEL_OUTBOX_HTTP_PORT", OutboxError):
-            relay.run(stop_on_signals())
-    finally:
-        relay.close()
+    port = settings.outbox_http_port if http_port is None else http_port
+    run_serving(OutboxRelay(settings), health_server, port, "KEEL_OUTBOX_HTTP_PORT", OutboxError)
 
 
 @outbox_app.command("status")

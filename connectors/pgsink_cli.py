@@ -10,7 +10,6 @@ import typer
 from keel.command_group import command_group
 from keel.logging import configure_logging
 from keel.settings import get_settings
-from keel.signals import stop_on_signals
 
 pgsink_app = command_group(
     "pgsink", "PostgreSQL sink: events from Kafka into a table, each event_id once."
@@ -43,20 +42,14 @@ def run(
 ) -> None:
     """Write events into the table until SIGTERM/Ctrl-C (JSON log lines, periodic progress)."""
     from keel.connectors.pgsink import PgSink, PgSinkError, health_server
-    from keel.health import serving
+    from keel.health import run_serving
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     if create:
         init()
-    sink = PgSink(settings)
-    try:
-        sink.check()  # a bad DSN, a missing table or unreachable brokers end here, in one line
-        port = settings.pgsink_http_port if http_port is None else http_port
-        with serving(lambda p: health_server(sink, p), port, "KEEL_PGSINK_HTTP_PORT", PgSinkError):
-            sink.run(stop_on_signals())
-    finally:
-        sink.close()
+    port = settings.pgsink_http_port if http_port is None else http_port
+    run_serving(PgSink(settings), health_server, port, "KEEL_PGSINK_HTTP_PORT", PgSinkError)
 
 
 @pgsink_app.command("status")

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -179,6 +179,38 @@ def serving(
         yield server
     finally:
         server.stop()
+
+
+class Loop(Protocol):
+    """A connector or worker run as a command: checked, then run until stopped."""
+
+    def check(self) -> None: ...
+    def run(self, stop: threading.Event) -> None: ...
+
+
+L = TypeVar("L", bound=Loop)
+
+
+def run_serving(
+    loop: L,
+    make: Callable[[L, int], HealthServer],
+    port: int,
+    variable: str,
+    error: type[Exception],
+) -> None:
+    """The `run` command of a thread-loop connector: `loop.check()` (a bad setting or an
+    unreachable dependency ends it here, in one line), then `loop.run` until SIGTERM/Ctrl-C
+    with its endpoints on `port` (0: none); closed at the end when it has a `close`."""
+    from keel.signals import stop_on_signals
+
+    try:
+        loop.check()
+        with serving(lambda p: make(loop, p), port, variable, error):
+            loop.run(stop_on_signals())
+    finally:
+        close = getattr(loop, "close", None)
+        if close is not None:
+            close()
 
 
 def routes(
