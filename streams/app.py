@@ -252,6 +252,7 @@ class StreamsApp:
         # toward a commit, and nothing is applied, past a record it did not apply.
         self.applied = AppliedOffsets()
         self.log_reader = LogReader(settings, settings.streams_app_id)  # reads runs Faust lost
+        self.broker_view = LogReader(settings, settings.streams_app_id)  # the watchdog's own
         self._acks_guarded = False
         self._chain_flush()
         self._close_on_stop()
@@ -286,6 +287,7 @@ class StreamsApp:
                 # Within the worker's own deadline (keel.streams.shutdown), which ends it anyway.
                 dropped = self.kafka.close(self.settings.streams_shutdown_timeout_s / 2)
                 self.log_reader.close()
+                self.broker_view.close()
                 if dropped:
                     log.error("stopped with %d state record(s) not written", dropped)
                 else:
@@ -713,18 +715,22 @@ class StreamsApp:
         consumer = cast(Any, app.consumer)
         topics = {self.source.get_topic_name(), *self.rekey_topic_names()}
         offsets: dict[tuple[str, int], tuple[int, int]] = {}
-        quiet: list[TP] = []
+        quiet: list[tuple[str, int]] = []
+        unknown: list[tuple[str, int]] = []
         for tp in consumer.assignment():
             if tp.topic not in topics:
                 continue
+            key = (tp.topic, tp.partition)
             # The position is what Faust last committed for the partition (the next offset
             # to process: every message before it was acked), else the offset after the last
             # message it handed to a stream; both are Faust's own bookkeeping in memory.
-            # Unknown (nothing committed or read since the assignment): skipped, so a
+            # Unknown (nothing committed or read since the assignment): the group's committed
+            # offset is asked of the brokers below; a partition without one is skipped, so a
             # partition whose messages all expired is not taken for a stuck one.
             committed, read = positions(consumer, tp)
             position = committed if committed is not None else None if read is None else read + 1
             if position is None:
+                unknown.append(key)
                 continue
             # aiokafka's highwater from the last fetch response: free, but it stops moving
             # for a partition that is no longer fetched, which is just the failure to catch.
@@ -732,17 +738,27 @@ class StreamsApp:
                 highwater = consumer.highwater(tp)
             except Exception:  # revoked since assignment() (aiokafka asserts it is assigned)
                 continue
-            offsets[(tp.topic, tp.partition)] = (position, highwater if highwater else 0)
+            offsets[key] = (position, highwater if highwater else 0)
             if not highwater or highwater <= position:
-                quiet.append(tp)
-        if quiet:
-            # Only partitions that look caught up get their end offsets asked for, in one
-            # ListOffsets request: a busy worker asks nothing.
-            with contextlib.suppress(Exception):
-                for tp, end in (await consumer.highwaters(*quiet)).items():
-                    key = (tp.topic, tp.partition)
-                    if key in offsets and end is not None:
-                        offsets[key] = (offsets[key][0], end)
+                quiet.append(key)
+        if quiet or unknown:
+            # Only partitions that look caught up (or whose position is unknown) are asked
+            # about: a busy worker asks nothing. Asked by a client of Keel's own in a thread,
+            # never through Faust's consumer thread: that thread is what may be stuck, and a
+            # tick waiting on it would stop the watchdog with it.
+            try:
+                ends, committed_now = await asyncio.wait_for(
+                    asyncio.to_thread(self.broker_view.standing, quiet + unknown, unknown, 10.0),
+                    timeout=15.0,
+                )
+            except Exception as exc:
+                log.debug("stall watchdog: brokers did not answer: %s", exc)
+                ends, committed_now = {}, {}
+            for key, end in ends.items():
+                if key in offsets:
+                    offsets[key] = (offsets[key][0], end)
+                elif key in committed_now:
+                    offsets[key] = (committed_now[key], end)
         paused = bool(app.rebalancing or app.in_recovery)
         stalls = self.watchdog.observe(time.monotonic(), offsets, paused=paused)
         for stall in self.watchdog.newly_reported(stalls):

@@ -83,6 +83,27 @@ class LogReader:
         finally:
             consumer.unassign()
 
+    def standing(
+        self, ends_of: list[tuple[str, int]], committed_of: list[tuple[str, int]], timeout: float
+    ) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]]:
+        """The log end of each of `ends_of`, and the group's committed offset of each of
+        `committed_of` that has one, as the brokers answer now."""
+        consumer = self._client()
+        ends: dict[tuple[str, int], int] = {}
+        committed: dict[tuple[str, int], int] = {}
+        with kafka_call("reading end offsets", timeout):
+            for topic, partition in ends_of:
+                _low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=timeout, cached=False
+                )
+                ends[(topic, partition)] = int(high)
+            if committed_of:
+                asked = [TopicPartition(t, p) for t, p in committed_of]
+                for tp in consumer.committed(asked, timeout=timeout):
+                    if tp.offset >= 0:
+                        committed[(tp.topic, tp.partition)] = int(tp.offset)
+        return ends, committed
+
     def close(self) -> None:
         if self._consumer is not None:
             self._consumer.close()

@@ -242,10 +242,29 @@ def _pause(consumer: Any, how: str) -> tuple[Any, Any]:
     def kafka_tps(tps: list[Any]) -> list[TopicPartition]:
         return [TopicPartition(tp.topic, tp.partition) for tp in tps]
 
-    return (lambda tps: client.pause(*kafka_tps(tps))), (lambda tps: client.resume(*kafka_tps(tps)))
+    if how == "not-fetched":
+        return (
+            (lambda tps: client.pause(*kafka_tps(tps))),
+            (lambda tps: client.resume(*kafka_tps(tps))),
+        )
+
+    # Not fetched, and Faust's consumer thread answers no call (wedged): a watchdog that asked
+    # through it would wait forever and report nothing; it asks the brokers itself.
+    async def never_answers(*_tps: Any) -> Any:
+        return await asyncio.get_running_loop().create_future()
+
+    def pause(tps: list[Any]) -> None:
+        client.pause(*kafka_tps(tps))
+        consumer.highwaters = never_answers
+
+    def resume(tps: list[Any]) -> None:
+        del consumer.highwaters  # Faust's own again
+        client.resume(*kafka_tps(tps))
+
+    return pause, resume
 
 
-@pytest.mark.parametrize("how", ["not-handed-over", "not-fetched"])
+@pytest.mark.parametrize("how", ["not-handed-over", "not-fetched", "consumer-thread-stuck"])
 def test_a_partition_that_stops_moving_fails_healthz_until_it_moves_again(
     how: str,
     streams_env: StreamsEnv,
