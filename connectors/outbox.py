@@ -252,13 +252,14 @@ BeforeCommit = Callable[[BatchResult], None]
 Sent = tuple[list[int], concurrent.futures.Future[list[DeliveryResult]]]
 
 # Run first in a transaction that publishes (never in one that gives rows their event_ids).
-# - synchronous_commit off: the commit returns before its WAL is flushed to disk. A crash of
-#   PostgreSQL can then lose the last few such commits (never a later one without an earlier
-#   one): their rows come back pending and are published again, each with the event_id it
-#   was produced with (that one was committed durably before the row was claimed to
-#   produce), so consumers deduplicate the copies: at least once, as a relay killed before
-#   its commit. A lost rejection is decided again the same way. Nothing committed by a
-#   service is at risk: its rows are not written here. The saving is one WAL flush per batch.
+# - synchronous_commit off: the commit returns before its WAL is on disk, so a crash of
+#   PostgreSQL (or a failover to a standby) can lose the last few of these commits. Their
+#   rows are then pending again and are published again with the event_ids they were
+#   produced with (written before they were claimed for producing: by the service, or by the
+#   relay's own transaction, which waits for the flush), and consumers deduplicate by
+#   event_id: at least once, as when a relay is killed before its commit. A lost rejection is
+#   decided again the same way. The service's rows are not written here, so nothing it
+#   committed is at risk. The saving: no wait for a WAL flush per batch.
 # - the savepoint: the whole batch is marked published before the acks; when a row is
 #   invalid or not acknowledged (rare) the batch goes back to it and only the acknowledged
 #   rows are marked again.
