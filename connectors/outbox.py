@@ -258,8 +258,8 @@ Sent = tuple[list[int], concurrent.futures.Future[list[DeliveryResult]]]
 #   produced with (written before they were claimed for producing: by the service, or by the
 #   relay's own transaction, which waits for the flush), and consumers deduplicate by
 #   event_id: at least once, as when a relay is killed before its commit. A lost rejection is
-#   decided again the same way. The service's rows are not written here, so nothing it
-#   committed is at risk. The saving: no wait for a WAL flush per batch.
+#   decided again the same way. The service's own transactions keep their setting, so
+#   nothing it committed is at risk. The saving: no wait for a WAL flush per batch.
 # - the savepoint: the whole batch is marked published before the acks; when a row is
 #   invalid or not acknowledged (rare) the batch goes back to it and only the acknowledged
 #   rows are marked again.
