@@ -12,7 +12,7 @@ Keel's layout, and are timed alike from the outside (bench/commit_to_topic.py): 
 the commit of N rows until the topic holds them (`vs_debezium` = relay / Debezium, median of
 per-run ratios), and commit-to-consumer latency p50/p99 under a steady trickle of rows.
 
-    .venv/bin/python -m bench.outbox [--quick] [--runs 5] [--rows 100000] [--batch 500]
+    .venv/bin/python -m bench.outbox [--quick] [--runs 5] [--rows 100000] [--batch 2000]
         [--no-debezium] [--latency-rate 200] [--latency-seconds 20]
         [--debezium-set KEY=VALUE ...] [--connect-set KEY=VALUE ...] [--workdir DIR]
 
@@ -212,7 +212,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="15k rows, 3 runs, 5 s trickles")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--batch", type=int, default=500)
+    relay_batch = KeelSettings.model_fields["outbox_batch_size"].default
+    parser.add_argument("--batch", type=int, default=relay_batch, help="the relay's default")
     parser.add_argument("--no-debezium", dest="debezium", action="store_false")
     parser.add_argument("--latency-rate", type=float, default=200.0, help="rows/s of a trickle")
     parser.add_argument("--latency-seconds", type=float, default=20.0)

@@ -7,10 +7,11 @@ commits. This module owns:
 - the table, its indexes and its wake-up trigger (`create_outbox`, idempotent);
 - the relay (`OutboxRelay`): claim unpublished rows in id order with `FOR UPDATE SKIP
   LOCKED` (replicas share the queue without waiting on each other), publish them through the
-  producer SDK (the HTTP API's validation, Avro encoding, keying and routing), wait for the
-  broker's acks, then mark them published (or rejected, with the validation message) in the
-  transaction that claimed them, and commit (with `outbox_retention_h` 0 a published row is
-  deleted there instead);
+  producer SDK (the HTTP API's validation, Avro encoding, keying and routing), mark them
+  published (or rejected, with the validation message) in the transaction that claimed them
+  while the broker's acks are on their way, and commit only once the acks are in, with only
+  the acknowledged rows marked (with `outbox_retention_h` 0 a published row is deleted there
+  instead);
 - `outbox_status` (what is waiting, for how long, what was rejected) and `purge_published`.
 
 Delivery is at least once: a relay that dies between the acks and the commit leaves its rows
@@ -54,7 +55,7 @@ from keel.connectors.postgres import TableName, describe_dsn, first_line
 from keel.connectors.postgres import connect as connect_postgres
 from keel.errors import KeelError
 from keel.health import HealthServer, check, loop_server
-from keel.producers.sdk import KeelProducer
+from keel.producers.sdk import DeliveryResult, KeelProducer
 from keel.schemas.errors import ValidationFailed
 from keel.settings import KeelSettings, get_settings
 
@@ -247,6 +248,23 @@ class BatchResult:
 
 
 BeforeCommit = Callable[[BatchResult], None]
+# Row ids queued together, and the future of their deliveries (in the same order).
+Sent = tuple[list[int], concurrent.futures.Future[list[DeliveryResult]]]
+
+# Run first in a transaction that publishes (never in one that gives rows their event_ids).
+# - synchronous_commit off: the commit returns before its WAL is on disk, so a crash of
+#   PostgreSQL (or a failover to a standby) can lose the last few of these commits. Their
+#   rows are then pending again and are published again with the event_ids they were
+#   produced with (written before they were claimed for producing: by the service, or by the
+#   relay's own transaction, which waits for the flush), and consumers deduplicate by
+#   event_id: at least once, as when a relay is killed before its commit. A lost rejection is
+#   decided again the same way. The service's own transactions keep their setting, so
+#   nothing it committed is at risk. The saving: no wait for a WAL flush per batch.
+# - the savepoint: the whole batch is marked published before the acks; when a row is
+#   invalid or not acknowledged (rare) the batch goes back to it and only the acknowledged
+#   rows are marked again.
+_PUBLISHING = ("SET LOCAL synchronous_commit = off", "SAVEPOINT keel_outbox_unmarked")
+_UNMARK = "ROLLBACK TO SAVEPOINT keel_outbox_unmarked"
 
 
 class RelayMetrics:
@@ -401,15 +419,27 @@ class OutboxRelay:
             }
             if missing:
                 # The id must be committed before the event is produced, or a re-send after
-                # a crash would carry a new one. Commit it, then claim again.
+                # a crash would carry a new one. Commit it (durably: this transaction keeps
+                # synchronous_commit), then claim again.
                 conn.execute(self._set_ids, (missing, [str(uuid.uuid4()) for _ in missing]))
                 return None
-            result = self._produce(rows)
+            claimed = [row_id for row_id, _ in rows]
+            with conn.pipeline():
+                # Sent without waiting for the answer: PostgreSQL marks the whole batch while
+                # the relay encodes it and the broker acknowledges it. Nobody sees the marks
+                # before the commit, which comes only after the acks.
+                for statement in _PUBLISHING:
+                    conn.execute(statement)
+                conn.execute(self._mark_published, (claimed,))
+                result, sent = self._send(rows)
+                self._collect(result, sent)
             if result.retry and not result.published:
                 # Kafka took none of it: an outage. Roll back, mark nothing, retry later.
                 raise OutboxUnavailable(f"no acks from Kafka: {result.error}")
-            if result.published:
-                conn.execute(self._mark_published, (list(result.published),))
+            if len(result.published) < len(claimed):  # invalid or not acked: unmark those
+                conn.execute(_UNMARK)
+                if result.published:
+                    conn.execute(self._mark_published, (list(result.published),))
             if result.rejected:
                 conn.execute(
                     self._mark_rejected, (list(result.rejected), list(result.rejected.values()))
@@ -427,35 +457,43 @@ class OutboxRelay:
             )
         return result
 
-    def _produce(self, rows: list[tuple[int, Any]]) -> BatchResult:
+    def _send(self, rows: list[tuple[int, Any]]) -> tuple[BatchResult, list[Sent]]:
+        """Validate, encode and queue the rows' events; the invalid ones are `rejected`."""
         result = BatchResult(claimed=len(rows))
         producer = self.producer
-        futures: dict[int, concurrent.futures.Future[Any]] = {}
+        sent: list[Sent] = []
         try:
             try:  # the whole batch in one call when every event is valid (the usual case)
-                sent = producer.send_many([event for _, event in rows])
-                futures = {row_id: f for (row_id, _), f in zip(rows, sent, strict=True)}
+                batch = producer.send_batch([event for _, event in rows])
+                sent.append(([row_id for row_id, _ in rows], batch))
             except ValidationFailed:  # none was queued: one at a time, to find the bad ones
                 for row_id, event in rows:
                     try:
-                        futures[row_id] = producer.send(event)
+                        sent.append(([row_id], producer.send_batch([event])))
                     except ValidationFailed as exc:
                         result.rejected[row_id] = _describe(exc)
-            producer.flush(self.settings.outbox_delivery_timeout_s)
-        except (KeelError, OSError, TimeoutError, concurrent.futures.TimeoutError) as exc:
-            # Broker down, queue full, registry unreachable, acks late: the transaction
-            # rolls back, nothing is marked; what was queued may still land (at least once).
+        except (KeelError, OSError) as exc:
+            # Broker down, queue full, registry unreachable: the transaction rolls back,
+            # nothing is marked; what was queued may still land (at least once).
             raise OutboxUnavailable(f"publishing: {exc}") from exc
-        for row_id, future in futures.items():
-            delivery = future.result(timeout=0)
-            if delivery.ok:
-                result.published[row_id] = delivery.event_id
-            elif _permanent(delivery.error):
-                result.rejected[row_id] = f"not accepted by Kafka: {delivery.error}"
-            else:
-                result.retry.append(row_id)
-                result.error = result.error or str(delivery.error)
-        return result
+        return result, sent
+
+    def _collect(self, result: BatchResult, sent: list[Sent]) -> None:
+        """Wait for the acks; sort the queued rows into published, rejected and retry."""
+        try:
+            self.producer.flush(self.settings.outbox_delivery_timeout_s)
+            deliveries = [(row_ids, batch.result(timeout=0)) for row_ids, batch in sent]
+        except (KeelError, OSError, TimeoutError, concurrent.futures.TimeoutError) as exc:
+            raise OutboxUnavailable(f"publishing: {exc}") from exc  # acks late: as above
+        for row_ids, batch_deliveries in deliveries:
+            for row_id, delivery in zip(row_ids, batch_deliveries, strict=True):
+                if delivery.ok:
+                    result.published[row_id] = delivery.event_id
+                elif _permanent(delivery.error):
+                    result.rejected[row_id] = f"not accepted by Kafka: {delivery.error}"
+                else:
+                    result.retry.append(row_id)
+                    result.error = result.error or str(delivery.error)
 
     def _count(self, result: BatchResult) -> None:
         self.published_total += len(result.published)

@@ -221,7 +221,7 @@ class KeelSettings(BaseSettings):
     outbox_source: str = Field(
         "outbox", min_length=1, description="The `source` of the events the relay publishes."
     )
-    outbox_batch_size: int = Field(500, ge=1, le=10_000, description="Rows claimed at once.")
+    outbox_batch_size: int = Field(2000, ge=1, le=10_000, description="Rows claimed at once.")
     outbox_poll_interval_s: float = Field(
         5.0, gt=0, description="Fallback poll when no NOTIFY arrives (missed or disabled)."
     )

@@ -16,6 +16,7 @@ import concurrent.futures
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -84,7 +85,9 @@ class _Base:
 
     def _prepare(self, events: Iterable[Mapping[str, Any]]) -> list[Outgoing]:
         _, pipeline = self._started()
-        return [pipeline.prepare(e, source=self.source) for e in events]
+        # One receipt time per call, as the API's per request (converted once, not per event).
+        now = datetime.now(UTC)
+        return [pipeline.prepare(e, source=self.source, now=now) for e in events]
 
 
 class KeelProducer(_Base):
@@ -93,7 +96,12 @@ class KeelProducer(_Base):
     def __init__(self, source: str = "sdk", **kwargs: Any) -> None:
         super().__init__(source, **kwargs)
         self._lock = threading.Lock()
-        self._pending: list[concurrent.futures.Future[DeliveryResult]] = []
+        # What flush() waits for: per-event futures (send, send_many) and per-batch ones
+        # (send_batch), in the order they were sent.
+        self._pending: list[
+            concurrent.futures.Future[DeliveryResult]
+            | concurrent.futures.Future[list[DeliveryResult]]
+        ] = []
 
     def send(self, event: Mapping[str, Any]) -> concurrent.futures.Future[DeliveryResult]:
         """Validate, encode and queue one event. Raises ValidationFailed (bad event) or
@@ -117,6 +125,24 @@ class KeelProducer(_Base):
             self._pending.extend(futures)
         return futures
 
+    def send_batch(
+        self, events: Iterable[Mapping[str, Any]]
+    ) -> concurrent.futures.Future[list[DeliveryResult]]:
+        """As `send_many`, with one future for the whole batch, holding each event's result
+        in order once all are in: no future per event (they were about a fifth of the outbox
+        relay's own CPU, profiled)."""
+        items = self._prepare(events)
+        producer, _ = self._started()
+        future = concurrent.futures.Future[list[DeliveryResult]]()
+
+        def done(deliveries: list[Delivery]) -> None:
+            future.set_result([DeliveryResult.of(d) for d in deliveries])
+
+        producer.produce_batch(items, done)
+        with self._lock:
+            self._pending.append(future)
+        return future
+
     def flush(self, timeout: float | None = None) -> list[DeliveryResult]:
         """Wait for every event sent since the last flush; return their results in order."""
         with self._lock:
@@ -124,7 +150,14 @@ class KeelProducer(_Base):
         if self._producer is not None:
             self._producer.producer.flush(-1 if timeout is None else timeout)
         wait = None if timeout is None else timeout + 1
-        return [f.result(timeout=wait) for f in pending]
+        results: list[DeliveryResult] = []
+        for future in pending:
+            result = future.result(timeout=wait)
+            if isinstance(result, list):
+                results.extend(result)
+            else:
+                results.append(result)
+        return results
 
     def close(self) -> None:
         if self._producer is not None:

@@ -365,6 +365,27 @@ def test_retention_zero_deletes_rows_once_acked_and_keeps_rejected_ones(outbox: 
     assert {str(v["event_id"]) for *_, v in outbox.read(expect=5)} == {e["event_id"] for e in good}
 
 
+def test_only_the_publishing_transaction_skips_the_wal_flush_wait(outbox: Outbox) -> None:
+    # The second row has no event_id: a transaction before the publishing one gives it one.
+    outbox.insert(page_view("u-1"), {k: v for k, v in page_view("u-2").items() if k != "event_id"})
+    seen: list[str] = []
+    relay = outbox.relay()
+
+    def setting(result: BatchResult) -> None:  # inside the publishing transaction
+        row = relay.connection().execute("SHOW synchronous_commit").fetchone()
+        seen.append(row[0] if row else "")
+
+    relay.before_commit = setting
+    try:
+        assert relay.drain() == 2
+        row = relay.connection().execute("SHOW synchronous_commit").fetchone()
+    finally:
+        relay.close()
+    assert seen == ["off"]  # SET LOCAL: the transaction's own, gone at its commit
+    assert row is not None and row[0] == "on"
+    assert all(r["published_at"] is not None for r in outbox.rows().values())
+
+
 def test_broker_unreachable_leaves_rows_unpublished_and_marks_nothing(
     outbox: Outbox, caplog: pytest.LogCaptureFixture, refused_port: int
 ) -> None:

@@ -23,10 +23,13 @@ def test_sync_producer_roundtrip(
     events = [order(f"u-{i % 3}") for i in range(30)]
     with KeelProducer(source="billing", settings=ingest_settings) as producer:
         futures = [producer.send(e) for e in events[:10]]
-        futures += producer.send_many(events[10:])
+        futures += producer.send_many(events[10:20])
+        batch = producer.send_batch(events[20:])  # one future for the ten
         results = producer.flush()
     assert len(results) == 30 and all(isinstance(r, DeliveryResult) and r.ok for r in results)
-    assert [f.result().event_id for f in futures] == [e["event_id"] for e in events]
+    assert [f.result().event_id for f in futures] == [e["event_id"] for e in events[:20]]
+    assert batch.result() == results[20:]
+    assert [r.event_id for r in results] == [e["event_id"] for e in events]
     records = topic_reader(expect=30)
     got = {str(v["event_id"]): (p, o, k, v) for p, o, k, v in records}
     for sent, result in zip(events, results, strict=True):
@@ -48,6 +51,8 @@ def test_sync_producer_validation_errors_match_api(ingest_settings: KeelSettings
         with pytest.raises(ValidationFailed) as info:
             producer.send({**order(), "type": "nope"})
         assert info.value.errors == [{"field": "type", "error": "unknown event type 'nope'"}]
+        with pytest.raises(ValidationFailed):  # all or nothing: the valid one is not queued
+            producer.send_batch([order(), bad])
         assert producer.flush() == []
 
 
