@@ -39,7 +39,9 @@ class LogReader:
     def _client(self) -> Consumer:
         if self._consumer is None:
             self._consumer = make_consumer(
-                self._group_id, self._settings, **{"enable.partition.eof": True}
+                self._group_id,
+                self._settings,
+                **{"enable.partition.eof": True, "logger": logging.getLogger("librdkafka")},
             )
         return self._consumer
 

@@ -11,6 +11,7 @@ lets Faust acknowledge the batch's events, so offsets never pass unwritten state
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,6 +48,9 @@ class BatchProducer:
                     "linger.ms": 2,
                     "batch.size": 1_000_000,
                     "queue.buffering.max.messages": 1_000_000,
+                    # librdkafka's own lines as JSON log lines, emitted when the client is
+                    # polled (not raw on stderr, even after the worker's last error line).
+                    "logger": logging.getLogger("librdkafka"),
                 },
             )
         return self._producer
